@@ -1,0 +1,3 @@
+from voltana_cli.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""voltana's library: pure policies, performance models, workloads, simulator and metrics."""

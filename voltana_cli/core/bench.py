@@ -1,0 +1,235 @@
+"""``voltana bench`` as a library call: build the workload, simulate each (rate, policy), summarise.
+
+``run_bench(BenchConfig(...))`` returns the report dict that ``--json`` writes (schema in the README),
+plus, through ``run_bench_full``, the raw per-run results for CSV and plots.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from voltana_cli import __version__
+from voltana_cli.core.errors import UserError
+from voltana_cli.core.metrics import ITL_RULE, summarize
+from voltana_cli.core.perfmodel import PerfModel
+from voltana_cli.core.policy import EcoFreqParams, PolicyContext, build_policy, default_levels
+from voltana_cli.core.simulator import ClusterConfig, SimResult, simulate
+from voltana_cli.core.specs import engine_spec, gpu_spec, model_spec
+from voltana_cli.core.workload import DatasetRequest, LengthTrace, Workload, build_workload, load_lengths
+
+DEFAULT_POLICIES = ["static-max", "static-min", "voltana"]
+
+
+class BenchConfig(BaseModel):
+    """Everything a bench run depends on; echoed in the report."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: str = "sharegpt"
+    dataset_path: Path | None = None
+    tokenizer: str = "llama3"
+    request_rates: list[float] = Field(default_factory=lambda: [60.0])
+    duration_s: float | None = 120.0
+    num_prompts: int | None = None
+    arrival: str = "auto"
+    burstiness: float = 1.0
+    seed: int = 0
+    gpu: str = "a100-80g-sxm4"
+    model: str = "llama-3.1-8b"
+    tp: int | None = None
+    n_prefill: int = 2
+    n_decode: int = 2
+    policies: list[str] = Field(default_factory=lambda: list(DEFAULT_POLICIES))
+    slo_ttft_ms: float = 800.0
+    slo_itl_ms: float = 50.0
+    ecofreq_margin: float = 0.35
+    ecofreq_clocks_mhz: list[int] | None = None
+    prediction_error: float = 0.05
+    noise: float = 0.02
+    chunked_prefill_tokens: int | None = None
+    tile: int | None = None
+    random_input_len: int = 1024
+    random_output_len: int = 128
+
+    @field_validator("request_rates")
+    @classmethod
+    def _rates(cls, v: list[float]) -> list[float]:
+        if not v:
+            raise ValueError("give at least one request rate")
+        for r in v:
+            if not (r > 0 and math.isfinite(r)):
+                raise ValueError(f"request rate {r} must be a number > 0")
+        return v
+
+    @field_validator("slo_ttft_ms", "slo_itl_ms")
+    @classmethod
+    def _slo(cls, v: float) -> float:
+        if not v > 0:
+            raise ValueError(f"SLO {v} must be > 0 ms")
+        return v
+
+
+def parse_rates(text: str) -> list[float]:
+    """``"60"`` or ``"START:STOP:STEP"`` (inclusive of STOP) into a list of rates."""
+    try:
+        if ":" in text:
+            parts = [float(x) for x in text.split(":")]
+            if len(parts) != 3:
+                raise ValueError
+            start, stop, step = parts
+            if step <= 0 or start <= 0 or stop < start:
+                raise UserError(
+                    f"--request-rate {text}: a sweep is START:STOP:STEP with 0 < START <= STOP and STEP > 0"
+                )
+            n = int(math.floor((stop - start) / step + 1e-9)) + 1
+            return [round(start + i * step, 9) for i in range(n)]
+        rate = float(text)
+    except ValueError:
+        raise UserError(f"--request-rate {text!r} is not a number or START:STOP:STEP (e.g. 60 or 50:100:10)") from None
+    if not (rate > 0 and math.isfinite(rate)):
+        raise UserError(f"--request-rate {text} must be > 0 (requests per second)")
+    return [rate]
+
+
+@dataclass
+class RunRecord:
+    rate: float
+    policy: str
+    result: SimResult
+    summary: dict
+
+
+@dataclass
+class BenchOutput:
+    report: dict
+    runs: list[RunRecord]
+
+
+def validate_config(cfg: BenchConfig) -> None:
+    """Re-validate a config that may have been built with ``model_construct`` or mutated."""
+    try:
+        BenchConfig.model_validate(cfg.model_dump())
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(x) for x in err["loc"])
+        raise UserError(f"{loc}: {err['msg'].removeprefix('Value error, ')}") from None
+
+
+def run_bench_full(cfg: BenchConfig, progress: Callable[[str], None] | None = None) -> BenchOutput:
+    """Run every (rate, policy) of ``cfg``; returns the report and the raw results."""
+    validate_config(cfg)
+    gpu, model = gpu_spec(cfg.gpu), model_spec(cfg.model)
+    tp = cfg.tp or model.default_tp
+    pm = PerfModel(gpu, model, engine_spec(), tp=tp)
+    cluster = ClusterConfig(n_prefill=cfg.n_prefill, n_decode=cfg.n_decode, noise=cfg.noise,
+                            chunked_prefill_tokens=cfg.chunked_prefill_tokens)
+    cluster.validate()
+    if cfg.duration_s is not None and cfg.num_prompts is None and cfg.duration_s <= 0:
+        raise UserError(f"--duration-s {cfg.duration_s} must be > 0")
+    ecof = EcoFreqParams(
+        clocks_mhz=tuple(cfg.ecofreq_clocks_mhz) if cfg.ecofreq_clocks_mhz else None,
+        margin=cfg.ecofreq_margin, prediction_error=cfg.prediction_error,
+    )
+    # Build every policy once up front, so a bad name fails before any simulation runs.
+    for name in cfg.policies:
+        build_policy(name, PolicyContext(pm, cfg.slo_ttft_ms / 1e3, cfg.slo_itl_ms / 1e3,
+                                         np.random.default_rng(0), ecof, cfg.tile))
+    lengths, arrival = _lengths(cfg)
+
+    runs: list[RunRecord] = []
+    out_runs: list[dict] = []
+    for rate in cfg.request_rates:
+        # The same requests and arrivals for every policy at a rate: differences come from the policy.
+        wl = _workload(cfg, lengths, arrival, rate)
+        if len(wl) == 0:
+            raise UserError(f"no request arrives within {cfg.duration_s} s at {rate} req/s: raise --duration-s")
+        for name in cfg.policies:
+            if progress:
+                progress(f"{rate:g} req/s, {name}")
+            ctx = PolicyContext(pm, cfg.slo_ttft_ms / 1e3, cfg.slo_itl_ms / 1e3,
+                                np.random.default_rng([cfg.seed, 2]), ecof, cfg.tile)
+            res = simulate(wl, pm, build_policy(name, ctx), cluster, np.random.default_rng([cfg.seed, 3]))
+            s = summarize(res, cfg.slo_ttft_ms / 1e3, cfg.slo_itl_ms / 1e3).as_dict()
+            runs.append(RunRecord(rate, name, res, s))
+            out_runs.append({"request_rate": rate, "policy": name, **s})
+    base = {r: next((x for x in out_runs if x["request_rate"] == r and x["policy"] in ("static-max", f"static:{pm.clocks[-1]}")), None)
+            for r in cfg.request_rates}
+    for x in out_runs:
+        b = base[x["request_rate"]]
+        x["saving_vs_static_max"] = (1 - x["energy_j"]["total"] / b["energy_j"]["total"]) if b else None
+    report = {
+        "voltana_version": __version__,
+        "config": {
+            **cfg.model_dump(mode="json"),
+            "tp": tp,
+            "arrival": arrival,
+            "backend": "sim",
+            "itl_rule": ITL_RULE,
+            "ecofreq_clocks_mhz": list(ecof.clocks_mhz or default_levels(pm)),
+            "kv_capacity_tokens_per_decode_instance": pm.kv_capacity_tokens,
+            "workload_notes": list(lengths.notes),
+            "dataset_name": lengths.name,
+        },
+        "runs": out_runs,
+    }
+    return BenchOutput(report, runs)
+
+
+def run_bench(cfg: BenchConfig) -> dict:
+    """Run ``cfg`` and return the report dict."""
+    return run_bench_full(cfg).report
+
+
+def per_request_frame(runs: list[RunRecord]) -> pd.DataFrame:
+    """One row per request per run, for ``--csv``."""
+    frames = []
+    for r in runs:
+        res = r.result
+        frames.append(pd.DataFrame({
+            "request_rate": r.rate,
+            "policy": r.policy,
+            "request_id": np.arange(res.num_requests),
+            "arrival_s": res.arrival_s,
+            "input_tokens": res.input_tokens,
+            "output_tokens": res.output_tokens,
+            "prefill_instance": res.prefill_instance,
+            "decode_instance": res.decode_instance,
+            "ttft_ms": res.ttft_s * 1e3,
+            "tpot_ms": res.itl_mean_s * 1e3,
+            "itl_max_ms": res.itl_max_s * 1e3,
+            "e2e_ms": (res.finish_s - res.arrival_s) * 1e3,
+        }))
+    return pd.concat(frames, ignore_index=True)
+
+
+def _lengths(cfg: BenchConfig) -> tuple[LengthTrace, str]:
+    """The dataset's token lengths and the arrival process to use (``auto`` resolved)."""
+    req = DatasetRequest(cfg.dataset, cfg.dataset_path, cfg.tokenizer, cfg.random_input_len, cfg.random_output_len)
+    n_hint = cfg.num_prompts or int(max(cfg.request_rates) * (cfg.duration_s or 0) * 1.2) + 64
+    lengths = load_lengths(req, np.random.default_rng(cfg.seed), n_hint)
+    arrival = cfg.arrival
+    if arrival == "auto":
+        arrival = "trace" if lengths.arrival_s is not None and cfg.dataset != "sharegpt" else "poisson"
+    return lengths, arrival
+
+
+def _workload(cfg: BenchConfig, lengths: LengthTrace, arrival: str, rate: float) -> Workload:
+    # The same requests and arrivals for every policy at a rate: differences come from the policy.
+    return build_workload(
+        lengths, arrival, rate, np.random.default_rng([cfg.seed, 1]),
+        duration_s=None if cfg.num_prompts else cfg.duration_s, num_requests=cfg.num_prompts,
+        burstiness=cfg.burstiness,
+    )
+
+
+def workload_of(cfg: BenchConfig, rate: float) -> Workload:
+    """The workload ``run_bench`` simulates at ``rate`` (for tests and notebooks)."""
+    lengths, arrival = _lengths(cfg)
+    return _workload(cfg, lengths, arrival, rate)

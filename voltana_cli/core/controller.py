@@ -1,0 +1,143 @@
+"""Frequency controllers: pure per-iteration clock decisions (EcoFreq and static baselines).
+
+A controller sees an ``Observation`` of the iteration about to run and returns the SM clock (MHz) to run it
+at. Time is passed in; controllers never read clocks, sleep or touch NVML. The same objects run in the
+simulator and, later, in the live sidecar.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from voltana_cli.core.predictor import LatencyPredictor
+
+
+@dataclass(slots=True)
+class Observation:
+    """The iteration about to run on one instance.
+
+    Attributes:
+        now_s: current time (s).
+        batch_size: requests in the iteration (prefill: sequences in the batch; decode: running requests).
+        num_tokens: prefill: tokens in the batch; decode: KV tokens of the running batch.
+        queued: requests waiting on this instance that are not in this iteration.
+        oldest_wait_s: prefill: the longest time a request of this batch has waited since it arrived.
+        rate_rps: recent request arrival rate at this instance (req/s), for the overload rule.
+    """
+
+    now_s: float
+    batch_size: int
+    num_tokens: int
+    queued: int = 0
+    oldest_wait_s: float = 0.0
+    rate_rps: float = 0.0
+
+
+class FrequencyController(Protocol):
+    """Chooses the clock of each iteration; after ``idle_timeout_s`` idle, drops to ``idle_clock_mhz``."""
+
+    idle_timeout_s: float
+    idle_clock_mhz: int
+
+    def decide(self, obs: Observation) -> int: ...
+
+    def on_idle_timeout(self) -> None: ...
+
+
+class StaticController:
+    """Always the same clock (locked)."""
+
+    idle_timeout_s = float("inf")
+
+    def __init__(self, clock_mhz: int):
+        self.clock_mhz = clock_mhz
+        self.idle_clock_mhz = clock_mhz
+
+    def decide(self, obs: Observation) -> int:
+        return self.clock_mhz
+
+    def on_idle_timeout(self) -> None:
+        """A locked clock stays locked while idle."""
+
+
+class EcoFreqController:
+    """VoltanaLLM's EcoFreq rule for one phase, with an anti-flap hold.
+
+    Per iteration: an overload signal or a queued request forces the top clock; otherwise the lowest clock
+    whose predicted latency fits ``slo * (1 + margin) - offset`` (prefill: offset = the batch's oldest
+    wait; decode: 0); otherwise the top clock. A lower clock is taken only after the current one has been
+    held ``min_hold_s``, so the clock does not flap; raising is immediate. After ``idle_timeout_s`` with no
+    work the instance drops to its lowest clock. It starts at the lowest clock.
+
+    Args:
+        phase: ``"prefill"`` or ``"decode"``.
+        predictor: latency predictor (never the simulator's ground truth).
+        clocks_mhz: the clock levels, any order (the paper: 1005 and 1410 MHz on A100).
+        slo_s: TTFT SLO for prefill, ITL SLO for decode.
+        margin: relative loosening of the target (paper demo: 0.35).
+        overload_rps: arrival rate above which the top clock is forced (``None``: off).
+    """
+
+    def __init__(
+        self,
+        phase: str,
+        predictor: LatencyPredictor,
+        clocks_mhz: list[int],
+        slo_s: float,
+        margin: float = 0.35,
+        min_hold_s: float = 0.05,
+        idle_timeout_s: float = 5.0,
+        overload_rps: float | None = None,
+    ):
+        if phase not in ("prefill", "decode"):
+            raise ValueError(f"phase must be prefill or decode, not {phase!r}")
+        if not clocks_mhz:
+            raise ValueError("EcoFreq needs at least one clock")
+        self.phase = phase
+        self.predictor = predictor
+        self.levels = sorted(set(clocks_mhz))
+        self.max_clock = self.levels[-1]
+        self.min_clock = self.levels[0]
+        self.slo_s = slo_s
+        self.margin = margin
+        self.target_s = slo_s * (1.0 + margin)
+        self.min_hold_s = min_hold_s
+        self.idle_timeout_s = idle_timeout_s
+        self.overload_rps = overload_rps
+        self.idle_clock_mhz = self.min_clock
+        self.current = self.min_clock
+        self._since = -1e18
+        self._is_decode = phase == "decode"
+
+    def _rule(self, obs: Observation) -> int:
+        if self.overload_rps is not None and obs.rate_rps > self.overload_rps:
+            return self.max_clock
+        if obs.queued > 0:
+            return self.max_clock
+        pred = self.predictor
+        if self._is_decode:
+            budget = self.target_s
+            for c in self.levels[:-1]:
+                if pred.decode_s(obs.batch_size, obs.num_tokens, c) <= budget:
+                    return c
+        else:
+            budget = self.target_s - obs.oldest_wait_s
+            for c in self.levels[:-1]:
+                if pred.prefill_s(obs.num_tokens, obs.batch_size, c) <= budget:
+                    return c
+        return self.max_clock
+
+    def decide(self, obs: Observation) -> int:
+        want = self._rule(obs)
+        cur = self.current
+        if want < cur and obs.now_s - self._since < self.min_hold_s:
+            return cur
+        if want != cur:
+            self.current = want
+            self._since = obs.now_s
+        return want
+
+    def on_idle_timeout(self) -> None:
+        """The instance went without work for ``idle_timeout_s``: it now sits at the lowest clock."""
+        self.current = self.min_clock

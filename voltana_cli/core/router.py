@@ -1,0 +1,70 @@
+"""Routers: pure choices of the instance that serves a request.
+
+Prefill routers pick the prefill instance when a request arrives; decode routers pick the decode instance
+when its prefill completes. They see ``InstanceView``s and return an index into them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(slots=True)
+class InstanceView:
+    """What a router may know about an instance."""
+
+    index: int
+    num_requests: int  # running + queued
+    queued_tokens: int  # prefill: tokens waiting; decode: KV tokens of running + queued requests
+    clock_mhz: int
+
+
+class Router(Protocol):
+    def choose(self, input_tokens: int, views: Sequence[InstanceView]) -> int: ...
+
+
+class RoundRobinRouter:
+    """Each instance in turn."""
+
+    def __init__(self) -> None:
+        self._next = 0
+
+    def choose(self, input_tokens: int, views: Sequence[InstanceView]) -> int:
+        i = self._next % len(views)
+        self._next = i + 1
+        return views[i].index
+
+
+class LeastLoadedRouter:
+    """The instance with the fewest queued tokens (ties: fewest requests, then lowest index)."""
+
+    def choose(self, input_tokens: int, views: Sequence[InstanceView]) -> int:
+        best = min(views, key=lambda v: (v.queued_tokens, v.num_requests, v.index))
+        return best.index
+
+
+class TileAwareRouter:
+    """VoltanaLLM's EcoRoute ("tile-aware"): keep decode instances below batch-size boundaries.
+
+    While every instance has fewer than ``tile`` requests, pick the one with the lowest
+    (clock, request count). Otherwise order instances by (tiles in use = ceil(n / tile), -n) and take the
+    first whose count is 0 or not a multiple of ``tile``, so that no instance opens a new tile while
+    another can absorb the request; if all sit exactly on a boundary, the least-loaded one opens a tile.
+    """
+
+    def __init__(self, tile: int = 128):
+        if tile < 1:
+            raise ValueError("tile must be >= 1")
+        self.tile = tile
+
+    def choose(self, input_tokens: int, views: Sequence[InstanceView]) -> int:
+        tile = self.tile
+        if all(v.num_requests < tile for v in views):
+            return min(views, key=lambda v: (v.clock_mhz, v.num_requests, v.index)).index
+        ordered = sorted(views, key=lambda v: (-(-v.num_requests // tile), -v.num_requests, v.index))
+        for v in ordered:
+            if v.num_requests == 0 or v.num_requests % tile:
+                return v.index
+        return min(views, key=lambda v: (v.num_requests, v.index)).index

@@ -1,0 +1,188 @@
+"""Hardware, model and engine specs: data files under ``voltana_cli/data``, validated on load."""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from voltana_cli.core.errors import UserError
+from voltana_cli.core.paths import data_dir
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ClockRange(_Strict):
+    min: int = Field(gt=0)
+    max: int = Field(gt=0)
+    step: int = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _order(self) -> ClockRange:
+        if self.max < self.min:
+            raise ValueError("max < min")
+        return self
+
+
+class GpuCalibration(_Strict):
+    """Fitted constants of the performance and power model (see ``perfmodel``)."""
+
+    compute_efficiency: float = Field(gt=0, le=1)
+    decode_compute_efficiency: float = Field(gt=0, le=1)
+    bandwidth_efficiency: float = Field(gt=0, le=1)
+    attention_bandwidth_efficiency: float = Field(gt=0, le=1)
+    attention_compute_efficiency: float = Field(gt=0, le=1)
+    memory_clock_sensitivity: float = Field(ge=0, le=1)
+    static_power_w: float = Field(ge=0)
+    clock_power_w_per_mhz: float = Field(ge=0)
+    sm_dynamic_power_w_per_mhz: float = Field(gt=0)
+    voltage_floor_mhz: float = Field(gt=0)
+    voltage_slope_per_mhz: float = Field(ge=0)
+    hbm_power_w: float = Field(ge=0)
+    sm_activity_floor: float = Field(ge=0, le=1)
+    overhead_activity: float = Field(ge=0, le=1)
+
+
+class GpuSpec(_Strict):
+    name: str
+    display_name: str
+    memory_gib: float = Field(gt=0)
+    sm_clock_mhz: ClockRange
+    memory_clock_mhz: int = Field(gt=0)
+    power_limit_w: float = Field(gt=0)
+    min_power_limit_w: float = Field(gt=0)
+    idle_power_w: float = Field(gt=0)
+    hbm_bandwidth_gbps: float = Field(gt=0)
+    bf16_dense_tflops: float = Field(gt=0)
+    nvlink_bandwidth_gbps: float = Field(gt=0)
+    clock_switch_ms: float = Field(ge=0)
+    calibration: GpuCalibration
+
+    @property
+    def clocks_mhz(self) -> list[int]:
+        """Supported SM clocks, ascending."""
+        c = self.sm_clock_mhz
+        return list(range(c.min, c.max + 1, c.step))
+
+    @property
+    def max_clock_mhz(self) -> int:
+        return self.clocks_mhz[-1]
+
+    @property
+    def min_clock_mhz(self) -> int:
+        return self.clocks_mhz[0]
+
+
+class ModelSpec(_Strict):
+    name: str
+    hf_id: str
+    num_layers: int = Field(gt=0)
+    hidden_size: int = Field(gt=0)
+    num_attention_heads: int = Field(gt=0)
+    num_kv_heads: int = Field(gt=0)
+    head_dim: int = Field(gt=0)
+    intermediate_size: int = Field(gt=0)
+    vocab_size: int = Field(gt=0)
+    num_params_b: float = Field(gt=0)
+    tied_embeddings: bool = False
+    max_context_tokens: int = Field(gt=0)
+    default_tp: int = Field(default=1, gt=0)
+    dtype_bytes: int = Field(default=2, gt=0)
+
+    @property
+    def layer_linear_params(self) -> int:
+        """Parameters of one layer's projections (q, k, v, o, gate, up, down)."""
+        h, hd = self.hidden_size, self.head_dim
+        qkv = h * hd * (self.num_attention_heads + 2 * self.num_kv_heads)
+        o = hd * self.num_attention_heads * h
+        mlp = 3 * h * self.intermediate_size
+        return qkv + o + mlp
+
+    @property
+    def linear_params(self) -> int:
+        """Parameters of all layers' projections (what every token multiplies)."""
+        return self.layer_linear_params * self.num_layers
+
+    @property
+    def lm_head_params(self) -> int:
+        return self.vocab_size * self.hidden_size
+
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes read per forward pass: projections + LM head (+ embeddings are gathered, not read)."""
+        return (self.linear_params + self.lm_head_params) * self.dtype_bytes
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * self.dtype_bytes
+
+
+class EngineSpec(_Strict):
+    name: str
+    cuda_graph_max_bs: int = Field(gt=0)
+    eager_overhead_ms: float = Field(ge=0)
+    gemm_tile: int = Field(gt=0)
+    tile_waste: float = Field(ge=0, le=1)
+    iteration_overhead_ms: float = Field(ge=0)
+    overhead_clock_fraction: float = Field(ge=0, le=1)
+    decode_request_overhead_us: float = Field(ge=0)
+    prefill_request_overhead_us: float = Field(ge=0)
+    allreduce_latency_us: float = Field(ge=0)
+    chunked_prefill_tokens: int = Field(gt=0)
+    mem_fraction_static: float = Field(gt=0, le=1)
+    kv_transfer_gbps: float = Field(gt=0)
+    kv_transfer_latency_ms: float = Field(ge=0)
+
+
+def _available(kind: str) -> list[str]:
+    return sorted(p.stem for p in (data_dir() / kind).glob("*.yaml"))
+
+
+def _load(kind: str, name: str, cls: type[_Strict], flag: str) -> _Strict:
+    path = data_dir() / kind / f"{name}.yaml"
+    if not path.is_file():
+        raise UserError(f"unknown {flag.lstrip('-')} {name!r}: use {flag} with one of {', '.join(_available(kind))}")
+    return load_spec_file(path, cls)
+
+
+def load_spec_file(path: Path, cls: type[_Strict]) -> _Strict:
+    """Load and validate one spec file; errors name the field path."""
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path}: not valid YAML ({exc.__class__.__name__}): fix the file") from None
+    try:
+        return cls.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
+        raise UserError(f"{path}: {loc}: {err['msg']}") from None
+
+
+@cache
+def gpu_spec(name: str) -> GpuSpec:
+    """The spec of GPU ``name`` (e.g. ``a100-80g-sxm4``)."""
+    return _load("gpus", name.lower(), GpuSpec, "--gpu")  # type: ignore[return-value]
+
+
+@cache
+def model_spec(name: str) -> ModelSpec:
+    """The spec of model ``name`` (e.g. ``llama-3.1-8b``)."""
+    return _load("models", name.lower(), ModelSpec, "--model")  # type: ignore[return-value]
+
+
+@cache
+def engine_spec(name: str = "sglang") -> EngineSpec:
+    return _load("engines", name.lower(), EngineSpec, "--engine")  # type: ignore[return-value]
+
+
+def available_gpus() -> list[str]:
+    return _available("gpus")
+
+
+def available_models() -> list[str]:
+    return _available("models")

@@ -122,26 +122,47 @@ def validate_config(cfg: BenchConfig) -> None:
         raise UserError(f"{loc}: {err['msg'].removeprefix('Value error, ')}") from None
 
 
-def run_bench_full(cfg: BenchConfig, progress: Callable[[str], None] | None = None) -> BenchOutput:
-    """Run every (rate, policy) of ``cfg``; returns the report and the raw results."""
+@dataclass
+class PreparedBench:
+    """A validated bench: specs, model, cluster and dataset loaded, every policy buildable."""
+
+    cfg: BenchConfig
+    model: PerfModel
+    cluster: ClusterConfig
+    ecofreq: EcoFreqParams
+    lengths: LengthTrace
+    arrival: str
+
+
+def prepare_bench(cfg: BenchConfig) -> PreparedBench:
+    """Validate ``cfg`` and load what it needs; raises ``UserError`` before any simulation runs."""
     validate_config(cfg)
     gpu, model = gpu_spec(cfg.gpu), model_spec(cfg.model)
-    tp = cfg.tp or model.default_tp
-    pm = PerfModel(gpu, model, engine_spec(), tp=tp)
+    pm = PerfModel(gpu, model, engine_spec(), tp=cfg.tp or model.default_tp)
     cluster = ClusterConfig(n_prefill=cfg.n_prefill, n_decode=cfg.n_decode, noise=cfg.noise,
                             chunked_prefill_tokens=cfg.chunked_prefill_tokens)
     cluster.validate()
-    if cfg.duration_s is not None and cfg.num_prompts is None and cfg.duration_s <= 0:
-        raise UserError(f"--duration-s {cfg.duration_s} must be > 0")
     ecof = EcoFreqParams(
         clocks_mhz=tuple(cfg.ecofreq_clocks_mhz) if cfg.ecofreq_clocks_mhz else None,
         margin=cfg.ecofreq_margin, prediction_error=cfg.prediction_error,
     )
-    # Build every policy once up front, so a bad name fails before any simulation runs.
     for name in cfg.policies:
-        build_policy(name, PolicyContext(pm, cfg.slo_ttft_ms / 1e3, cfg.slo_itl_ms / 1e3,
-                                         np.random.default_rng(0), ecof, cfg.tile))
+        build_policy(name, _context(cfg, pm, ecof))
     lengths, arrival = _lengths(cfg)
+    return PreparedBench(cfg, pm, cluster, ecof, lengths, arrival)
+
+
+def _context(cfg: BenchConfig, pm: PerfModel, ecof: EcoFreqParams) -> PolicyContext:
+    return PolicyContext(pm, cfg.slo_ttft_ms / 1e3, cfg.slo_itl_ms / 1e3, np.random.default_rng([cfg.seed, 2]),
+                         ecof, cfg.tile)
+
+
+def run_bench_full(cfg: BenchConfig | PreparedBench, progress: Callable[[str], None] | None = None) -> BenchOutput:
+    """Run every (rate, policy) of ``cfg``; returns the report and the raw results."""
+    prep = cfg if isinstance(cfg, PreparedBench) else prepare_bench(cfg)
+    cfg, pm, cluster, ecof, lengths, arrival = (
+        prep.cfg, prep.model, prep.cluster, prep.ecofreq, prep.lengths, prep.arrival)
+    tp = pm.tp
 
     runs: list[RunRecord] = []
     out_runs: list[dict] = []
@@ -153,14 +174,13 @@ def run_bench_full(cfg: BenchConfig, progress: Callable[[str], None] | None = No
         for name in cfg.policies:
             if progress:
                 progress(f"{rate:g} req/s, {name}")
-            ctx = PolicyContext(pm, cfg.slo_ttft_ms / 1e3, cfg.slo_itl_ms / 1e3,
-                                np.random.default_rng([cfg.seed, 2]), ecof, cfg.tile)
+            ctx = _context(cfg, pm, ecof)
             res = simulate(wl, pm, build_policy(name, ctx), cluster, np.random.default_rng([cfg.seed, 3]))
             s = summarize(res, cfg.slo_ttft_ms / 1e3, cfg.slo_itl_ms / 1e3).as_dict()
             runs.append(RunRecord(rate, name, res, s))
             out_runs.append({"request_rate": rate, "policy": name, **s})
-    base = {r: next((x for x in out_runs if x["request_rate"] == r and x["policy"] in ("static-max", f"static:{pm.clocks[-1]}")), None)
-            for r in cfg.request_rates}
+    top = ("static-max", f"static:{pm.clocks[-1]}")
+    base = {r: next((x for x in out_runs if x["request_rate"] == r and x["policy"] in top), None) for r in cfg.request_rates}
     for x in out_runs:
         b = base[x["request_rate"]]
         x["saving_vs_static_max"] = (1 - x["energy_j"]["total"] / b["energy_j"]["total"]) if b else None

@@ -19,7 +19,6 @@ Everything is pure and deterministic; per-clock tables make an iteration's cost 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -178,7 +177,7 @@ class PerfModel:
         t = e.iteration_overhead_ms * 1e-3 * (1.0 - phi + phi * self.f_max / f)
         t = t + np.asarray(n_requests, dtype=float) * per_request_us * 1e-6
         v2 = float(self._v2(np.asarray(f)))
-        p = cal.static_power_w + cal.clock_power_w_per_mhz * f * v2 + cal.sm_dynamic_power_w_per_mhz * f * v2 * cal.overhead_activity
+        p = cal.static_power_w + (cal.clock_power_w_per_mhz + cal.sm_dynamic_power_w_per_mhz * cal.overhead_activity) * f * v2
         return t, p * t
 
     def _allreduce_time(self, tokens: np.ndarray) -> np.ndarray:
@@ -273,7 +272,9 @@ class PerfModel:
         self._prefill[clock_mhz] = tab
         return tab
 
-    def prefill_cost(self, tokens: int, clock_mhz: int, num_seqs: int = 1, attn_pairs: float | None = None) -> tuple[float, float]:
+    def prefill_cost(
+        self, tokens: int, clock_mhz: int, num_seqs: int = 1, attn_pairs: float | None = None
+    ) -> tuple[float, float]:
         """Latency (s) and energy (J) of a prefill iteration of ``tokens`` tokens from ``num_seqs`` requests.
 
         ``attn_pairs`` is the causal attention work, sum over chunks of ``c * (offset + (c + 1) / 2)``;

@@ -1,8 +1,8 @@
 """Policies: a frequency controller for each phase plus a decode router, selected by name.
 
-Names: ``static-max``, ``static-min``, ``static:<MHz>``, ``ecofreq``, ``voltana`` (= ``ecofreq`` with the
-tile-aware router). A ``+<router>`` suffix picks the decode router (``round-robin``, ``tile-aware``,
-``least-loaded``); the default is round-robin, except for ``voltana``.
+Names: ``static-max``, ``static-min`` (the lowest EcoFreq level), ``static:<MHz>``, ``ecofreq``,
+``voltana`` (= ``ecofreq`` with the tile-aware router). A ``+<router>`` suffix picks the decode router
+(``round-robin``, ``tile-aware``, ``least-loaded``); the default is round-robin, except for ``voltana``.
 """
 
 from __future__ import annotations
@@ -86,7 +86,9 @@ def build_policy(name: str, ctx: PolicyContext) -> Policy:
         mk = _static(m.clocks[-1])
         return Policy(name, mk, mk, router)
     if freq == "static-min":
-        mk = _static(m.clocks[0])
+        # The lowest EcoFreq level (1005 MHz on A100: the paper's low static baseline), not the GPU's floor
+        # (210 MHz on A100, which no one serves at); static:<MHz> reaches any supported clock.
+        mk = _static(min(ctx.ecofreq.clocks_mhz or default_levels(m)))
         return Policy(name, mk, mk, router)
     if freq.startswith("static:"):
         try:

@@ -1,0 +1,111 @@
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from voltana_cli.cli import app
+
+runner = CliRunner()
+FAST = ["--duration-s", "5", "--request-rate", "20"]
+
+
+def invoke(*args):
+    return runner.invoke(app, list(args), env={"COLUMNS": "200"})
+
+
+def test_bench_default_policies_and_table():
+    r = invoke("bench", "--dataset", "sharegpt", *FAST)
+    assert r.exit_code == 0, r.output
+    for name in ("static-max", "static-min", "voltana", "ITL rule", "saving vs static-max"):
+        assert name in r.output
+
+
+def test_bench_json_schema_csv_and_plot(tmp_path):
+    j, c, p = tmp_path / "r.json", tmp_path / "r.csv", tmp_path / "r.png"
+    r = invoke("bench", "--request-rate", "10:20:10", "--duration-s", "5", "--policy", "static-max",
+               "--policy", "voltana", "--seed", "7", "--json", str(j), "--csv", str(c), "--plot", str(p))
+    assert r.exit_code == 0, r.output
+    rep = json.loads(j.read_text())
+    assert rep["voltana_version"]
+    cfg = rep["config"]
+    assert cfg["seed"] == 7 and cfg["gpu"] == "a100-80g-sxm4" and cfg["model"] == "llama-3.1-8b"
+    assert cfg["slo_ttft_ms"] == 800 and cfg["slo_itl_ms"] == 50
+    assert [(x["request_rate"], x["policy"]) for x in rep["runs"]] == [
+        (10.0, "static-max"), (10.0, "voltana"), (20.0, "static-max"), (20.0, "voltana")]
+    for run in rep["runs"]:
+        assert set(run["energy_j"]) >= {"total", "prefill", "decode", "idle"}
+        assert set(run["attainment"]) >= {"ttft", "itl", "both"}
+        assert all(0 <= v <= 1 for v in run["attainment"].values())
+        for k in ("ttft_ms", "itl_ms"):
+            assert set(run[k]) >= {"mean", "p50", "p90", "p99"}
+        assert set(run["throughput"]) >= {"requests_per_s", "output_tokens_per_s"}
+        assert run["num_requests"] > 0 and run["joules_per_output_token"] > 0
+    header = c.read_text().splitlines()[0]
+    assert "ttft_ms" in header and "policy" in header
+    assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_other_datasets_run(tmp_path):
+    csv = tmp_path / "w.csv"
+    csv.write_text("input_tokens,output_tokens,arrival_s\n" + "".join(f"{100 + i},{20 + i},{i * 0.2}\n" for i in range(50)))
+    for args in (["--dataset", "azure-conv"], ["--dataset", "azure-code", "--arrival", "poisson"],
+                 ["--dataset", "random"], ["--dataset", "csv", "--dataset-path", str(csv)],
+                 ["--dataset", "random", "--arrival", "gamma", "--burstiness", "0.5"]):
+        r = invoke("bench", *args, *FAST, "--policy", "voltana")
+        assert r.exit_code == 0, (args, r.output)
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--dataset", "nope"], "unknown dataset"),
+    (["--policy", "bogus"], "unknown policy"),
+    (["--gpu", "b300"], "unknown gpu"),
+    (["--model", "gpt-9"], "unknown model"),
+    (["--request-rate", "0"], "must be > 0"),
+    (["--request-rate", "-5"], "must be > 0"),
+    (["--request-rate", "x"], "not a number"),
+    (["--request-rate", "10:5:1"], "START:STOP:STEP"),
+    (["--policy", "static:1000"], "does not support 1000 MHz"),
+    (["--ecofreq-clocks", "1005,1400"], "does not support 1400 MHz"),
+    (["--dataset", "csv", "--dataset-path", "/no/such.csv"], "does not exist"),
+    (["--dataset", "csv"], "needs --dataset-path"),
+    (["--prefill", "0"], "--prefill 0"),
+    (["--duration-s", "0"], "--duration-s"),
+])
+def test_bad_input_is_one_line_exit_2(args, msg):
+    r = invoke("bench", *args)
+    assert r.exit_code == 2, r.output
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and msg in lines[0] and lines[0].startswith("error:"), r.output
+    assert "Traceback" not in r.output
+
+
+def test_bad_files(tmp_path):
+    trunc = tmp_path / "t.json"
+    trunc.write_text('[{"id": "a", "conversations": [{"from": "human", "val')
+    malformed = tmp_path / "m.csv"
+    malformed.write_text("input_tokens,output_tokens\n1,abc\n")
+    for args, msg in ((["--dataset", "sharegpt", "--dataset-path", str(trunc)], "first complete record"),
+                      (["--dataset", "csv", "--dataset-path", str(malformed)], "row 2")):
+        r = invoke("bench", *args)
+        assert r.exit_code == 2 and msg in r.output and len(r.output.strip().splitlines()) == 1, r.output
+
+
+def test_nothing_written_on_error(tmp_path):
+    j = tmp_path / "r.json"
+    r = invoke("bench", "--policy", "bogus", "--json", str(j))
+    assert r.exit_code == 2 and not j.exists() and list(tmp_path.iterdir()) == []
+    r = invoke("bench", "--json", str(tmp_path / "missing" / "r.json"))
+    assert r.exit_code == 2 and "does not exist" in r.output
+
+
+@pytest.mark.parametrize("cmd", ["profile", "tune", "serve"])
+def test_later_commands_do_not_pretend(cmd):
+    r = invoke(cmd)
+    assert r.exit_code == 2 and "later version" in r.output
+
+
+def test_help_lists_the_four_commands():
+    r = invoke("--help")
+    assert r.exit_code == 0
+    for cmd in ("profile", "tune", "serve", "bench"):
+        assert cmd in r.output

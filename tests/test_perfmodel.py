@@ -1,0 +1,89 @@
+import numpy as np
+import pytest
+
+from voltana_cli.core.errors import UserError
+from voltana_cli.core.perfmodel import PerfModel
+from voltana_cli.core.specs import available_gpus, available_models, engine_spec, gpu_spec, model_spec
+
+
+def test_specs_load_and_have_required_entries():
+    assert {"a100-80g-sxm4", "h100-80g-sxm"} <= set(available_gpus())
+    assert {"llama-3.1-8b", "ministral-3b", "qwen3-32b", "llama-3.1-70b"} <= set(available_models())
+    a100 = gpu_spec("a100-80g-sxm4")
+    assert a100.clocks_mhz[0] == 210 and a100.clocks_mhz[-1] == 1410 and len(a100.clocks_mhz) == 81
+    # Parameter totals from the shapes match the published sizes within 2 %.
+    for name in available_models():
+        m = model_spec(name)
+        total = m.linear_params + m.lm_head_params * (1 if m.tied_embeddings else 2)
+        assert total / 1e9 == pytest.approx(m.num_params_b, rel=0.02)
+
+
+def test_unknown_gpu_and_model_name_the_valid_ones():
+    with pytest.raises(UserError, match="a100-80g-sxm4"):
+        gpu_spec("b200")
+    with pytest.raises(UserError, match="llama-3.1-8b"):
+        model_spec("gpt-5")
+
+
+def test_prefill_is_compute_bound_decode_memory_bound(a100_8b):
+    t_hi, _ = a100_8b.prefill_cost(4096, 1410, num_seqs=16)
+    t_lo, _ = a100_8b.prefill_cost(4096, 1005, num_seqs=16)
+    d_hi, _ = a100_8b.decode_cost(16, 16 * 500, 1410)
+    d_lo, _ = a100_8b.decode_cost(16, 16 * 500, 1005)
+    assert t_lo / t_hi > 1.25  # prefill time scales nearly like 1/f
+    assert d_lo / d_hi < 1.12  # small-batch decode barely moves
+
+
+def test_vidur_anchor_linear_layers(a100_8b):
+    # Vidur measured A100 Llama-3-8B linears at max clock: 9.7 ms at 1 token, 146 ms at 2048 tokens.
+    m, cal = a100_8b.model, a100_8b.gpu.calibration
+    t1, _ = a100_8b._capped_part(np.array([m.linear_params * 2.0]), np.array([2.0 * m.linear_params]), 1410,
+                                 cal.bandwidth_efficiency, cal.compute_efficiency)
+    t2048, _ = a100_8b._capped_part(np.array([m.linear_params * 2.0]), np.array([2.0 * m.linear_params * 2048]),
+                                    1410, cal.bandwidth_efficiency, cal.compute_efficiency)
+    assert float(t1[0]) * 1e3 == pytest.approx(9.7, rel=0.05)
+    assert float(t2048[0]) * 1e3 == pytest.approx(146, rel=0.10)
+
+
+def test_energy_is_u_shaped_for_prefill(a100_8b):
+    e = {f: a100_8b.prefill_cost(8192, f, num_seqs=30)[1] for f in (210, 600, 1005, 1410)}
+    assert e[1005] < e[1410]
+    assert e[210] > e[1005]
+
+
+def test_decode_step_at_tile_boundary(a100_8b):
+    t128, e128 = a100_8b.decode_cost(128, 128 * 400, 1410)
+    t129, e129 = a100_8b.decode_cost(129, 129 * 400, 1410)
+    t127, _ = a100_8b.decode_cost(127, 127 * 400, 1410)
+    assert t129 - t128 > 5 * (t128 - t127)  # a step, not a slope
+    assert e129 / 129 > e128 / 128  # energy per token jumps too
+
+
+def test_power_never_exceeds_limit(a100_8b):
+    tab = a100_8b.prefill_table(1410)
+    tg, eg = np.array(tab.tg[1:]), np.array(tab.eg[1:])
+    assert np.all(eg / tg <= a100_8b.gpu.power_limit_w * 1.0001)
+    d = a100_8b.decode_table(1410)
+    t0, e0 = np.array(d.t0[1:]), np.array(d.e0[1:])
+    assert np.all(e0 / t0 <= a100_8b.gpu.power_limit_w * 1.0001)
+
+
+def test_idle_power_matches_spec_at_min_clock(a100_8b):
+    assert a100_8b.idle_power_w(210) == pytest.approx(a100_8b.gpu.idle_power_w, rel=0.05)
+    assert a100_8b.idle_power_w(1410) > a100_8b.idle_power_w(210)
+
+
+def test_unsupported_clock_is_a_user_error(a100_8b):
+    with pytest.raises(UserError, match="15 MHz"):
+        a100_8b.decode_table(1000)
+
+
+def test_tensor_parallel_shrinks_time_and_needs_divisor():
+    g, e = gpu_spec("a100-80g-sxm4"), engine_spec()
+    m = model_spec("llama-3.1-70b")
+    with pytest.raises(UserError, match="raise --tp"):
+        PerfModel(g, m, e, tp=1)
+    pm2, pm4 = PerfModel(g, m, e, tp=2), PerfModel(g, m, e, tp=4)
+    assert pm4.decode_cost(8, 4000, 1410)[0] < pm2.decode_cost(8, 4000, 1410)[0]
+    with pytest.raises(UserError, match="divide"):
+        PerfModel(g, m, e, tp=3)

@@ -1,0 +1,106 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from voltana_cli.core.controller import EcoFreqController, Observation, StaticController
+from voltana_cli.core.errors import UserError
+from voltana_cli.core.policy import PolicyContext, build_policy, default_levels
+from voltana_cli.core.predictor import ModelPredictor
+from voltana_cli.core.router import InstanceView, RoundRobinRouter, TileAwareRouter
+
+
+@pytest.fixture
+def exact(a100_8b):
+    return ModelPredictor(a100_8b, 0.0, None, [1005, 1410])
+
+
+def test_default_levels_are_the_papers_pair(a100_8b):
+    assert default_levels(a100_8b) == (1005, 1410)
+
+
+def test_static_controller_is_constant():
+    c = StaticController(1005)
+    assert c.decide(Observation(0.0, 500, 10**6, queued=9)) == 1005
+    assert c.idle_clock_mhz == 1005
+
+
+def test_ecofreq_decode_low_clock_when_light_max_when_queued(exact):
+    c = EcoFreqController("decode", exact, [1005, 1410], slo_s=0.05, margin=0.0, min_hold_s=0.0)
+    assert c.decide(Observation(0.0, 8, 8 * 300)) == 1005
+    assert c.decide(Observation(0.1, 8, 8 * 300, queued=1)) == 1410
+    assert c.decide(Observation(0.2, 600, 600 * 900)) == 1410  # prediction over the SLO
+
+
+def test_ecofreq_prefill_budget_shrinks_with_wait(exact):
+    c = EcoFreqController("prefill", exact, [1005, 1410], slo_s=0.8, margin=0.0, min_hold_s=0.0)
+    assert c.decide(Observation(0.0, 4, 2000, oldest_wait_s=0.0)) == 1005
+    assert c.decide(Observation(1.0, 4, 2000, oldest_wait_s=0.75)) == 1410
+
+
+def test_ecofreq_does_not_flap_but_raises_at_once(exact):
+    c = EcoFreqController("decode", exact, [1005, 1410], slo_s=0.05, margin=0.0, min_hold_s=0.05)
+    assert c.decide(Observation(0.0, 8, 2400, queued=1)) == 1410
+    assert c.decide(Observation(0.01, 8, 2400)) == 1410  # held
+    assert c.decide(Observation(0.06, 8, 2400)) == 1005  # after the hold
+    assert c.decide(Observation(0.061, 8, 2400, queued=2)) == 1410
+
+
+def test_ecofreq_idle_timeout_drops_to_min(exact):
+    c = EcoFreqController("decode", exact, [1005, 1410], slo_s=0.05)
+    c.decide(Observation(0.0, 1, 10, queued=1))
+    assert c.current == 1410
+    c.on_idle_timeout()
+    assert c.current == 1005 == c.idle_clock_mhz
+
+
+@settings(max_examples=200, deadline=None)
+@given(b1=st.integers(1, 1500), extra=st.integers(0, 1500), kv=st.integers(1, 2000))
+def test_ecofreq_never_lowers_clock_when_load_rises(a100_8b, b1, extra, kv):
+    pred = ModelPredictor(a100_8b, 0.0, None, [855, 1005, 1200, 1410])
+    mk = lambda: EcoFreqController("decode", pred, [855, 1005, 1200, 1410], 0.05, min_hold_s=0.0)  # noqa: E731
+    lo = mk().decide(Observation(0.0, b1, b1 * kv))
+    hi = mk().decide(Observation(0.0, b1 + extra, (b1 + extra) * kv))
+    assert hi >= lo
+
+
+def test_prediction_error_is_bounded_and_seeded(a100_8b):
+    p1 = ModelPredictor(a100_8b, 0.1, np.random.default_rng(3), [1005])
+    p2 = ModelPredictor(a100_8b, 0.1, np.random.default_rng(3), [1005])
+    truth = a100_8b.decode_cost(32, 32 * 400, 1005)[0]
+    assert p1.decode_s(32, 32 * 400, 1005) == p2.decode_s(32, 32 * 400, 1005)
+    assert abs(p1.decode_s(32, 32 * 400, 1005) / truth - 1) <= 0.1 + 1e-9
+
+
+def test_round_robin_cycles():
+    r = RoundRobinRouter()
+    views = [InstanceView(i, 0, 0, 1410) for i in range(3)]
+    assert [r.choose(10, views) for _ in range(6)] == [0, 1, 2, 0, 1, 2]
+
+
+def test_tile_aware_below_tile_prefers_low_clock_then_fewest():
+    r = TileAwareRouter(128)
+    assert r.choose(1, [InstanceView(0, 10, 0, 1410), InstanceView(1, 50, 0, 1005)]) == 1
+    assert r.choose(1, [InstanceView(0, 10, 0, 1005), InstanceView(1, 50, 0, 1005)]) == 0
+
+
+def test_tile_aware_avoids_opening_a_tile():
+    r = TileAwareRouter(128)
+    # Instance 0 sits exactly on a boundary (128): adding would open a new tile; instance 1 can absorb.
+    assert r.choose(1, [InstanceView(0, 128, 0, 1410), InstanceView(1, 100, 0, 1410)]) == 1
+    # Both past the boundary: fill the one with fewer tiles in use first, the fuller one among those.
+    assert r.choose(1, [InstanceView(0, 300, 0, 1410), InstanceView(1, 200, 0, 1410)]) == 1
+
+
+def test_policy_registry_names_and_errors(a100_8b):
+    ctx = PolicyContext(a100_8b, 0.8, 0.05, np.random.default_rng(0))
+    assert isinstance(build_policy("voltana", ctx).decode_router, TileAwareRouter)
+    assert isinstance(build_policy("ecofreq", ctx).decode_router, RoundRobinRouter)
+    assert isinstance(build_policy("static-max+tile-aware", ctx).decode_router, TileAwareRouter)
+    assert build_policy("static-max", ctx).make_decode_controller().decide(Observation(0, 1, 1)) == 1410
+    assert build_policy("static-min", ctx).make_decode_controller().decide(Observation(0, 1, 1)) == 1005
+    assert build_policy("static:705", ctx).make_prefill_controller().decide(Observation(0, 1, 1)) == 705
+    for bad, msg in [("nope", "unknown policy"), ("static:1000", "1000 MHz"), ("static:x", "static:<MHz>"),
+                     ("voltana+nope", "unknown router")]:
+        with pytest.raises(UserError, match=msg):
+            build_policy(bad, ctx)

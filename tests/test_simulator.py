@@ -1,0 +1,91 @@
+import math
+
+import numpy as np
+import pytest
+
+from tests.conftest import make_workload
+from voltana_cli.core.metrics import summarize
+from voltana_cli.core.policy import PolicyContext, build_policy
+from voltana_cli.core.simulator import ClusterConfig, simulate
+
+
+def run(pm, wl, policy="voltana", seed=0, **cluster):
+    pol = build_policy(policy, PolicyContext(pm, 0.8, 0.05, np.random.default_rng(seed)))
+    return simulate(wl, pm, pol, ClusterConfig(**cluster), np.random.default_rng(seed))
+
+
+@pytest.mark.parametrize("policy", ["static-max", "static-min", "ecofreq", "voltana"])
+def test_every_request_finishes_exactly_once_and_in_order(a100_8b, policy):
+    wl = make_workload(n=400, rate=30.0)
+    res = run(a100_8b, wl, policy)
+    assert np.all(np.isfinite(res.finish_s)) and np.all(np.isfinite(res.ttft_s))
+    assert np.all(res.ttft_s > 0)
+    assert np.all(res.finish_s >= res.arrival_s + res.ttft_s - 1e-12)
+    # Each request joined exactly one decode instance and got output_tokens - 1 decode iterations.
+    assert set(np.unique(res.decode_instance)) <= {0, 1}
+    assert res.token_itl_weight.sum() == (res.output_tokens - 1).sum()
+    one = res.output_tokens == 1
+    assert np.all(np.isnan(res.itl_mean_s[one])) and np.all(np.isfinite(res.itl_mean_s[~one]))
+
+
+def test_energy_is_non_negative_and_adds_up(a100_8b):
+    res = run(a100_8b, make_workload(n=300, rate=20.0))
+    s = summarize(res, 0.8, 0.05)
+    e = s.energy_j
+    assert all(v >= 0 for v in e.values())
+    assert e["total"] == pytest.approx(e["prefill"] + e["decode"] + e["idle"])
+    # Every instance is accounted for over the whole window: busy + idle time = run length.
+    for st in res.instances:
+        assert st.busy_s + st.idle_s == pytest.approx(res.end_s - res.start_s, rel=1e-6)
+
+
+def test_same_seed_same_result_different_seed_differs(a100_8b):
+    wl = make_workload(n=300, rate=40.0)
+    a, b = run(a100_8b, wl, seed=1), run(a100_8b, wl, seed=1)
+    c = run(a100_8b, wl, seed=2)
+    assert np.array_equal(a.finish_s, b.finish_s) and np.array_equal(a.ttft_s, b.ttft_s)
+    assert sum(s.energy_j for s in a.instances) == sum(s.energy_j for s in b.instances)
+    assert not np.array_equal(a.finish_s, c.finish_s)
+
+
+def test_trivially_low_rate_meets_every_slo(a100_8b):
+    res = run(a100_8b, make_workload(n=100, rate=0.5))
+    s = summarize(res, 0.8, 0.05)
+    assert s.attainment == {"ttft": 1.0, "itl": 1.0, "both": 1.0}
+
+
+def test_low_clock_saves_energy_at_light_load_and_costs_latency(a100_8b):
+    wl = make_workload(n=600, rate=20.0)
+    hi = summarize(run(a100_8b, wl, "static-max"), 0.8, 0.05)
+    lo = summarize(run(a100_8b, wl, "static-min"), 0.8, 0.05)
+    assert lo.energy_j["total"] < 0.85 * hi.energy_j["total"]
+    assert lo.ttft_ms["p50"] > hi.ttft_ms["p50"]
+
+
+def test_clock_switches_counted_and_cost_time(a100_8b):
+    wl = make_workload(n=600, rate=150.0)
+    res = run(a100_8b, wl, "voltana", record_timeline=True)
+    switches = sum(s.clock_switches for s in res.instances)
+    assert switches > 0
+    for st in res.instances:
+        times = [t for t, _ in st.timeline]
+        assert times == sorted(times)
+        assert st.timeline[0][1] == 1005  # EcoFreq starts at its lowest clock
+    free = run(a100_8b, wl, "voltana", switch_ms=0.0)
+    assert sum(s.busy_s for s in free.instances) != pytest.approx(sum(s.busy_s for s in res.instances), rel=1e-9)
+
+
+def test_overload_queues_and_misses_slo(a100_8b):
+    res = run(a100_8b, make_workload(n=1500, rate=400.0, out_max=300), "static-max")
+    s = summarize(res, 0.8, 0.05)
+    assert s.attainment["ttft"] < 0.5
+    assert math.isfinite(s.energy_j["total"])
+
+
+def test_kv_capacity_bounds_reserved_tokens(a100_8b):
+    wl = make_workload(n=50, rate=5.0)
+    object.__setattr__(wl, "input_tokens", np.full(50, 500_000))
+    from voltana_cli.core.errors import UserError
+
+    with pytest.raises(UserError, match="KV tokens"):
+        run(a100_8b, wl)

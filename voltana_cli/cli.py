@@ -1,0 +1,72 @@
+"""The ``voltana`` command line (typer + rich). Commands stay thin; the work is in ``voltana_cli.core``."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from voltana_cli import __version__
+from voltana_cli.commands.bench import bench
+from voltana_cli.commands.later import not_yet
+
+app = typer.Typer(
+    name="voltana",
+    help="Cut the GPU energy of LLM serving while keeping latency SLOs (prefill/decode clusters).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"voltana {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """voltana: energy-efficient LLM serving."""
+
+
+app.command(help="Replay a workload (sharegpt, azure-conv, ...) on a simulated P/D cluster; report energy and "
+                 "SLO attainment per policy.")(bench)
+
+
+@app.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+def profile() -> None:
+    """Measure or model prefill/decode latency and energy across GPU clocks (arrives in a later version)."""
+    not_yet("profile")
+
+
+@app.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+def tune() -> None:
+    """Fit predictors and auto-tune the controller and router by simulation (arrives in a later version)."""
+    not_yet("tune")
+
+
+@app.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+def serve() -> None:
+    """Launch an SGLang P/D cluster with voltana's controller and router (arrives in a later version)."""
+    not_yet("serve")
+
+
+def main() -> None:
+    """Console-script entry point: click's usage errors become one line and exit code 2."""
+    try:
+        rv = app(standalone_mode=False)
+    except (typer.Abort, KeyboardInterrupt):
+        typer.echo("aborted", err=True)
+        sys.exit(130)
+    except Exception as exc:
+        # click's UsageError (typer vendors click in recent releases): match it by shape, not by import.
+        if getattr(exc, "exit_code", None) == 2 and hasattr(exc, "format_message"):
+            ctx = getattr(exc, "ctx", None)
+            hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+            typer.echo(f"error: {exc.format_message()}{hint}", err=True)
+            sys.exit(2)
+        raise
+    sys.exit(rv if isinstance(rv, int) else 0)

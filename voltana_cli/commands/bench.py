@@ -1,0 +1,158 @@
+"""``voltana bench``: replay a workload on a simulated P/D cluster and report energy and SLO attainment."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from voltana_cli.commands import user_errors
+from voltana_cli.core.bench import (
+    DEFAULT_POLICIES,
+    BenchConfig,
+    parse_rates,
+    per_request_frame,
+    prepare_bench,
+    run_bench_full,
+)
+from voltana_cli.core.errors import UserError
+from voltana_cli.core.metrics import ITL_RULE
+from voltana_cli.core.report import check_writable, write_csv, write_json, write_sweep_plot
+from voltana_cli.core.workload import ARRIVALS, DATASETS
+
+
+def bench(
+    dataset: str = typer.Option("sharegpt", help=f"Workload: {', '.join(sorted(DATASETS))}."),
+    dataset_path: Path | None = typer.Option(
+        None, help="File for the dataset: a ShareGPT JSON (or token CSV), an Azure trace CSV, or a CSV of "
+        "input_tokens,output_tokens[,arrival_s] for --dataset csv."),
+    tokenizer: str = typer.Option("llama3", help="Tokenizer for a ShareGPT JSON: a quicktok encoding "
+                                  "(llama3, qwen3, ...) or a tokenizer.json path."),
+    request_rate: str = typer.Option("60", help="Requests per second, or START:STOP:STEP for a sweep (inclusive)."),
+    duration_s: float = typer.Option(120.0, help="Seconds of arrivals (ignored with --num-prompts)."),
+    num_prompts: int | None = typer.Option(None, help="Number of requests instead of a duration."),
+    arrival: str = typer.Option("auto", help=f"Arrival process: auto, {', '.join(ARRIVALS)} "
+                                "(auto: trace timestamps for timestamped traces, else poisson)."),
+    burstiness: float = typer.Option(1.0, help="Gamma arrivals' shape: 1 = Poisson, < 1 burstier."),
+    seed: int = typer.Option(0, help="Seed of the workload, noise and prediction errors."),
+    gpu: str = typer.Option("a100-80g-sxm4", help="GPU spec (voltana_cli/data/gpus)."),
+    model: str = typer.Option("llama-3.1-8b", help="Model spec (voltana_cli/data/models)."),
+    tp: int | None = typer.Option(None, help="Tensor parallelism per instance (default: the model's)."),
+    prefill: int = typer.Option(2, help="Prefill instances."),
+    decode: int = typer.Option(2, help="Decode instances."),
+    policy: list[str] | None = typer.Option(
+        None, help="Policy, repeatable: static-max, static-min (the lowest EcoFreq level), static:<MHz>, ecofreq, voltana; "
+        "add +round-robin / +tile-aware / +least-loaded to pick the decode router. "
+        f"Default: {', '.join(DEFAULT_POLICIES)}."),
+    slo_ttft_ms: float = typer.Option(800.0, help="TTFT SLO (ms)."),
+    slo_itl_ms: float = typer.Option(50.0, help="ITL SLO (ms)."),
+    ecofreq_margin: float = typer.Option(0.35, help="EcoFreq margin: the target is SLO x (1 + margin)."),
+    ecofreq_clocks: str | None = typer.Option(
+        None, help="EcoFreq clock levels in MHz, comma-separated (default: the paper's two, 1005,1410 on A100)."),
+    prediction_error: float = typer.Option(0.05, help="Controller's prediction error, a fraction (0.05 = ±5 %)."),
+    noise: float = typer.Option(0.02, help="Simulated GPU's per-iteration timing noise (lognormal sigma)."),
+    json_path: Path | None = typer.Option(None, "--json", help="Write the report as JSON here."),
+    csv_path: Path | None = typer.Option(None, "--csv", help="Write one row per request per run here."),
+    plot_path: Path | None = typer.Option(None, "--plot", help="Write a PNG of energy and attainment vs rate."),
+) -> None:
+    """Replay a workload on a simulated P/D cluster and report energy and SLO attainment per policy."""
+    console = Console(width=None if sys.stdout.isatty() else 170)
+    with user_errors():
+        rates = parse_rates(request_rate)
+        for path, flag in ((json_path, "--json"), (csv_path, "--csv"), (plot_path, "--plot")):
+            if path is not None:
+                check_writable(path, flag)
+        if plot_path is not None and plot_path.suffix.lower() != ".png":
+            raise UserError(f"--plot {plot_path}: give a .png path")
+        clocks = _parse_clocks(ecofreq_clocks) if ecofreq_clocks else None
+        if num_prompts is None and not (duration_s > 0 and math.isfinite(duration_s)):
+            raise UserError(f"--duration-s {duration_s} must be > 0")
+        if num_prompts is not None and num_prompts <= 0:
+            raise UserError(f"--num-prompts {num_prompts} must be > 0")
+        if not 0 <= prediction_error < 1:
+            raise UserError(f"--prediction-error {prediction_error} must be in [0, 1)")
+        cfg = BenchConfig.model_construct(
+            **BenchConfig().model_dump(),
+        ).model_copy(update=dict(
+            dataset=dataset, dataset_path=dataset_path, tokenizer=tokenizer, request_rates=rates,
+            duration_s=duration_s, num_prompts=num_prompts, arrival=arrival, burstiness=burstiness, seed=seed,
+            gpu=gpu, model=model, tp=tp, n_prefill=prefill, n_decode=decode,
+            policies=list(policy) if policy else list(DEFAULT_POLICIES), slo_ttft_ms=slo_ttft_ms,
+            slo_itl_ms=slo_itl_ms, ecofreq_margin=ecofreq_margin, ecofreq_clocks_mhz=clocks,
+            prediction_error=prediction_error, noise=noise,
+        ))
+        prepared = prepare_bench(cfg)
+        n_runs = len(rates) * len(cfg.policies)
+        with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                      TimeElapsedColumn(), console=Console(stderr=True), transient=True) as prog:
+            task = prog.add_task("simulating", total=n_runs)
+
+            def step(label: str) -> None:
+                prog.update(task, description=f"simulating {label}")
+                prog.advance(task)
+
+            out = run_bench_full(prepared, progress=step)
+        _render(console, out.report)
+        if json_path is not None:
+            write_json(json_path, out.report)
+            console.print(f"wrote {json_path}")
+        if csv_path is not None:
+            write_csv(csv_path, per_request_frame(out.runs))
+            console.print(f"wrote {csv_path}")
+        if plot_path is not None:
+            write_sweep_plot(plot_path, out.report)
+            console.print(f"wrote {plot_path}")
+
+
+def _parse_clocks(text: str) -> list[int]:
+    try:
+        clocks = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"--ecofreq-clocks {text!r}: give MHz values separated by commas, e.g. 1005,1410") from None
+    if not clocks:
+        raise UserError("--ecofreq-clocks is empty: give MHz values separated by commas, e.g. 1005,1410")
+    return clocks
+
+
+def _fmt(x: float | None, spec: str) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "-"
+    return format(x, spec)
+
+
+def _render(console: Console, report: dict) -> None:
+    cfg = report["config"]
+    span = f"{cfg['num_prompts']} requests" if cfg["num_prompts"] else f"{cfg['duration_s']:g} s"
+    console.print(
+        f"[bold]voltana bench[/] (simulated) {cfg['n_prefill']}P{cfg['n_decode']}D {cfg['gpu']} x TP{cfg['tp']}, "
+        f"{cfg['model']}, {cfg['dataset_name']}, {cfg['arrival']} arrivals, "
+        f"{span}, seed {cfg['seed']}"
+    )
+    console.print(
+        f"SLOs: TTFT {cfg['slo_ttft_ms']:g} ms, ITL {cfg['slo_itl_ms']:g} ms. ITL rule: {ITL_RULE}. "
+        f"EcoFreq levels {cfg['ecofreq_clocks_mhz']} MHz, margin {cfg['ecofreq_margin']:g}."
+    )
+    table = Table(show_lines=False)
+    for col, just in [
+        ("req/s", "right"), ("policy", "left"), ("energy (J)", "right"), ("saving vs static-max", "right"),
+        ("J/out tok", "right"), ("TTFT att", "right"), ("ITL att", "right"), ("both att", "right"),
+        ("TTFT p50/p99 ms", "right"), ("ITL p50/p99 ms", "right"), ("req/s out", "right"), ("tok/s out", "right"),
+    ]:
+        table.add_column(col, justify=just)  # type: ignore[arg-type]
+    for r in report["runs"]:
+        a = r["attainment"]
+        sav = r.get("saving_vs_static_max")
+        table.add_row(
+            f"{r['request_rate']:g}", r["policy"], f"{r['energy_j']['total']:,.0f}",
+            "-" if sav is None else f"{100 * sav:.1f} %", f"{r['joules_per_output_token']:.3f}",
+            f"{100 * a['ttft']:.1f} %", f"{100 * a['itl']:.1f} %", f"{100 * a['both']:.1f} %",
+            f"{_fmt(r['ttft_ms']['p50'], '.0f')} / {_fmt(r['ttft_ms']['p99'], '.0f')}",
+            f"{_fmt(r['itl_ms']['p50'], '.1f')} / {_fmt(r['itl_ms']['p99'], '.1f')}",
+            f"{r['throughput']['requests_per_s']:.1f}", f"{r['throughput']['output_tokens_per_s']:,.0f}",
+        )
+    console.print(table)

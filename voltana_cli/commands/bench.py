@@ -14,7 +14,7 @@ from rich.table import Table
 from voltana_cli.commands import user_errors
 from voltana_cli.core.bench import (
     DEFAULT_POLICIES,
-    BenchConfig,
+    make_config,
     parse_rates,
     per_request_frame,
     prepare_bench,
@@ -76,16 +76,14 @@ def bench(
             raise UserError(f"--num-prompts {num_prompts} must be > 0")
         if not 0 <= prediction_error < 1:
             raise UserError(f"--prediction-error {prediction_error} must be in [0, 1)")
-        cfg = BenchConfig.model_construct(
-            **BenchConfig().model_dump(),
-        ).model_copy(update=dict(
+        cfg = make_config(
             dataset=dataset, dataset_path=dataset_path, tokenizer=tokenizer, request_rates=rates,
             duration_s=duration_s, num_prompts=num_prompts, arrival=arrival, burstiness=burstiness, seed=seed,
             gpu=gpu, model=model, tp=tp, n_prefill=prefill, n_decode=decode,
             policies=list(policy) if policy else list(DEFAULT_POLICIES), slo_ttft_ms=slo_ttft_ms,
             slo_itl_ms=slo_itl_ms, ecofreq_margin=ecofreq_margin, ecofreq_clocks_mhz=clocks,
             prediction_error=prediction_error, noise=noise,
-        ))
+        )
         prepared = prepare_bench(cfg)
         n_runs = len(rates) * len(cfg.policies)
         with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),

@@ -112,10 +112,10 @@ class BenchOutput:
     runs: list[RunRecord]
 
 
-def validate_config(cfg: BenchConfig) -> None:
-    """Re-validate a config that may have been built with ``model_construct`` or mutated."""
+def make_config(**fields: object) -> BenchConfig:
+    """Build a validated ``BenchConfig``; a bad field becomes a ``UserError`` naming it."""
     try:
-        BenchConfig.model_validate(cfg.model_dump())
+        return BenchConfig.model_validate(fields)
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = ".".join(str(x) for x in err["loc"])
@@ -136,7 +136,7 @@ class PreparedBench:
 
 def prepare_bench(cfg: BenchConfig) -> PreparedBench:
     """Validate ``cfg`` and load what it needs; raises ``UserError`` before any simulation runs."""
-    validate_config(cfg)
+    cfg = make_config(**cfg.model_dump())
     gpu, model = gpu_spec(cfg.gpu), model_spec(cfg.model)
     pm = PerfModel(gpu, model, engine_spec(), tp=cfg.tp or model.default_tp)
     cluster = ClusterConfig(n_prefill=cfg.n_prefill, n_decode=cfg.n_decode, noise=cfg.noise,

@@ -456,13 +456,13 @@ def simulate(
         account_idle(st, ctl, end, last, clock)
 
     return _collect(
-        workload, arrival, inp, out, ttft, finish_a, first_iter, p_of, d_of, d_dur, d_bat,
+        arrival, inp, out, ttft, finish_a, first_iter, p_of, d_of, d_dur, d_bat,
         p_stats + d_stats, start, end, events,
     )
 
 
 def _collect(
-    workload: Workload, arrival: np.ndarray, inp: np.ndarray, out: np.ndarray, ttft: list[float],
+    arrival: np.ndarray, inp: np.ndarray, out: np.ndarray, ttft: list[float],
     finish: np.ndarray, first_iter: list[int], p_of: list[int], d_of: list[int],
     d_dur: list[list[float]], d_bat: list[list[int]], stats: list[InstanceStats],
     start: float, end: float, events: int,

@@ -9,6 +9,8 @@ import typer
 from voltana_cli import __version__
 from voltana_cli.commands.bench import bench
 from voltana_cli.commands.later import not_yet
+from voltana_cli.commands.profile import profile
+from voltana_cli.commands.tune import tune
 
 app = typer.Typer(
     name="voltana",
@@ -36,16 +38,9 @@ app.command(help="Replay a workload (sharegpt, azure-conv, ...) on a simulated P
                  "SLO attainment per policy.")(bench)
 
 
-@app.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-def profile() -> None:
-    """Measure or model prefill/decode latency and energy across GPU clocks (arrives in a later version)."""
-    not_yet("profile")
-
-
-@app.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-def tune() -> None:
-    """Fit predictors and auto-tune the controller and router by simulation (arrives in a later version)."""
-    not_yet("tune")
+app.command(help="Measure (torch) or model (sim) prefill and decode latency and energy across GPU clocks; "
+                 "write profiles/<gpu>/<model>/.")(profile)
+app.command(help="Fit EcoPred predictors from a profile and report held-out accuracy (--fit-only).")(tune)
 
 
 @app.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})

@@ -56,6 +56,10 @@ def bench(
         None, help="EcoFreq clock levels in MHz, comma-separated (default: the paper's two, 1005,1410 on A100)."),
     prediction_error: float = typer.Option(0.05, help="Controller's prediction error, a fraction (0.05 = ±5 %)."),
     noise: float = typer.Option(0.02, help="Simulated GPU's per-iteration timing noise (lognormal sigma)."),
+    profile: str | None = typer.Option(None, help="Use this profile (directory, or shipped <gpu>/<model>) as the simulated "
+                                       "GPU's ground truth instead of the analytical model."),
+    predictor: Path | None = typer.Option(None, help="EcoFreq predicts with the EcoPred in this tuned config "
+                                          "(`voltana tune --fit-only --out`) instead of the model with --prediction-error."),
     json_path: Path | None = typer.Option(None, "--json", help="Write the report as JSON here."),
     csv_path: Path | None = typer.Option(None, "--csv", help="Write one row per request per run here."),
     plot_path: Path | None = typer.Option(None, "--plot", help="Write a PNG of energy and attainment vs rate."),
@@ -82,7 +86,7 @@ def bench(
             gpu=gpu, model=model, tp=tp, n_prefill=prefill, n_decode=decode,
             policies=list(policy) if policy else list(DEFAULT_POLICIES), slo_ttft_ms=slo_ttft_ms,
             slo_itl_ms=slo_itl_ms, ecofreq_margin=ecofreq_margin, ecofreq_clocks_mhz=clocks,
-            prediction_error=prediction_error, noise=noise,
+            prediction_error=prediction_error, noise=noise, profile=profile, predictor=predictor,
         )
         prepared = prepare_bench(cfg)
         n_runs = len(rates) * len(cfg.policies)

@@ -16,10 +16,13 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from voltana_cli import __version__
+from voltana_cli.core.ecopred import EcoPred, load_predictor
 from voltana_cli.core.errors import UserError
 from voltana_cli.core.metrics import ITL_RULE, summarize
 from voltana_cli.core.perfmodel import PerfModel
 from voltana_cli.core.policy import EcoFreqParams, PolicyContext, build_policy, default_levels
+from voltana_cli.core.profile import load_profile
+from voltana_cli.core.profilemodel import ProfileModel
 from voltana_cli.core.simulator import ClusterConfig, SimResult, simulate
 from voltana_cli.core.specs import engine_spec, gpu_spec, model_spec
 from voltana_cli.core.workload import DatasetRequest, LengthTrace, Workload, build_workload, load_lengths
@@ -57,6 +60,8 @@ class BenchConfig(BaseModel):
     tile: int | None = None
     random_input_len: int = 1024
     random_output_len: int = 128
+    profile: str | None = None  # a profile directory (or shipped <gpu>/<model>) as the simulated GPU's truth
+    predictor: Path | None = None  # a tuned-config YAML whose EcoPred the controller uses
 
     @field_validator("request_rates")
     @classmethod
@@ -128,6 +133,8 @@ class PreparedBench:
 
     cfg: BenchConfig
     model: PerfModel
+    truth: PerfModel | ProfileModel
+    predictor: EcoPred | None
     cluster: ClusterConfig
     ecofreq: EcoFreqParams
     lengths: LengthTrace
@@ -139,6 +146,15 @@ def prepare_bench(cfg: BenchConfig) -> PreparedBench:
     cfg = make_config(**cfg.model_dump())
     gpu, model = gpu_spec(cfg.gpu), model_spec(cfg.model)
     pm = PerfModel(gpu, model, engine_spec(), tp=cfg.tp or model.default_tp)
+    truth: PerfModel | ProfileModel = pm
+    if cfg.profile is not None:
+        prof = load_profile(cfg.profile)
+        _same_target("--profile", prof.meta.gpu, prof.meta.model, cfg)
+        truth = ProfileModel(prof, pm)
+    predictor = None
+    if cfg.predictor is not None:
+        predictor = load_predictor(cfg.predictor)
+        _same_target("--predictor", str(predictor.info.get("gpu")), str(predictor.info.get("model")), cfg)
     cluster = ClusterConfig(n_prefill=cfg.n_prefill, n_decode=cfg.n_decode, noise=cfg.noise,
                             chunked_prefill_tokens=cfg.chunked_prefill_tokens)
     cluster.validate()
@@ -147,14 +163,20 @@ def prepare_bench(cfg: BenchConfig) -> PreparedBench:
         margin=cfg.ecofreq_margin, prediction_error=cfg.prediction_error,
     )
     for name in cfg.policies:
-        build_policy(name, _context(cfg, pm, ecof))
+        build_policy(name, _context(cfg, pm, ecof, predictor))
     lengths, arrival = _lengths(cfg)
-    return PreparedBench(cfg, pm, cluster, ecof, lengths, arrival)
+    return PreparedBench(cfg, pm, truth, predictor, cluster, ecof, lengths, arrival)
 
 
-def _context(cfg: BenchConfig, pm: PerfModel, ecof: EcoFreqParams) -> PolicyContext:
+def _same_target(flag: str, gpu: str, model: str, cfg: BenchConfig) -> None:
+    if gpu != cfg.gpu or model != cfg.model:
+        raise UserError(f"{flag} is for {gpu} x {model}, but the bench simulates {cfg.gpu} x {cfg.model}: "
+                        f"pass --gpu {gpu} --model {model}, or a matching {flag}")
+
+
+def _context(cfg: BenchConfig, pm: PerfModel, ecof: EcoFreqParams, predictor: EcoPred | None = None) -> PolicyContext:
     return PolicyContext(pm, cfg.slo_ttft_ms / 1e3, cfg.slo_itl_ms / 1e3, np.random.default_rng([cfg.seed, 2]),
-                         ecof, cfg.tile)
+                         ecof, cfg.tile, predictor)
 
 
 def run_bench_full(cfg: BenchConfig | PreparedBench, progress: Callable[[str], None] | None = None) -> BenchOutput:
@@ -174,8 +196,8 @@ def run_bench_full(cfg: BenchConfig | PreparedBench, progress: Callable[[str], N
         for name in cfg.policies:
             if progress:
                 progress(f"{rate:g} req/s, {name}")
-            ctx = _context(cfg, pm, ecof)
-            res = simulate(wl, pm, build_policy(name, ctx), cluster, np.random.default_rng([cfg.seed, 3]))
+            ctx = _context(cfg, pm, ecof, prep.predictor)
+            res = simulate(wl, prep.truth, build_policy(name, ctx), cluster, np.random.default_rng([cfg.seed, 3]))
             s = summarize(res, cfg.slo_ttft_ms / 1e3, cfg.slo_itl_ms / 1e3).as_dict()
             runs.append(RunRecord(rate, name, res, s))
             out_runs.append({"request_rate": rate, "policy": name, **s})
@@ -191,6 +213,10 @@ def run_bench_full(cfg: BenchConfig | PreparedBench, progress: Callable[[str], N
             "tp": tp,
             "arrival": arrival,
             "backend": "sim",
+            "ground_truth": f"profile {prep.truth.profile.source}" if isinstance(prep.truth, ProfileModel)
+            else "analytical model",
+            "predictor_used": f"EcoPred from {cfg.predictor}" if prep.predictor is not None
+            else f"analytical model with ±{cfg.prediction_error:g} error",
             "itl_rule": ITL_RULE,
             "ecofreq_clocks_mhz": list(ecof.clocks_mhz or default_levels(pm)),
             "kv_capacity_tokens_per_decode_instance": pm.kv_capacity_tokens,

@@ -26,8 +26,8 @@ import bisect
 import hashlib
 import math
 import time
-import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -593,3 +593,49 @@ def _gbt_summary(train: pd.DataFrame, test: pd.DataFrame, seed: int) -> dict[str
             per[str(int(clock))] = float(np.mean(np.abs(g["_p"].to_numpy() - y) / y) * 100)
         out[phase] = {"worst_mape_pct": max(per.values()), "mean_mape_pct": float(np.mean(list(per.values())))}
     return out
+
+
+# ---- the tuned-config file ----------------------------------------------------------------------------------
+TUNED_SCHEMA = "voltana.tuned/1"
+
+
+def accuracy_report(rep: FitReport, holdout: float) -> dict[str, Any]:
+    """The ``--json`` document: per phase and clock ``mae_ms``, ``mape_pct``, ``r2`` (held-out rows)."""
+    return {
+        "voltana_version": __version__,
+        "holdout_fraction": holdout,
+        "prefill": rep.accuracy.get("prefill", {}),
+        "decode": rep.accuracy.get("decode", {}),
+        "energy": rep.energy_accuracy,
+        "steps": rep.predictor.info.get("steps", []),
+        "segments": {"decode": rep.predictor.decode.edges, "prefill": rep.predictor.prefill.edges},
+        "families": rep.families,
+        "chosen": rep.chosen,
+        "source": rep.predictor.info.get("source"),
+    }
+
+
+def tuned_document(rep: FitReport, holdout: float) -> dict[str, Any]:
+    acc = accuracy_report(rep, holdout)
+    return {
+        "schema": TUNED_SCHEMA,
+        "predictor": rep.predictor.to_dict(),
+        "accuracy": {k: acc[k] for k in ("holdout_fraction", "prefill", "decode", "energy", "families", "chosen")},
+    }
+
+
+def load_predictor(path: str | Path) -> EcoPred:
+    """The predictor of a tuned-config file (``voltana tune --fit-only --out``)."""
+    import yaml  # noqa: PLC0415
+
+    p = Path(path)
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{p}: no such file; write one with `voltana tune --fit-only --profile P --out {p}`") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise UserError(f"{p}: not valid YAML ({exc.__class__.__name__}); regenerate it with `voltana tune --fit-only`") from None
+    if not isinstance(raw, dict) or raw.get("schema") != TUNED_SCHEMA:
+        got = raw.get("schema") if isinstance(raw, dict) else type(raw).__name__
+        raise UserError(f"{p}: schema {got!r} is not {TUNED_SCHEMA!r}; regenerate it with `voltana tune --fit-only`")
+    return EcoPred.from_dict(raw.get("predictor"), str(p))

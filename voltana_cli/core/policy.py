@@ -15,7 +15,7 @@ import numpy as np
 from voltana_cli.core.controller import EcoFreqController, FrequencyController, StaticController
 from voltana_cli.core.errors import UserError
 from voltana_cli.core.perfmodel import PerfModel
-from voltana_cli.core.predictor import ModelPredictor
+from voltana_cli.core.predictor import LatencyPredictor, ModelPredictor
 from voltana_cli.core.router import LeastLoadedRouter, RoundRobinRouter, Router, TileAwareRouter
 
 
@@ -40,6 +40,7 @@ class PolicyContext:
     rng: np.random.Generator
     ecofreq: EcoFreqParams = field(default_factory=EcoFreqParams)
     tile: int | None = None  # decode batch-size boundary for tile-aware routing; None: the engine's GEMM tile
+    predictor: LatencyPredictor | None = None  # e.g. a fitted EcoPred; None: the analytical model with error
 
 
 @dataclass
@@ -105,7 +106,13 @@ def build_policy(name: str, ctx: PolicyContext) -> Policy:
             m.check_clock(c)
         if p.margin < -0.5 or p.margin > 2:
             raise UserError(f"EcoFreq margin {p.margin} is outside [-0.5, 2]: the paper uses 0.35")
-        predictor = ModelPredictor(m, p.prediction_error, ctx.rng, levels)
+        if ctx.predictor is not None:
+            predictor = ctx.predictor
+            prepare = getattr(predictor, "prepare", None)
+            if prepare is not None:
+                prepare(levels)  # fails now, with the fitted range, if a level is outside it
+        else:
+            predictor = ModelPredictor(m, p.prediction_error, ctx.rng, levels)
 
         def make(phase: str, slo: float) -> Callable[[], FrequencyController]:
             return lambda: EcoFreqController(

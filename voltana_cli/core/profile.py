@@ -17,7 +17,6 @@ import datetime as _dt
 import io
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -29,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from voltana_cli.core.errors import UserError
 from voltana_cli.core.paths import shipped_dir
+from voltana_cli.core.report import write_text
 
 PROFILE_CSV = "profile.csv"
 METADATA_YAML = "metadata.yaml"
@@ -97,7 +97,7 @@ class Profile:
 
 
 def now_iso() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+    return _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat()
 
 
 def make_frame(rows: list[dict]) -> pd.DataFrame:
@@ -247,19 +247,6 @@ def load_profile(spec: str | Path) -> Profile:
 
 
 # ---- writing ------------------------------------------------------------------------------------------
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def profile_csv_text(df: pd.DataFrame) -> str:
     buf = io.StringIO()
     out = df[list(COLUMNS)].copy()
@@ -286,9 +273,9 @@ def write_profile(profile: Profile, out_dir: str | Path) -> Path:
     d = Path(out_dir)
     validate_frame(profile.data.astype(object).where(profile.data.notna(), np.nan), "profile")
     d.mkdir(parents=True, exist_ok=True)
-    _atomic_write_text(d / PROFILE_CSV, profile_csv_text(profile.data))
+    write_text(d / PROFILE_CSV, profile_csv_text(profile.data))
     meta = profile.meta.model_dump(mode="json")
-    _atomic_write_text(d / METADATA_YAML, yaml.safe_dump(meta, sort_keys=False, width=110))
+    write_text(d / METADATA_YAML, yaml.safe_dump(meta, sort_keys=False, width=110))
     return d
 
 

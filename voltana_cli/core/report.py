@@ -47,6 +47,11 @@ def _clean(x: object) -> object:
     return x
 
 
+def write_text(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` atomically (exact bytes, UTF-8, no newline translation)."""
+    _atomic(path, lambda p: p.write_bytes(text.encode("utf-8")))
+
+
 def write_json(path: Path, data: dict) -> None:
     text = json.dumps(_clean(data), indent=2, sort_keys=False)
     _atomic(path, lambda p: p.write_text(text + "\n"))

@@ -1,0 +1,125 @@
+"""``voltana profile``: measure (torch) or model (sim) prefill/decode latency and energy across clocks."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from voltana_cli.commands import user_errors
+from voltana_cli.core.errors import UserError
+from voltana_cli.core.profile import Profile, check_profile_out, summary_frame, write_profile
+from voltana_cli.core.profiler import BACKENDS, ProfileRequest, run_profile
+
+
+def parse_int_list(flag: str, text: str | None) -> list[int] | None:
+    """``"1005,1410"`` -> ``[1005, 1410]``; a bad item is a one-line error naming the flag."""
+    if text is None:
+        return None
+    try:
+        vals = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"{flag} {text!r}: give whole numbers separated by commas, e.g. 1,8,9,16") from None
+    if not vals:
+        raise UserError(f"{flag} is empty: give whole numbers separated by commas")
+    return vals
+
+
+def profile(
+    backend: str = typer.Option("sim", help=f"Where the numbers come from: {', '.join(BACKENDS)} "
+                                "(sim: the analytical model with noise; torch: real forward passes, random weights)."),
+    gpu: str | None = typer.Option(None, help="sim: GPU spec (default a100-80g-sxm4). torch: read from the device."),
+    model: str = typer.Option("llama-3.1-8b", help="Model spec (its architecture, for torch: no weights are downloaded)."),
+    hf_config: Path | None = typer.Option(None, help="torch: build the architecture from this Hugging Face config.json "
+                                          "instead of --model."),
+    tp: int | None = typer.Option(None, help="sim: tensor parallelism (default: the model's)."),
+    clocks: str | None = typer.Option(None, help="SM clocks in MHz, comma-separated. sim default: every 105 MHz from "
+                                      "half the maximum up, plus the EcoFreq levels; torch: the card's current clock."),
+    batch_sizes: str | None = typer.Option(None, help="Decode batch sizes (default: 1,2,4, both sides of every multiple "
+                                           "of 8 to 256 and of 128 above, to 1024)."),
+    kv_per_request: str | None = typer.Option(None, help="Decode context tokens per request (default 64,256,1024; "
+                                              "capped by the KV cache)."),
+    prefill_tokens: str | None = typer.Option(None, help="Prefill batch tokens (default 32 ... 8192, powers of 2)."),
+    prefill_seqs: str | None = typer.Option(None, help="Sequences per prefill batch (default 1,2,3,4,6,8,12,16)."),
+    phases: str = typer.Option("prefill,decode", help="Which phases to profile."),
+    repeats: int = typer.Option(3, help="Timed windows per configuration."),
+    warmup: int | None = typer.Option(None, help="Untimed calls before each window (torch default 2 on GPU)."),
+    cooldown_s: float | None = typer.Option(None, help="Pause after each clock change (torch default 2 s on GPU)."),
+    min_window_s: float | None = typer.Option(None, help="Repeat calls until a window lasts this long, so the energy "
+                                              "counter (updated every 20-100 ms) covers it (torch default 0.5 s on GPU)."),
+    noise: float = typer.Option(0.03, help="sim: lognormal latency noise (0.03 = 3 %)."),
+    seed: int = typer.Option(0, help="Seed of the noise (sim) and the random weights (torch)."),
+    lock_clocks: bool = typer.Option(False, "--lock-clocks/--no-lock-clocks",
+                                     help="torch: lock the SM clock to each --clocks value (needs root or CAP_SYS_ADMIN; "
+                                     "restored on exit). Without it: measure at the card's own clock."),
+    device: str = typer.Option("cuda", help="torch: cuda, cuda:N or cpu."),
+    dtype: str | None = typer.Option(None, help="torch: bfloat16 (GPU default), float16 or float32 (CPU default)."),
+    out: Path | None = typer.Option(None, help="Directory for profile.csv + metadata.yaml "
+                                    "(default profiles/<gpu>/<model>)."),
+    force: bool = typer.Option(False, help="Replace a profile already in --out."),
+    emulated_state: Path | None = typer.Option(None, hidden=True),
+    slow_s: float = typer.Option(0.0, hidden=True),
+) -> None:
+    """Measure or model prefill and decode iterations across GPU clocks; write a profile."""
+    console = Console(width=None if sys.stdout.isatty() else 140)
+    err = Console(stderr=True)
+    with user_errors():
+        phase_t = tuple(p.strip() for p in phases.split(",") if p.strip())
+        if backend == "sim" and out is None:
+            out = Path("profiles") / (gpu or "a100-80g-sxm4") / model
+        if out is not None:
+            check_profile_out(out, force)
+        else:
+            check_profile_out(Path("profiles"), True)
+        req = ProfileRequest(
+            backend=backend, gpu=gpu, model=model, tp=tp, clocks_mhz=parse_int_list("--clocks", clocks),
+            batch_sizes=parse_int_list("--batch-sizes", batch_sizes),
+            kv_per_request=parse_int_list("--kv-per-request", kv_per_request),
+            prefill_tokens=parse_int_list("--prefill-tokens", prefill_tokens),
+            prefill_seqs=parse_int_list("--prefill-seqs", prefill_seqs), phases=phase_t, repeats=repeats,
+            warmup=warmup, cooldown_s=cooldown_s, min_window_s=min_window_s, noise=noise, seed=seed,
+            lock_clocks=lock_clocks, device=device, dtype=dtype, hf_config=hf_config, emulated_state=emulated_state,
+            slow_s=slow_s,
+        )
+        if backend != "sim" and gpu is not None:
+            raise UserError("--gpu is for --backend sim; a real backend reads the GPU from the device")
+        with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                      TimeElapsedColumn(), console=err, transient=True) as prog:
+            task = prog.add_task(f"profiling ({backend})", total=None)
+
+            def start(total: int) -> None:
+                prog.update(task, total=total)
+
+            def window(phase: str) -> None:
+                prog.update(task, description=f"profiling ({backend}) {phase}")
+                prog.advance(task)
+
+            prof = run_profile(req, start, window, warn=lambda m: err.print(f"warning: {m}"))
+        if out is None:
+            out = Path("profiles") / prof.meta.gpu / prof.meta.model.replace("/", "--")
+            check_profile_out(out, force)
+        write_profile(prof, out)
+        render_summary(console, prof)
+        console.print(f"wrote {out}/profile.csv and metadata.yaml ({len(prof.data)} rows)")
+
+
+def render_summary(console: Console, prof: Profile) -> None:
+    m = prof.meta
+    locked = "locked" if m.clocks_locked else "NOT locked"
+    console.print(f"[bold]voltana profile[/] ({m.backend}) {m.gpu_name} x TP{m.tp}, {m.model}, {m.engine}; "
+                  f"clocks {locked}. {m.clock_note}")
+    table = Table()
+    for col in ("phase", "clock MHz", "rows", "latency ms (min-max)", "power W", "energy/token mJ"):
+        table.add_column(col, justify="left" if col == "phase" else "right")
+    for r in summary_frame(prof).itertuples():
+        table.add_row(
+            r.phase, str(r.clock_mhz), str(r.rows), f"{r.latency_min_ms:.2f} - {r.latency_max_ms:.2f}",
+            "unavailable" if math.isnan(r.power_w) else f"{r.power_w:.0f}",
+            "unavailable" if math.isnan(r.energy_per_token_mj) else f"{r.energy_per_token_mj:.2f}",
+        )
+    console.print(table)

@@ -98,7 +98,7 @@ def test_nothing_written_on_error(tmp_path):
     assert r.exit_code == 2 and "does not exist" in r.output
 
 
-@pytest.mark.parametrize("cmd", ["profile", "tune", "serve"])
+@pytest.mark.parametrize("cmd", ["tune", "serve"])
 def test_later_commands_do_not_pretend(cmd):
     r = invoke(cmd)
     assert r.exit_code == 2 and "later version" in r.output

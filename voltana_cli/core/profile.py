@@ -275,7 +275,7 @@ def write_profile(profile: Profile, out_dir: str | Path) -> Path:
     d.mkdir(parents=True, exist_ok=True)
     write_text(d / PROFILE_CSV, profile_csv_text(profile.data))
     meta = profile.meta.model_dump(mode="json")
-    write_text(d / METADATA_YAML, yaml.safe_dump(meta, sort_keys=False, width=110))
+    write_text(d / METADATA_YAML, yaml.safe_dump(meta, sort_keys=False, width=110, default_flow_style=None))
     return d
 
 

@@ -125,6 +125,7 @@ class TorchRunner:
             cache.crop(-1)  # drop the token this step appended: every call sees ctx tokens
             return out.logits
 
+        run.cache = cache  # type: ignore[attr-defined]  (for inspection)
         return run
 
     def release(self) -> None:

@@ -145,3 +145,22 @@ def test_voltana_profile_restores_clocks_when_killed(tmp_path):
     assert final["locked"] is None and final["calls"] >= 2
     assert "Traceback" not in err
     assert not (tmp_path / "p" / "profile.csv").exists()  # nothing half-written
+
+
+def test_timer_repeats_until_the_window_is_long_enough_and_reports_energy_per_call():
+    from voltana_cli.core.profiling import Timer
+
+    clock = [0.0]
+    a = EmulatedGpu(gpu_spec("a100-80g-sxm4"), clock=lambda: clock[0], idle_power=lambda f: 100.0)
+    calls = []
+
+    def work():
+        calls.append(1)
+        clock[0] += 0.03  # 30 ms per call at 100 W: 3 J per call
+
+    w = Timer(gpus=[a], min_window_s=0.1, warmup=2, now=lambda: clock[0]).window(work)
+    assert w.calls == 4 and len(calls) == 6  # warm-up calls are not timed
+    assert w.latency_s == pytest.approx(0.03) and w.energy_j == pytest.approx(3.0)
+    assert w.clock_mhz == 1410
+    no_counter = Timer(gpus=[], min_window_s=0.0, warmup=0, now=lambda: clock[0]).window(work)
+    assert no_counter.calls == 1 and no_counter.energy_j is None

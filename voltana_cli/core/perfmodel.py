@@ -55,7 +55,47 @@ class PrefillTable:
     e_pair: float
 
 
-class PerfModel:
+class CostTables:
+    """Iteration costs read from per-clock tables; shared by the analytical model and a profile's interpolant."""
+
+    max_batch: int
+
+    def decode_table(self, clock_mhz: int) -> DecodeTable:
+        raise NotImplementedError
+
+    def prefill_table(self, clock_mhz: int, max_tokens: int | None = None) -> PrefillTable:
+        raise NotImplementedError
+
+    def decode_cost(self, batch: int, kv_tokens: int, clock_mhz: int) -> tuple[float, float]:
+        """Latency (s) and energy (J, whole instance) of one decode iteration."""
+        if batch <= 0:
+            return 0.0, 0.0
+        if batch > self.max_batch:
+            raise ValueError(f"decode batch {batch} above the modelled maximum {self.max_batch}")
+        tab = self.decode_table(clock_mhz)
+        return tab.t0[batch] + kv_tokens * tab.t_kv, tab.e0[batch] + kv_tokens * tab.e_kv
+
+    def prefill_cost(
+        self, tokens: int, clock_mhz: int, num_seqs: int = 1, attn_pairs: float | None = None
+    ) -> tuple[float, float]:
+        """Latency (s) and energy (J) of a prefill iteration of ``tokens`` tokens from ``num_seqs`` requests.
+
+        ``attn_pairs`` is the causal attention work, sum over chunks of ``c * (offset + (c + 1) / 2)``;
+        by default the tokens are split evenly over the sequences with no cached prefix.
+        """
+        if tokens <= 0:
+            return 0.0, 0.0
+        if attn_pairs is None:
+            c = tokens / max(num_seqs, 1)
+            attn_pairs = num_seqs * c * (c + 1) / 2
+        tab = self.prefill_table(clock_mhz, tokens)
+        return (
+            tab.tg[tokens] + num_seqs * tab.t_seq + attn_pairs * tab.t_pair,
+            tab.eg[tokens] + num_seqs * tab.e_seq + attn_pairs * tab.e_pair,
+        )
+
+
+class PerfModel(CostTables):
     """Latency (s) and energy (J) of prefill and decode iterations of one instance at a given SM clock.
 
     Args:
@@ -228,15 +268,6 @@ class PerfModel:
         self._decode[clock_mhz] = tab
         return tab
 
-    def decode_cost(self, batch: int, kv_tokens: int, clock_mhz: int) -> tuple[float, float]:
-        """Latency (s) and energy (J, whole instance) of one decode iteration."""
-        if batch <= 0:
-            return 0.0, 0.0
-        if batch > self.max_batch:
-            raise ValueError(f"decode batch {batch} above the modelled maximum {self.max_batch}")
-        tab = self.decode_table(clock_mhz)
-        return tab.t0[batch] + kv_tokens * tab.t_kv, tab.e0[batch] + kv_tokens * tab.e_kv
-
     # ---- prefill --------------------------------------------------------------------------------------
     def prefill_table(self, clock_mhz: int, max_tokens: int | None = None) -> PrefillTable:
         """Cached prefill cost table at ``clock_mhz`` for 0..max_tokens batch tokens."""
@@ -271,25 +302,6 @@ class PerfModel:
         )
         self._prefill[clock_mhz] = tab
         return tab
-
-    def prefill_cost(
-        self, tokens: int, clock_mhz: int, num_seqs: int = 1, attn_pairs: float | None = None
-    ) -> tuple[float, float]:
-        """Latency (s) and energy (J) of a prefill iteration of ``tokens`` tokens from ``num_seqs`` requests.
-
-        ``attn_pairs`` is the causal attention work, sum over chunks of ``c * (offset + (c + 1) / 2)``;
-        by default the tokens are split evenly over the sequences with no cached prefix.
-        """
-        if tokens <= 0:
-            return 0.0, 0.0
-        if attn_pairs is None:
-            c = tokens / max(num_seqs, 1)
-            attn_pairs = num_seqs * c * (c + 1) / 2
-        tab = self.prefill_table(clock_mhz, tokens)
-        return (
-            tab.tg[tokens] + num_seqs * tab.t_seq + attn_pairs * tab.t_pair,
-            tab.eg[tokens] + num_seqs * tab.e_seq + attn_pairs * tab.e_pair,
-        )
 
     def kv_transfer_s(self, tokens: int) -> float:
         """Time to move a request's KV cache from its prefill to its decode instance."""

@@ -18,11 +18,11 @@ import numpy as np
 
 from voltana_cli.core.ecopred import EcoPred, fit_phase
 from voltana_cli.core.errors import UserError
-from voltana_cli.core.perfmodel import DecodeTable, PerfModel, PrefillTable
+from voltana_cli.core.perfmodel import CostTables, DecodeTable, PerfModel, PrefillTable
 from voltana_cli.core.profile import Profile
 
 
-class ProfileModel:
+class ProfileModel(CostTables):
     """Drop-in for ``PerfModel`` inside ``simulate``: tables come from ``profile``, the rest from ``base``."""
 
     def __init__(self, profile: Profile, base: PerfModel):
@@ -122,22 +122,3 @@ class ProfileModel:
         tg[0] = eg[0] = 0.0
         tab = self._prefill[clock_mhz] = PrefillTable(clock_mhz, tg.tolist(), eg.tolist(), t_seq, e_seq, t_pair, e_pair)
         return tab
-
-    def decode_cost(self, batch: int, kv_tokens: int, clock_mhz: int) -> tuple[float, float]:
-        if batch <= 0:
-            return 0.0, 0.0
-        tab = self.decode_table(clock_mhz)
-        return tab.t0[batch] + kv_tokens * tab.t_kv, tab.e0[batch] + kv_tokens * tab.e_kv
-
-    def prefill_cost(
-        self, tokens: int, clock_mhz: int, num_seqs: int = 1, attn_pairs: float | None = None
-    ) -> tuple[float, float]:
-        if tokens <= 0:
-            return 0.0, 0.0
-        if attn_pairs is None:
-            c = tokens / max(num_seqs, 1)
-            attn_pairs = num_seqs * c * (c + 1) / 2
-        tab = self.prefill_table(clock_mhz, tokens)
-        return (tab.tg[tokens] + num_seqs * tab.t_seq + attn_pairs * tab.t_pair,
-                tab.eg[tokens] + num_seqs * tab.e_seq + attn_pairs * tab.e_pair)
-

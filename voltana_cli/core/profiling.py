@@ -230,13 +230,9 @@ class Timer:
         e0 = self._energy()
         t0 = self.now()
         calls = 0
-        while True:
+        while True:  # at least one call; more until the window is long enough
             fn()
             calls += 1
-            if self.min_window_s <= 0 or calls >= 1_000_000:
-                self.sync()
-                t1 = self.now()
-                break
             self.sync()
             t1 = self.now()
             if t1 - t0 >= self.min_window_s:

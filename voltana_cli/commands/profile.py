@@ -32,7 +32,8 @@ def parse_int_list(flag: str, text: str | None) -> list[int] | None:
 
 def profile(
     backend: str = typer.Option("sim", help=f"Where the numbers come from: {', '.join(BACKENDS)} "
-                                "(sim: the analytical model with noise; torch: real forward passes, random weights)."),
+                                "(sim: the analytical model with noise; torch: real forward passes, random weights; "
+                                "sglang: controlled batches against a running SGLang server)."),
     gpu: str | None = typer.Option(None, help="sim: GPU spec (default a100-80g-sxm4). torch: read from the device."),
     model: str = typer.Option("llama-3.1-8b", help="Model spec (its architecture, for torch: no weights are downloaded)."),
     hf_config: Path | None = typer.Option(None, help="torch: build the architecture from this Hugging Face config.json "
@@ -59,6 +60,10 @@ def profile(
                                      "restored on exit). Without it: measure at the card's own clock."),
     device: str = typer.Option("cuda", help="torch: cuda, cuda:N or cpu."),
     dtype: str | None = typer.Option(None, help="torch: bfloat16 (GPU default), float16 or float32 (CPU default)."),
+    sglang_url: str = typer.Option("http://127.0.0.1:30000", help="sglang: the running server's URL."),
+    gpu_index: str | None = typer.Option(None, help="sglang: the server's GPUs on this machine (comma-separated CUDA "
+                                         "indices), for NVML energy and clocks."),
+    window_tokens: int = typer.Option(32, help="sglang: decode tokens per request in each timed window."),
     out: Path | None = typer.Option(None, help="Directory for profile.csv + metadata.yaml "
                                     "(default profiles/<gpu>/<model>)."),
     force: bool = typer.Option(False, help="Replace a profile already in --out."),
@@ -84,7 +89,8 @@ def profile(
             prefill_seqs=parse_int_list("--prefill-seqs", prefill_seqs), phases=phase_t, repeats=repeats,
             warmup=warmup, cooldown_s=cooldown_s, min_window_s=min_window_s, noise=noise, seed=seed,
             lock_clocks=lock_clocks, device=device, dtype=dtype, hf_config=hf_config, emulated_state=emulated_state,
-            slow_s=slow_s,
+            slow_s=slow_s, sglang_url=sglang_url, gpu_indices=parse_int_list("--gpu-index", gpu_index),
+            window_tokens=window_tokens,
         )
         if backend != "sim" and gpu is not None:
             raise UserError("--gpu is for --backend sim; a real backend reads the GPU from the device")

@@ -21,7 +21,7 @@ from voltana_cli.core.profile import Profile, ProfileMeta, Protocol, make_frame,
 from voltana_cli.core.profiling import ProfilePlan, Timer, Window, default_batch_sizes, default_clocks, run_sim
 from voltana_cli.core.specs import available_gpus, engine_spec, gpu_spec, model_spec
 
-BACKENDS = ("sim", "torch")
+BACKENDS = ("sim", "torch", "sglang")
 
 
 @dataclass
@@ -48,6 +48,9 @@ class ProfileRequest:
     device: str = "cuda"
     dtype: str | None = None
     hf_config: Path | None = None
+    sglang_url: str = "http://127.0.0.1:30000"
+    gpu_indices: list[int] | None = None  # sglang: local GPUs of the server, for NVML energy and clocks
+    window_tokens: int = 32  # sglang: decode tokens per request in a timed window
     emulated_state: Path | None = None  # sim: mirror the emulated GPU's lock state to this file (tests)
     slow_s: float = 0.0  # sim: sleep per window (lets tests interrupt a run); not a user option
     notes: list[str] = field(default_factory=list)
@@ -74,6 +77,8 @@ def run_profile(req: ProfileRequest, on_start: Callable[[int], None] | None = No
         raise UserError(f"--backend {req.backend!r}: use one of {', '.join(BACKENDS)}")
     if req.backend == "sim":
         return _run_sim(req, on_start, on_window, warn)
+    if req.backend == "sglang":
+        return _run_sglang(req, on_start, on_window, warn)
     return _run_torch(req, on_start, on_window, warn)
 
 
@@ -223,6 +228,59 @@ def _run_torch(req: ProfileRequest, on_start, on_window, warn) -> Profile:
                           min_window_s=plan.min_window_s),
         clocks_locked=bool(req.lock_clocks), clock_note=note, voltana_version=__version__, created=now_iso(),
         notes=["random weights (from_config); decode against a synthetic KV cache; LM head on the last token only",
+               *req.notes],
+    )
+    return Profile(validate_frame(make_frame(rows), "profile"), meta, "<new>")
+
+
+def _run_sglang(req: ProfileRequest, on_start, on_window, warn) -> Profile:
+    from voltana_cli.core import sglang_backend as sb  # noqa: PLC0415
+
+    if req.window_tokens < 4:
+        raise UserError(f"--window-tokens {req.window_tokens}: use at least 4 decode tokens per window")
+    client = sb.SglangClient(req.sglang_url)
+    info = client.server_info()
+    gpus: list[GpuDevice] = [NvmlGpu(i) for i in (req.gpu_indices or [])]
+    identity = gpus[0].identity() if gpus else {}
+    if req.lock_clocks and not gpus:
+        raise UserError("--lock-clocks needs --gpu-index (the server's GPUs on this machine)")
+    if gpus and not req.lock_clocks:
+        if req.clocks_mhz and len(req.clocks_mhz) > 1:
+            raise UserError("several --clocks need --lock-clocks (without it the card runs at its own clock)")
+        clocks = [gpus[0].sm_clock_mhz()]
+    elif gpus:
+        clocks = req.clocks_mhz or [gpus[0].sm_clock_mhz()]
+    else:
+        if not req.clocks_mhz or len(req.clocks_mhz) != 1:
+            raise UserError("without --gpu-index voltana cannot read the server's clock: pass --gpu-index, or "
+                            "--clocks with the one clock the server's GPUs run at")
+        clocks = req.clocks_mhz
+    plan = _plan(req, clocks, None, None, 256,
+                 {"kv": (64, 256, 1024), "tokens": (256, 1024, 4096), "seqs": (1, 2, 4), "warmup": 1,
+                  "cooldown_s": 2.0 if req.lock_clocks else 0.0, "min_window_s": 0.0})
+    if on_start:
+        on_start(plan.windows)
+    rows: list[dict] = []
+    with ClockGuard(gpus, lock=req.lock_clocks, on_reset_error=warn) as guard:
+        rows.extend(sb.run_sglang(plan, client, guard, gpus, 32000, req.window_tokens, req.seed, on_window))
+    if gpus and not any(np.isfinite(r["energy_j"]) for r in rows) and warn:
+        warn("the GPU's energy counter gave no readings: energy_j is empty (unavailable), not 0")
+    gpu_name = identity.get("gpu_name") or "unknown GPU (no --gpu-index)"
+    model_name = str(info.get("model_path") or info.get("served_model_name") or "unknown-model")
+    meta = ProfileMeta(
+        gpu=gpu_key_for(gpu_name) if gpus else "unknown-gpu", gpu_name=gpu_name, driver=identity.get("driver"),
+        power_limit_w=identity.get("power_limit_w"), clocks_available_mhz=identity.get("clocks_available_mhz", []),
+        memory_clock_mhz=identity.get("memory_clock_mhz"), tp=int(info.get("tp_size") or 1), engine="sglang",
+        engine_version=str(info.get("version")) if info.get("version") else None, model=model_name,
+        dtype=str(info.get("dtype") or "auto"), backend="sglang", device=client.url,
+        protocol=Protocol(warmup=plan.warmup, repeats=plan.repeats, cooldown_s=plan.cooldown_s, min_window_s=0.0),
+        clocks_locked=bool(req.lock_clocks),
+        clock_note=("each row at its locked clock_mhz" if req.lock_clocks else
+                    "clocks not locked: clock_mhz is the SM clock read when profiling started"
+                    if gpus else "clock_mhz as given by --clocks; not read from the GPU"),
+        voltana_version=__version__, created=now_iso(),
+        notes=["prefill: wall time of a burst of max_new_tokens=1 requests (HTTP overhead included); "
+               f"decode: median streamed inter-token gap, {req.window_tokens}-token windows, random token ids",
                *req.notes],
     )
     return Profile(validate_frame(make_frame(rows), "profile"), meta, "<new>")

@@ -153,7 +153,7 @@ def run_torch(
                 fn = runner.prefill_fn(t, n)
                 for r in range(plan.repeats):
                     w = timer.window(fn)
-                    yield _row("prefill", clock_label(clock, w), n, t, w.latency_s, w.energy_j, r)
+                    yield _row("prefill", clock_label(clock, w), n, max(1, t // n) * n, w.latency_s, w.energy_j, r)
                     if on_window:
                         on_window("prefill")
         if "decode" in plan.phases:

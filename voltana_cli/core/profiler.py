@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import platform
 import re
 import statistics
 import time
@@ -18,7 +19,17 @@ from voltana_cli.core.gpu import ClockGuard, EmulatedGpu, GpuDevice, NvmlGpu
 from voltana_cli.core.perfmodel import PerfModel
 from voltana_cli.core.policy import default_levels
 from voltana_cli.core.profile import Profile, ProfileMeta, Protocol, make_frame, now_iso, validate_frame
-from voltana_cli.core.profiling import ProfilePlan, Timer, Window, default_batch_sizes, default_clocks, run_sim
+from voltana_cli.core.profiling import (
+    DEFAULT_KV_PER_REQUEST,
+    DEFAULT_PREFILL_SEQS,
+    DEFAULT_PREFILL_TOKENS,
+    ProfilePlan,
+    Timer,
+    Window,
+    default_batch_sizes,
+    default_clocks,
+    run_sim,
+)
 from voltana_cli.core.specs import available_gpus, engine_spec, gpu_spec, model_spec
 
 BACKENDS = ("sim", "torch", "sglang")
@@ -100,8 +111,6 @@ def _plan(req: ProfileRequest, clocks: list[int], kv_capacity: int | None, graph
 
 
 def _run_sim(req: ProfileRequest, on_start, on_window, warn) -> Profile:
-    from voltana_cli.core.profiling import DEFAULT_KV_PER_REQUEST, DEFAULT_PREFILL_SEQS, DEFAULT_PREFILL_TOKENS  # noqa: PLC0415
-
     gkey = req.gpu or "a100-80g-sxm4"
     gpu, model, engine = gpu_spec(gkey), model_spec(req.model), engine_spec()
     tp = req.tp or model.default_tp
@@ -215,8 +224,6 @@ def _run_torch(req: ProfileRequest, on_start, on_window, warn) -> Profile:
         note = "CPU run: clock_mhz is the CPU's reported clock; no energy counter (energy_j and power_w empty)"
     if on_gpu and not any(np.isfinite(r["energy_j"]) for r in rows) and warn:
         warn("the GPU's energy counter gave no readings: energy_j is empty (unavailable), not 0")
-    import platform  # noqa: PLC0415
-
     gpu_name = identity.get("gpu_name") or (platform.processor() or platform.machine() or "cpu")
     meta = ProfileMeta(
         gpu=gpu_key_for(gpu_name) if on_gpu else "cpu", gpu_name=gpu_name, driver=identity.get("driver"),

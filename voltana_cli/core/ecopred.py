@@ -71,7 +71,7 @@ class Step:
     """A latency step between decode batch sizes ``after`` and ``after + 1``."""
 
     after: int
-    jump_ms: float  # excess over the local slope, at the highest profiled clock
+    jump_ms: float  # mean over clocks of the excess over the local slope
     rel: float  # mean over clocks of the excess relative to the latency at ``after``
     clocks_seen: int  # clocks where the excess was positive
     clocks_total: int
@@ -128,17 +128,16 @@ def detect_steps(decode: pd.DataFrame) -> list[Step]:
         z = sum(p[3] for p in per) / math.sqrt(len(per))
         rel = float(np.mean([p[2] for p in per]))
         if z > STEP_Z and rel > STEP_MIN_REL:
-            top = max(per, key=lambda p: p[0])
+            jump = float(np.mean([p[1] for p in per]))
             n_pos = sum(1 for p in per if p[1] > 0)
-            steps.append(Step(b, round(top[1], 4), round(rel, 4), n_pos, len(per)))
+            steps.append(Step(b, round(jump, 4), round(rel, 4), n_pos, len(per)))
     return steps
 
 
 # ---- segmentation ---------------------------------------------------------------------------------------
-def _config_means(phase: str, df: pd.DataFrame, target: str) -> pd.DataFrame:
+def _config_means(df: pd.DataFrame, target: str) -> pd.DataFrame:
     g = df.groupby(["clock_mhz", "batch_size", "num_tokens"], sort=True)[target]
-    out = g.agg(["mean", "count", "std"]).reset_index()
-    return out
+    return g.agg(["mean", "count", "std"]).reset_index()
 
 
 def _lsq_rel_rms(x: np.ndarray, y: np.ndarray) -> float:
@@ -154,7 +153,7 @@ def segment(phase: str, df: pd.DataFrame, cuts: list[int], min_points: int = 2) 
     ``cuts``: values ``v`` such that ``v`` and ``v + 1`` must be in different segments. A segment is split
     at a sampled value while a line fits its configuration means worse than the noise explains."""
     key = _x_key(phase)
-    means = _config_means(phase, df, "latency_ms")
+    means = _config_means(df, "latency_ms")
     # Noise of a configuration mean, relative, pooled over configurations with repeats.
     rep = means[means["count"] > 1]
     if len(rep):

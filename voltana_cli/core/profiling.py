@@ -141,7 +141,7 @@ def prefill_pairs(tokens: Any, seqs: Any) -> Any:
     return n * c * (c + 1) / 2
 
 
-def _row(phase: str, clock: int, b: int, tokens: int, lat_s: float, energy_j: float | None, r: int) -> dict:
+def window_row(phase: str, clock: int, b: int, tokens: int, lat_s: float, energy_j: float | None, r: int) -> dict:
     ok = energy_j is not None and math.isfinite(energy_j) and energy_j > 0
     return {
         "phase": phase, "clock_mhz": int(clock), "batch_size": int(b), "num_tokens": int(tokens),
@@ -191,7 +191,33 @@ def _noisy(phase: str, clock: int, b: int, tokens: int, lat: float, en: float, r
         ep = math.exp(0.5 * noise * rng.standard_normal() - 0.125 * noise * noise)
     else:
         et = ep = 1.0
-    return _row(phase, clock, b, tokens, lat * et, en * et * ep, r)
+    return window_row(phase, clock, b, tokens, lat * et, en * et * ep, r)
+
+
+# ---- real backends: the order of measurement and the timing protocol ---------------------------------------
+#: Measures one configuration at one clock: ``(clock, a, b) -> one row per repeat`` (prefill: tokens, seqs;
+#: decode: batch size, KV tokens).
+ConfigRuns = Callable[[int, int, int], Iterator[dict]]
+
+
+def walk_plan(plan: ProfilePlan, guard: ClockGuard, prefill: ConfigRuns, decode: ConfigRuns,
+              on_window: Callable[[str], None] | None = None,
+              sleep: Callable[[float], None] = time.sleep) -> Iterator[dict]:
+    """The real backends' walk: per clock (locked through ``guard``, then the cool-down), every configuration
+    of each profiled phase, its repeats back to back."""
+    for clock in plan.clocks_mhz:
+        guard.set(clock)
+        if plan.cooldown_s > 0:
+            sleep(plan.cooldown_s)
+        for phase, configs, runs in (("prefill", plan.prefill_configs(), prefill),
+                                     ("decode", plan.decode_configs(), decode)):
+            if phase not in plan.phases:
+                continue
+            for a, b in configs:
+                for row in runs(clock, a, b):
+                    yield row
+                    if on_window:
+                        on_window(phase)
 
 
 # ---- timing protocol for real backends ---------------------------------------------------------------------

@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 
 from voltana_cli.core.errors import UserError
 from voltana_cli.core.gpu import ClockGuard, GpuDevice
-from voltana_cli.core.profiling import ProfilePlan, _row
+from voltana_cli.core.profiling import ProfilePlan, walk_plan, window_row
 
 
 @dataclass
@@ -190,23 +190,17 @@ def run_sglang(plan: ProfilePlan, client: SglangClient, guard: ClockGuard, gpus:
                window_tokens: int, seed: int, on_window: Callable[[str], None] | None = None,
                sleep: Callable[[float], None] = time.sleep) -> Iterator[dict]:
     rng = random.Random(seed)
-    for clock in plan.clocks_mhz:
-        guard.set(clock)
-        if plan.cooldown_s > 0:
-            sleep(plan.cooldown_s)
-        if "prefill" in plan.phases:
-            for t, n in plan.prefill_configs():
-                for _ in range(plan.warmup):
-                    measure_prefill(client, t, n, [], rng, vocab)
-                for r in range(plan.repeats):
-                    lat, en = measure_prefill(client, t, n, gpus, rng, vocab)
-                    yield _row("prefill", clock, n, (t // n) * n, lat, en, r)
-                    if on_window:
-                        on_window("prefill")
-        if "decode" in plan.phases:
-            for b, kv in plan.decode_configs():
-                for r in range(plan.repeats):
-                    itl, en, kv_mid = measure_decode(client, b, kv, gpus, rng, vocab, window_tokens)
-                    yield _row("decode", clock, b, kv_mid, itl, en, r)
-                    if on_window:
-                        on_window("decode")
+
+    def prefill(clock: int, t: int, n: int) -> Iterator[dict]:
+        for _ in range(plan.warmup):
+            measure_prefill(client, t, n, [], rng, vocab)
+        for r in range(plan.repeats):
+            lat, en = measure_prefill(client, t, n, gpus, rng, vocab)
+            yield window_row("prefill", clock, n, (t // n) * n, lat, en, r)
+
+    def decode(clock: int, b: int, kv: int) -> Iterator[dict]:
+        for r in range(plan.repeats):
+            itl, en, kv_mid = measure_decode(client, b, kv, gpus, rng, vocab, window_tokens)
+            yield window_row("decode", clock, b, kv_mid, itl, en, r)
+
+    return walk_plan(plan, guard, prefill, decode, on_window, sleep)

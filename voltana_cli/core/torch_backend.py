@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from voltana_cli.core.errors import UserError
 from voltana_cli.core.gpu import ClockGuard
-from voltana_cli.core.profiling import ProfilePlan, Timer, Window, _row
+from voltana_cli.core.profiling import ProfilePlan, Timer, Window, walk_plan, window_row
 from voltana_cli.core.specs import ModelSpec
 
 
@@ -140,32 +141,26 @@ def run_torch(
     timer: Timer,
     clock_label: Callable[[int, Window], int],
     on_window: Callable[[str], None] | None = None,
-    sleep: Callable[[float], None] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> Iterator[dict]:
     """Rows of real forward passes. ``clock_label(requested, window)`` gives the ``clock_mhz`` to record
     (the locked clock, or what the card ran at)."""
-    for clock in plan.clocks_mhz:
-        guard.set(clock)
-        if sleep and plan.cooldown_s > 0:
-            sleep(plan.cooldown_s)
-        if "prefill" in plan.phases:
-            for t, n in plan.prefill_configs():
-                fn = runner.prefill_fn(t, n)
-                for r in range(plan.repeats):
-                    w = timer.window(fn)
-                    yield _row("prefill", clock_label(clock, w), n, max(1, t // n) * n, w.latency_s, w.energy_j, r)
-                    if on_window:
-                        on_window("prefill")
-        if "decode" in plan.phases:
-            for b, kv in plan.decode_configs():
-                fn = runner.decode_fn(b, kv)
-                for r in range(plan.repeats):
-                    w = timer.window(fn)
-                    yield _row("decode", clock_label(clock, w), b, b * max(1, kv // b), w.latency_s, w.energy_j, r)
-                    if on_window:
-                        on_window("decode")
-                del fn
-                runner.release()
+
+    def prefill(clock: int, t: int, n: int) -> Iterator[dict]:
+        fn = runner.prefill_fn(t, n)
+        for r in range(plan.repeats):
+            w = timer.window(fn)
+            yield window_row("prefill", clock_label(clock, w), n, max(1, t // n) * n, w.latency_s, w.energy_j, r)
+
+    def decode(clock: int, b: int, kv: int) -> Iterator[dict]:
+        fn = runner.decode_fn(b, kv)
+        for r in range(plan.repeats):
+            w = timer.window(fn)
+            yield window_row("decode", clock_label(clock, w), b, b * max(1, kv // b), w.latency_s, w.energy_j, r)
+        del fn  # the synthetic KV cache goes before the next configuration allocates its own
+        runner.release()
+
+    return walk_plan(plan, guard, prefill, decode, on_window, sleep)
 
 
 def cpu_clock_mhz() -> int:

@@ -164,3 +164,16 @@ def test_timer_repeats_until_the_window_is_long_enough_and_reports_energy_per_ca
     assert w.clock_mhz == 1410
     no_counter = Timer(gpus=[], min_window_s=0.0, warmup=0, now=lambda: clock[0]).window(work)
     assert no_counter.calls == 1 and no_counter.energy_j is None
+
+
+def test_real_gpu_clock_choice():
+    from voltana_cli.core.profiler import ProfileRequest, _gpu_clocks
+
+    g = emulated()
+    ident = g.identity()
+    assert _gpu_clocks(ProfileRequest(), g, ident) == [1410]  # unlocked: the clock the card runs at
+    with pytest.raises(UserError, match="several --clocks need --lock-clocks"):
+        _gpu_clocks(ProfileRequest(clocks_mhz=[1005, 1410]), g, ident)
+    assert _gpu_clocks(ProfileRequest(clocks_mhz=[1005, 1410], lock_clocks=True), g, ident) == [1005, 1410]
+    with pytest.raises(UserError, match="--clocks 1007: this GPU supports 210-1410 MHz"):
+        _gpu_clocks(ProfileRequest(clocks_mhz=[1007], lock_clocks=True), g, ident)

@@ -110,6 +110,27 @@ def _plan(req: ProfileRequest, clocks: list[int], kv_capacity: int | None, graph
     )
 
 
+def _gpu_clocks(req: ProfileRequest, gpu: GpuDevice, identity: dict) -> list[int]:
+    """Clocks to profile on a real GPU: with --lock-clocks the requested ones (each one the card supports,
+    default its current clock); without it, only the clock the card runs at now."""
+    if not req.lock_clocks:
+        if req.clocks_mhz and len(req.clocks_mhz) > 1:
+            raise UserError("several --clocks need --lock-clocks (without it the card runs at its own clock)")
+        return [gpu.sm_clock_mhz()]
+    clocks = req.clocks_mhz or [gpu.sm_clock_mhz()]
+    avail = set(identity["clocks_available_mhz"])
+    bad = [c for c in clocks if c not in avail]
+    if bad:
+        raise UserError(f"--clocks {bad[0]}: this GPU supports {min(avail)}-{max(avail)} MHz in its own steps; "
+                        "pick from `nvidia-smi -q -d SUPPORTED_CLOCKS`")
+    return clocks
+
+
+def _warn_if_no_energy(rows: list[dict], gpus: list[GpuDevice], warn: Callable[[str], None] | None) -> None:
+    if gpus and warn and not any(np.isfinite(r["energy_j"]) for r in rows):
+        warn("the GPU's energy counter gave no readings: energy_j is empty (unavailable), not 0")
+
+
 def _run_sim(req: ProfileRequest, on_start, on_window, warn) -> Profile:
     gkey = req.gpu or "a100-80g-sxm4"
     gpu, model, engine = gpu_spec(gkey), model_spec(req.model), engine_spec()
@@ -177,15 +198,7 @@ def _run_torch(req: ProfileRequest, on_start, on_window, warn) -> Profile:
         nv = NvmlGpu(index)
         gpus = [nv]
         identity = nv.identity()
-        clocks = req.clocks_mhz or [nv.sm_clock_mhz()]
-        if req.lock_clocks:
-            avail = set(identity["clocks_available_mhz"])
-            bad = [c for c in clocks if c not in avail]
-            if bad:
-                raise UserError(f"--clocks {bad[0]}: this GPU supports {min(avail)}-{max(avail)} MHz in its own steps; "
-                                "pick from `nvidia-smi -q -d SUPPORTED_CLOCKS`")
-        elif req.clocks_mhz and len(req.clocks_mhz) > 1:
-            raise UserError("several --clocks need --lock-clocks (without it the card runs at its own clock)")
+        clocks = _gpu_clocks(req, nv, identity)
     else:
         clocks = [tb.cpu_clock_mhz()]
     runner = tb.TorchRunner(hf_cfg, device, req.dtype, req.seed)
@@ -222,8 +235,7 @@ def _run_torch(req: ProfileRequest, on_start, on_window, warn) -> Profile:
                 f"reported after each window ({lo}-{hi} MHz seen)")
     if not on_gpu:
         note = "CPU run: clock_mhz is the CPU's reported clock; no energy counter (energy_j and power_w empty)"
-    if on_gpu and not any(np.isfinite(r["energy_j"]) for r in rows) and warn:
-        warn("the GPU's energy counter gave no readings: energy_j is empty (unavailable), not 0")
+    _warn_if_no_energy(rows, gpus, warn)
     gpu_name = identity.get("gpu_name") or (platform.processor() or platform.machine() or "cpu")
     meta = ProfileMeta(
         gpu=gpu_key_for(gpu_name) if on_gpu else "cpu", gpu_name=gpu_name, driver=identity.get("driver"),
@@ -251,12 +263,8 @@ def _run_sglang(req: ProfileRequest, on_start, on_window, warn) -> Profile:
     identity = gpus[0].identity() if gpus else {}
     if req.lock_clocks and not gpus:
         raise UserError("--lock-clocks needs --gpu-index (the server's GPUs on this machine)")
-    if gpus and not req.lock_clocks:
-        if req.clocks_mhz and len(req.clocks_mhz) > 1:
-            raise UserError("several --clocks need --lock-clocks (without it the card runs at its own clock)")
-        clocks = [gpus[0].sm_clock_mhz()]
-    elif gpus:
-        clocks = req.clocks_mhz or [gpus[0].sm_clock_mhz()]
+    if gpus:
+        clocks = _gpu_clocks(req, gpus[0], identity)
     else:
         if not req.clocks_mhz or len(req.clocks_mhz) != 1:
             raise UserError("without --gpu-index voltana cannot read the server's clock: pass --gpu-index, or "
@@ -270,8 +278,7 @@ def _run_sglang(req: ProfileRequest, on_start, on_window, warn) -> Profile:
     rows: list[dict] = []
     with ClockGuard(gpus, lock=req.lock_clocks, on_reset_error=warn) as guard:
         rows.extend(sb.run_sglang(plan, client, guard, gpus, 32000, req.window_tokens, req.seed, on_window))
-    if gpus and not any(np.isfinite(r["energy_j"]) for r in rows) and warn:
-        warn("the GPU's energy counter gave no readings: energy_j is empty (unavailable), not 0")
+    _warn_if_no_energy(rows, gpus, warn)
     gpu_name = identity.get("gpu_name") or "unknown GPU (no --gpu-index)"
     model_name = str(info.get("model_path") or info.get("served_model_name") or "unknown-model")
     meta = ProfileMeta(

@@ -360,6 +360,12 @@ class EcoPred:
             t = cache[clock] = (pm.edges, *self._coefs(src, clock, 1.0 if energy else 1e-3))
         return t
 
+    def lines(self, phase: str, energy: bool, clock_mhz: int) -> tuple:
+        """One phase's per-segment lines at a clock: ``(edges, b, a, others...)`` in seconds (or joules)."""
+        if phase == "decode":
+            return self._table(self._dec_j if energy else self._dec, self.decode, energy, clock_mhz)
+        return self._table(self._pre_j if energy else self._pre, self.prefill, energy, clock_mhz)
+
     def prepare(self, clocks: list[int]) -> None:
         """Build the tables for ``clocks`` now (and fail now if one is out of range)."""
         for c in clocks:

@@ -33,7 +33,8 @@ class ProfileModel(CostTables):
             raise UserError(f"profile {profile.source} was taken at TP {profile.meta.tp}; "
                             f"run the bench with --tp {profile.meta.tp}")
         bs = sorted(int(b) for b in dec["batch_size"].unique())
-        steps = {b for b in bs if b + 1 in set(bs)}
+        sampled = set(bs)
+        steps = {b for b in bs if b + 1 in sampled}
         energy = profile.has_energy
         self._interp = EcoPred(
             fit_phase("decode", dec, bs, steps, energy),
@@ -67,12 +68,6 @@ class ProfileModel(CostTables):
             )
         return clock_mhz
 
-    def _lines(self, phase: str, energy: bool, clock: int) -> tuple:
-        p = self._interp
-        if phase == "decode":
-            return p._table(p._dec_j if energy else p._dec, p.decode, energy, clock)
-        return p._table(p._pre_j if energy else p._pre, p.prefill, energy, clock)
-
     @staticmethod
     def _eval(lines: tuple, x: np.ndarray) -> np.ndarray:
         edges, b, a = lines[0], np.asarray(lines[1]), np.asarray(lines[2])
@@ -85,11 +80,11 @@ class ProfileModel(CostTables):
             return tab
         self.check_clock(clock_mhz)
         b = np.arange(self.max_batch + 1, dtype=float)
-        lines = self._lines("decode", False, clock_mhz)
+        lines = self._interp.lines("decode", False, clock_mhz)
         t0 = np.maximum(self._eval(lines, b), 0.0)
         t_kv = float(lines[3][0])
         if self.profile.has_energy:
-            el = self._lines("decode", True, clock_mhz)
+            el = self._interp.lines("decode", True, clock_mhz)
             e0, e_kv = np.maximum(self._eval(el, b), 0.0), float(el[3][0])
         else:
             m = self.base.decode_table(clock_mhz)
@@ -107,11 +102,11 @@ class ProfileModel(CostTables):
             return tab
         self.check_clock(clock_mhz)
         tok = np.arange(n + 1, dtype=float)
-        lines = self._lines("prefill", False, clock_mhz)
+        lines = self._interp.lines("prefill", False, clock_mhz)
         tg = np.maximum(self._eval(lines, tok), 0.0)
         t_seq, t_pair = float(lines[3][0]), float(lines[4][0])
         if self.profile.has_energy:
-            el = self._lines("prefill", True, clock_mhz)
+            el = self._interp.lines("prefill", True, clock_mhz)
             eg, e_seq, e_pair = np.maximum(self._eval(el, tok), 0.0), float(el[3][0]), float(el[4][0])
         else:
             m = self.base.prefill_table(clock_mhz, n)

@@ -35,8 +35,8 @@ import pandas as pd
 
 from voltana_cli import __version__
 from voltana_cli.core.errors import UserError
+from voltana_cli.core.perfmodel import prefill_pairs
 from voltana_cli.core.profile import Profile
-from voltana_cli.core.profiling import prefill_pairs
 
 SCHEMA = "voltana.ecopred/1"
 PHASE_FEATURES = {"decode": ("batch_size", "kv_tokens"), "prefill": ("tokens", "seqs", "pairs")}
@@ -386,6 +386,7 @@ class EcoPred:
             i = 0
         n = num_seqs if num_seqs > 0 else 1
         c = tokens / n
+        # perfmodel.prefill_pairs, inlined: this is the controller's per-iteration call.
         return t[1][i] + t[2][i] * tokens + t[3][i] * n + t[4][i] * (n * c * (c + 1) * 0.5)
 
     def decode_j(self, batch: int, kv_tokens: int, clock_mhz: int) -> float:

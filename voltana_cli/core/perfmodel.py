@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 import numpy as np
 
@@ -55,6 +56,14 @@ class PrefillTable:
     e_pair: float
 
 
+def prefill_pairs(tokens: Any, seqs: Any) -> Any:
+    """Causal attention token pairs of a prefill of ``tokens`` split evenly over ``seqs`` fresh sequences
+    (scalars or numpy arrays)."""
+    n = np.maximum(seqs, 1)
+    c = tokens / n
+    return n * c * (c + 1) / 2
+
+
 class CostTables:
     """Iteration costs read from per-clock tables; shared by the analytical model and a profile's interpolant."""
 
@@ -86,8 +95,7 @@ class CostTables:
         if tokens <= 0:
             return 0.0, 0.0
         if attn_pairs is None:
-            c = tokens / max(num_seqs, 1)
-            attn_pairs = num_seqs * c * (c + 1) / 2
+            attn_pairs = float(prefill_pairs(tokens, num_seqs))
         tab = self.prefill_table(clock_mhz, tokens)
         return (
             tab.tg[tokens] + num_seqs * tab.t_seq + attn_pairs * tab.t_pair,

@@ -15,13 +15,12 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
 from voltana_cli.core.errors import UserError
 from voltana_cli.core.gpu import ClockGuard, GpuDevice
-from voltana_cli.core.perfmodel import PerfModel
+from voltana_cli.core.perfmodel import PerfModel, prefill_pairs
 
 DEFAULT_KV_PER_REQUEST = (64, 256, 1024)
 DEFAULT_PREFILL_TOKENS = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
@@ -131,14 +130,6 @@ class ProfilePlan:
         if "prefill" in self.phases:
             per_clock += len(self.prefill_configs())
         return per_clock * self.repeats * len(self.clocks_mhz)
-
-
-def prefill_pairs(tokens: Any, seqs: Any) -> Any:
-    """Causal attention token pairs of a prefill of ``tokens`` split evenly over ``seqs`` fresh sequences
-    (scalars or numpy arrays)."""
-    n = np.maximum(seqs, 1)
-    c = tokens / n
-    return n * c * (c + 1) / 2
 
 
 def window_row(phase: str, clock: int, b: int, tokens: int, lat_s: float, energy_j: float | None, r: int) -> dict:

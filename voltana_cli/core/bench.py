@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from voltana_cli import __version__
 from voltana_cli.core.ecopred import EcoPred, load_predictor
-from voltana_cli.core.errors import UserError
+from voltana_cli.core.errors import UserError, validation_problem
 from voltana_cli.core.metrics import ITL_RULE, summarize
 from voltana_cli.core.perfmodel import PerfModel
 from voltana_cli.core.policy import EcoFreqParams, PolicyContext, build_policy, default_levels
@@ -122,9 +122,8 @@ def make_config(**fields: object) -> BenchConfig:
     try:
         return BenchConfig.model_validate(fields)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(x) for x in err["loc"])
-        raise UserError(f"{loc}: {err['msg'].removeprefix('Value error, ')}") from None
+        loc, msg = validation_problem(exc)
+        raise UserError(f"{loc}: {msg.removeprefix('Value error, ')}") from None
 
 
 @dataclass

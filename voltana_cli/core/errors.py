@@ -10,3 +10,9 @@ class VoltanaError(Exception):
 
 class UserError(VoltanaError):
     """Bad input (a flag, a file, a config): the message names the problem and the fix."""
+
+
+def validation_problem(exc: object) -> tuple[str, str]:
+    """The dotted location and message of a pydantic ``ValidationError``'s first error."""
+    err = exc.errors()[0]  # type: ignore[attr-defined]
+    return ".".join(str(x) for x in err["loc"]), err["msg"]

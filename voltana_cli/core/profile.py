@@ -26,7 +26,7 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from voltana_cli.core.errors import UserError
+from voltana_cli.core.errors import UserError, validation_problem
 from voltana_cli.core.paths import shipped_dir
 from voltana_cli.core.report import write_text
 
@@ -198,9 +198,8 @@ def _load_meta(path: Path) -> ProfileMeta:
     try:
         return ProfileMeta.model_validate(raw)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(x) for x in err["loc"])
-        raise UserError(f"{path}: field {loc!r}: {err['msg']}") from None
+        loc, msg = validation_problem(exc)
+        raise UserError(f"{path}: field {loc!r}: {msg}") from None
 
 
 def resolve_profile_dir(spec: str | Path) -> Path:

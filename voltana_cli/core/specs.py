@@ -8,7 +8,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from voltana_cli.core.errors import UserError
+from voltana_cli.core.errors import UserError, validation_problem
 from voltana_cli.core.paths import data_dir
 
 
@@ -158,9 +158,8 @@ def load_spec_file(path: Path, cls: type[_Strict]) -> _Strict:
     try:
         return cls.model_validate(raw)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
-        raise UserError(f"{path}: {loc}: {err['msg']}") from None
+        loc, msg = validation_problem(exc)
+        raise UserError(f"{path}: {loc or '(top level)'}: {msg}") from None
 
 
 @cache

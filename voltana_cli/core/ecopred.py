@@ -5,13 +5,19 @@ Shape (the paper's):
 - prefill, per clock and batch-token segment: ``t = b + a * tokens + s * seqs + q * pairs`` where ``pairs`` is
   the causal attention work of the batch (the paper's tokens-only line plus the terms it misses on short
   and multi-sequence batches);
-- each fitted with RANSAC around ``LinearRegression(positive=True)``; energy (J) with the same segments.
+- energy (J) with the same segments.
+
+Fitting (not the paper's per-bucket RANSAC around ``LinearRegression(positive=True)``, whose independent
+fits go wild when a thin bucket loses a batch size): each clock is one joint fit, continuous and
+piecewise linear along the segment key with free jumps only at detected steps, by bounded least squares
+on relative residuals (physical coefficients >= 0) with robust trimming of far-off rows.
 
 Beyond the paper:
 - **Segments come from the profile, not from a hard-coded 128.** The decode step detector finds jumps
   between neighbouring sampled batch sizes (``b`` and ``b + 1``) that are far above the measurement noise
   and the local slope; each detected step is a mandatory segment cut. Segments are then split further, at
-  sampled points, only where a single line misfits the data by more than the noise explains.
+  sampled points, only where a single line misfits the data by more than the noise explains. Prefill has a
+  knot at every profiled token count.
 - **Clocks between profiled ones are interpolated** linearly in the period 1/f (latency is close to
   ``α + β / f``); outside the profiled range the predictor refuses rather than guessing.
 - **Accuracy is measured on held-out configurations** (all repeats of a held-out configuration are left out,

@@ -270,7 +270,7 @@ def write_profile(profile: Profile, out_dir: str | Path) -> Path:
     """Write ``profile.csv`` and ``metadata.yaml`` into ``out_dir`` (each replaced atomically; the
     metadata last, so a reader never sees new metadata over an old table)."""
     d = Path(out_dir)
-    validate_frame(profile.data.astype(object).where(profile.data.notna(), np.nan), "profile")
+    validate_frame(profile.data, "profile")
     d.mkdir(parents=True, exist_ok=True)
     write_text(d / PROFILE_CSV, profile_csv_text(profile.data))
     meta = profile.meta.model_dump(mode="json")

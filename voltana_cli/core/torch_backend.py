@@ -79,8 +79,11 @@ class TorchRunner:
         self.dtype_name = name
         torch.manual_seed(seed)
         self.cfg = hf_config
+        # Build (and randomly initialise) the weights on the target device: initialising an 8B model on the
+        # CPU first takes minutes, on the GPU a second.
         try:
-            model = transformers.AutoModelForCausalLM.from_config(hf_config, dtype=self.dtype)
+            with self.device:
+                model = transformers.AutoModelForCausalLM.from_config(hf_config, dtype=self.dtype)
         except (ValueError, TypeError) as exc:
             raise UserError(f"transformers cannot build this architecture ({exc})") from None
         self.model = model.to(self.device).eval()

@@ -13,11 +13,11 @@ import time
 import numpy as np
 
 from voltana_cli.core.bench import BenchConfig, workload_of
-from voltana_cli.core.controller import Observation
-from voltana_cli.core.perfmodel import PerfModel
-from voltana_cli.core.policy import PolicyContext, build_policy
-from voltana_cli.core.simulator import ClusterConfig, simulate
-from voltana_cli.core.specs import engine_spec, gpu_spec, model_spec
+from voltana_cli.core.policy.controller import Observation
+from voltana_cli.core.models.analytical import PerfModel
+from voltana_cli.core.policy.registry import PolicyContext, build_policy
+from voltana_cli.core.sim.cluster import ClusterConfig, simulate
+from voltana_cli.core.models.specs import engine_spec, gpu_spec, model_spec
 
 
 def main() -> int:

@@ -3,9 +3,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from voltana_cli.core.perfmodel import PerfModel
-from voltana_cli.core.specs import engine_spec, gpu_spec, model_spec
-from voltana_cli.core.workload import Workload
+from voltana_cli.core.models.analytical import PerfModel
+from voltana_cli.core.models.specs import engine_spec, gpu_spec, model_spec
+from voltana_cli.core.workloads.workload import Workload
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import yaml
 
-from voltana_cli.core.ecopred import (
+from voltana_cli.core.models.ecopred import (
     EcoPred,
     detect_steps,
     evaluate,
@@ -11,10 +11,10 @@ from voltana_cli.core.ecopred import (
     tuned_document,
 )
 from voltana_cli.core.errors import UserError
-from voltana_cli.core.gpu import ClockGuard
-from voltana_cli.core.profile import Profile, load_profile, make_frame
-from voltana_cli.core.profilemodel import ProfileModel
-from voltana_cli.core.profiling import ProfilePlan, default_batch_sizes, run_sim
+from voltana_cli.core.hardware.gpu import ClockGuard
+from voltana_cli.core.profiling.format import Profile, load_profile, make_frame
+from voltana_cli.core.models.profiled import ProfileModel
+from voltana_cli.core.profiling.plan import ProfilePlan, default_batch_sizes, run_sim
 from voltana_cli.core.report import write_text
 
 

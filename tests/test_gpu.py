@@ -8,8 +8,8 @@ from unittest import mock
 import pytest
 
 from voltana_cli.core.errors import UserError
-from voltana_cli.core.gpu import ClockGuard, EmulatedGpu, NvmlGpu, visible_device
-from voltana_cli.core.specs import gpu_spec
+from voltana_cli.core.hardware.gpu import ClockGuard, EmulatedGpu, NvmlGpu, visible_device
+from voltana_cli.core.models.specs import gpu_spec
 
 pynvml = pytest.importorskip("pynvml")
 
@@ -148,7 +148,7 @@ def test_voltana_profile_restores_clocks_when_killed(tmp_path):
 
 
 def test_timer_repeats_until_the_window_is_long_enough_and_reports_energy_per_call():
-    from voltana_cli.core.profiling import Timer
+    from voltana_cli.core.profiling.plan import Timer
 
     clock = [0.0]
     a = EmulatedGpu(gpu_spec("a100-80g-sxm4"), clock=lambda: clock[0], idle_power=lambda f: 100.0)
@@ -167,7 +167,7 @@ def test_timer_repeats_until_the_window_is_long_enough_and_reports_energy_per_ca
 
 
 def test_real_gpu_clock_choice():
-    from voltana_cli.core.profiler import ProfileRequest, _gpu_clocks
+    from voltana_cli.core.profiling.run import ProfileRequest, _gpu_clocks
 
     g = emulated()
     ident = g.identity()

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from voltana_cli.core.errors import UserError
-from voltana_cli.core.perfmodel import PerfModel
-from voltana_cli.core.specs import available_gpus, available_models, engine_spec, gpu_spec, model_spec
+from voltana_cli.core.models.analytical import PerfModel
+from voltana_cli.core.models.specs import available_gpus, available_models, engine_spec, gpu_spec, model_spec
 
 
 def test_specs_load_and_have_required_entries():

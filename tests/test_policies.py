@@ -3,11 +3,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from voltana_cli.core.controller import EcoFreqController, Observation, StaticController
+from voltana_cli.core.policy.controller import EcoFreqController, Observation, StaticController
 from voltana_cli.core.errors import UserError
-from voltana_cli.core.policy import PolicyContext, build_policy, default_levels
-from voltana_cli.core.predictor import ModelPredictor
-from voltana_cli.core.router import InstanceView, RoundRobinRouter, TileAwareRouter
+from voltana_cli.core.policy.registry import PolicyContext, build_policy, default_levels
+from voltana_cli.core.models.predictors import ModelPredictor
+from voltana_cli.core.policy.router import InstanceView, RoundRobinRouter, TileAwareRouter
 
 
 @pytest.fixture

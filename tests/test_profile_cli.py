@@ -4,8 +4,8 @@ import pytest
 import yaml
 
 from tests.test_cli import invoke
-from voltana_cli.core.ecopred import load_predictor
-from voltana_cli.core.profile import load_profile
+from voltana_cli.core.models.ecopred import load_predictor
+from voltana_cli.core.profiling.format import load_profile
 
 SMALL = ["--clocks", "1005,1410", "--batch-sizes", "1,8,9,16,17,32,64,128,129,160,161,256",
          "--prefill-tokens", "64,256,1024,4096", "--prefill-seqs", "1,2,4"]

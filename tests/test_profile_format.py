@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from voltana_cli.core.errors import UserError
-from voltana_cli.core.profile import (
+from voltana_cli.core.profiling.format import (
     COLUMNS,
     Profile,
     ProfileMeta,
@@ -106,12 +106,16 @@ def test_metadata_errors(tmp_path):
         load_profile(tmp_path / "nowhere")
 
 
-def test_shipped_profiles_are_labelled_modelled():
+def test_shipped_profiles_say_how_they_were_made():
     names = available_profiles()
-    assert {"a100-80g-sxm4/llama-3.1-8b", "h100-80g-sxm/llama-3.1-8b"} <= set(names)
+    assert {"a100-80g-sxm4/llama-3.1-8b", "h100-80g-sxm/llama-3.1-8b", "h200-141g-sxm/llama-3.1-8b"} <= set(names)
     for name in names:
         prof = load_profile(name)
-        assert prof.meta.backend == "sim" and prof.meta.protocol.noise == pytest.approx(0.03)
         assert set(prof.data["phase"]) == {"prefill", "decode"}
         assert prof.has_energy
-        assert isinstance(prof.data, pd.DataFrame) and len(prof.data) > 5000
+        if prof.meta.backend == "sim":  # modelled: a dense plan with the stated noise, clocks exact
+            assert prof.meta.protocol.noise == pytest.approx(0.03) and prof.meta.clocks_locked
+            assert isinstance(prof.data, pd.DataFrame) and len(prof.data) > 5000
+        else:  # measured at the card's own clock: the metadata must say the clocks were not locked
+            assert prof.meta.backend == "torch" and not prof.meta.clocks_locked
+            assert "not locked" in prof.meta.clock_note and prof.meta.driver

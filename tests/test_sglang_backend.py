@@ -4,7 +4,7 @@ import pytest
 
 from tests.fake_sglang import FakeSglang
 from tests.test_cli import invoke
-from voltana_cli.core.profile import load_profile
+from voltana_cli.core.profiling.format import load_profile
 
 
 def decode_ms(batch: int, kv: int) -> float:

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from tests.conftest import make_workload
-from voltana_cli.core.metrics import summarize
-from voltana_cli.core.policy import PolicyContext, build_policy
-from voltana_cli.core.simulator import ClusterConfig, simulate
+from voltana_cli.core.metrics.summary import summarize
+from voltana_cli.core.policy.registry import PolicyContext, build_policy
+from voltana_cli.core.sim.cluster import ClusterConfig, simulate
 
 
 def run(pm, wl, policy="voltana", seed=0, **cluster):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tests.test_cli import invoke
-from voltana_cli.core.profile import load_profile
+from voltana_cli.core.profiling.format import load_profile
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -33,7 +33,7 @@ def test_cpu_tiny_profile_has_real_timings_and_no_energy(tmp_path):
 
 
 def test_decode_keeps_a_fixed_context_and_prefill_keeps_one_logit_row():
-    from voltana_cli.core.torch_backend import TorchRunner, hf_config_from_file
+    from voltana_cli.core.profiling.torch_backend import TorchRunner, hf_config_from_file
 
     runner = TorchRunner(hf_config_from_file(TINY, transformers), "cpu")
     step = runner.decode_fn(3, 3 * 20)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from voltana_cli.core.errors import UserError
-from voltana_cli.core.workload import (
+from voltana_cli.core.workloads.workload import (
     DatasetRequest,
     arrival_times,
     build_workload,

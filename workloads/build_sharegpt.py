@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from voltana_cli.core.workload import sharegpt_lengths_from_json
+from voltana_cli.core.workloads.workload import sharegpt_lengths_from_json
 
 OUT = Path(__file__).resolve().parent / "sharegpt_v3_llama3.csv"
 

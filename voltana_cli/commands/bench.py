@@ -21,9 +21,9 @@ from voltana_cli.core.bench import (
     run_bench_full,
 )
 from voltana_cli.core.errors import UserError
-from voltana_cli.core.metrics import ITL_RULE
+from voltana_cli.core.metrics.summary import ITL_RULE
 from voltana_cli.core.report import check_writable, write_csv, write_json, write_sweep_plot
-from voltana_cli.core.workload import ARRIVALS, DATASETS
+from voltana_cli.core.workloads.workload import ARRIVALS, DATASETS
 
 
 def bench(

@@ -13,8 +13,8 @@ from rich.table import Table
 
 from voltana_cli.commands import user_errors
 from voltana_cli.core.errors import UserError
-from voltana_cli.core.profile import Profile, check_profile_out, summary_frame, write_profile
-from voltana_cli.core.profiler import BACKENDS, ProfileRequest, run_profile
+from voltana_cli.core.profiling.format import Profile, check_profile_out, summary_frame, write_profile
+from voltana_cli.core.profiling.run import BACKENDS, ProfileRequest, run_profile
 
 
 def parse_int_list(flag: str, text: str | None) -> list[int] | None:

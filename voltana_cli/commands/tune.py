@@ -11,9 +11,9 @@ from rich.console import Console
 from rich.table import Table
 
 from voltana_cli.commands import user_errors
-from voltana_cli.core.ecopred import FitReport, accuracy_report, evaluate, tuned_document
+from voltana_cli.core.models.ecopred import FitReport, accuracy_report, evaluate, tuned_document
 from voltana_cli.core.errors import UserError
-from voltana_cli.core.profile import load_profile
+from voltana_cli.core.profiling.format import load_profile
 from voltana_cli.core.report import check_writable, write_json, write_text
 
 

@@ -16,16 +16,16 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from voltana_cli import __version__
-from voltana_cli.core.ecopred import EcoPred, load_predictor
+from voltana_cli.core.models.ecopred import EcoPred, load_predictor
 from voltana_cli.core.errors import UserError, validation_problem
-from voltana_cli.core.metrics import ITL_RULE, summarize
-from voltana_cli.core.perfmodel import PerfModel
-from voltana_cli.core.policy import EcoFreqParams, PolicyContext, build_policy, default_levels
-from voltana_cli.core.profile import load_profile
-from voltana_cli.core.profilemodel import ProfileModel
-from voltana_cli.core.simulator import ClusterConfig, SimResult, simulate
-from voltana_cli.core.specs import engine_spec, gpu_spec, model_spec
-from voltana_cli.core.workload import DatasetRequest, LengthTrace, Workload, build_workload, load_lengths
+from voltana_cli.core.metrics.summary import ITL_RULE, summarize
+from voltana_cli.core.models.analytical import PerfModel
+from voltana_cli.core.policy.registry import EcoFreqParams, PolicyContext, build_policy, default_levels
+from voltana_cli.core.profiling.format import load_profile
+from voltana_cli.core.models.profiled import ProfileModel
+from voltana_cli.core.sim.cluster import ClusterConfig, SimResult, simulate
+from voltana_cli.core.models.specs import engine_spec, gpu_spec, model_spec
+from voltana_cli.core.workloads.workload import DatasetRequest, LengthTrace, Workload, build_workload, load_lengths
 
 DEFAULT_POLICIES = ["static-max", "static-min", "voltana"]
 

@@ -41,8 +41,8 @@ import pandas as pd
 
 from voltana_cli import __version__
 from voltana_cli.core.errors import UserError
-from voltana_cli.core.perfmodel import prefill_pairs
-from voltana_cli.core.profile import Profile
+from voltana_cli.core.models.analytical import prefill_pairs
+from voltana_cli.core.profiling.format import Profile
 
 SCHEMA = "voltana.ecopred/1"
 PHASE_FEATURES = {"decode": ("batch_size", "kv_tokens"), "prefill": ("tokens", "seqs", "pairs")}

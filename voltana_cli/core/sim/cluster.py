@@ -24,12 +24,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from voltana_cli.core.controller import Observation
+from voltana_cli.core.policy.controller import Observation
 from voltana_cli.core.errors import UserError
-from voltana_cli.core.perfmodel import PerfModel
-from voltana_cli.core.policy import Policy
-from voltana_cli.core.router import InstanceView
-from voltana_cli.core.workload import Workload
+from voltana_cli.core.models.analytical import PerfModel
+from voltana_cli.core.policy.registry import Policy
+from voltana_cli.core.policy.router import InstanceView
+from voltana_cli.core.workloads.workload import Workload
 
 _PREFILL_DONE, _DECODE_DONE, _KV_ARRIVE = 0, 1, 2
 _RATE_TAU_S = 1.0  # time constant of the per-instance arrival-rate estimate given to controllers

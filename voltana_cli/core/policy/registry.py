@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from voltana_cli.core.controller import EcoFreqController, FrequencyController, StaticController
+from voltana_cli.core.policy.controller import EcoFreqController, FrequencyController, StaticController
 from voltana_cli.core.errors import UserError
-from voltana_cli.core.perfmodel import PerfModel
-from voltana_cli.core.predictor import LatencyPredictor, ModelPredictor
-from voltana_cli.core.router import LeastLoadedRouter, RoundRobinRouter, Router, TileAwareRouter
+from voltana_cli.core.models.analytical import PerfModel
+from voltana_cli.core.models.predictors import LatencyPredictor, ModelPredictor
+from voltana_cli.core.policy.router import LeastLoadedRouter, RoundRobinRouter, Router, TileAwareRouter
 
 
 @dataclass(frozen=True)

@@ -15,11 +15,11 @@ import numpy as np
 
 from voltana_cli import __version__
 from voltana_cli.core.errors import UserError
-from voltana_cli.core.gpu import ClockGuard, EmulatedGpu, GpuDevice, NvmlGpu
-from voltana_cli.core.perfmodel import PerfModel
-from voltana_cli.core.policy import default_levels
-from voltana_cli.core.profile import Profile, ProfileMeta, Protocol, make_frame, now_iso, validate_frame
-from voltana_cli.core.profiling import (
+from voltana_cli.core.hardware.gpu import ClockGuard, EmulatedGpu, GpuDevice, NvmlGpu
+from voltana_cli.core.models.analytical import PerfModel
+from voltana_cli.core.policy.registry import default_levels
+from voltana_cli.core.profiling.format import Profile, ProfileMeta, Protocol, make_frame, now_iso, validate_frame
+from voltana_cli.core.profiling.plan import (
     DEFAULT_KV_PER_REQUEST,
     DEFAULT_PREFILL_SEQS,
     DEFAULT_PREFILL_TOKENS,
@@ -30,7 +30,7 @@ from voltana_cli.core.profiling import (
     default_clocks,
     run_sim,
 )
-from voltana_cli.core.specs import available_gpus, engine_spec, gpu_spec, model_spec
+from voltana_cli.core.models.specs import available_gpus, engine_spec, gpu_spec, model_spec
 
 BACKENDS = ("sim", "torch", "sglang")
 
@@ -173,7 +173,7 @@ def _run_sim(req: ProfileRequest, on_start, on_window, warn) -> Profile:
 
 
 def _run_torch(req: ProfileRequest, on_start, on_window, warn) -> Profile:
-    from voltana_cli.core import torch_backend as tb  # noqa: PLC0415
+    from voltana_cli.core.profiling import torch_backend as tb  # noqa: PLC0415
 
     torch, transformers = tb.import_torch()
     if req.hf_config is not None:
@@ -253,7 +253,7 @@ def _run_torch(req: ProfileRequest, on_start, on_window, warn) -> Profile:
 
 
 def _run_sglang(req: ProfileRequest, on_start, on_window, warn) -> Profile:
-    from voltana_cli.core import sglang_backend as sb  # noqa: PLC0415
+    from voltana_cli.core.profiling import sglang_backend as sb  # noqa: PLC0415
 
     if req.window_tokens < 4:
         raise UserError(f"--window-tokens {req.window_tokens}: use at least 4 decode tokens per window")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from voltana_cli.core.predictor import LatencyPredictor
+from voltana_cli.core.models.predictors import LatencyPredictor
 
 
 @dataclass(slots=True)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from voltana_cli.core.simulator import SimResult
+from voltana_cli.core.sim.cluster import SimResult
 
 ITL_RULE = "mean ITL per request <= ITL SLO (variants: per-token share, p99 per request)"
 

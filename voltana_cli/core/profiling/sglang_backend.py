@@ -30,8 +30,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from voltana_cli.core.errors import UserError
-from voltana_cli.core.gpu import ClockGuard, GpuDevice
-from voltana_cli.core.profiling import ProfilePlan, walk_plan, window_row
+from voltana_cli.core.hardware.gpu import ClockGuard, GpuDevice
+from voltana_cli.core.profiling.plan import ProfilePlan, walk_plan, window_row
 
 
 @dataclass

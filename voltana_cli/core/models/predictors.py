@@ -12,7 +12,7 @@ from typing import Protocol
 
 import numpy as np
 
-from voltana_cli.core.perfmodel import PerfModel
+from voltana_cli.core.models.analytical import PerfModel
 
 
 class LatencyPredictor(Protocol):

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from voltana_cli.core.errors import UserError
-from voltana_cli.core.specs import EngineSpec, GpuSpec, ModelSpec
+from voltana_cli.core.models.specs import EngineSpec, GpuSpec, ModelSpec
 
 #: GiB kept free for activations, CUDA graphs and the allocator besides weights and KV cache.
 ACTIVATION_RESERVE_GIB = 3.0

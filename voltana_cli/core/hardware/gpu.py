@@ -23,7 +23,7 @@ from types import FrameType, ModuleType
 from typing import Any, Protocol
 
 from voltana_cli.core.errors import UserError
-from voltana_cli.core.specs import GpuSpec
+from voltana_cli.core.models.specs import GpuSpec
 
 LOCK_HINT = (
     "locking GPU clocks needs admin rights (root or CAP_SYS_ADMIN): run as root, or measure at the "

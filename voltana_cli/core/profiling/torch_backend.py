@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from voltana_cli.core.errors import UserError
-from voltana_cli.core.gpu import ClockGuard
-from voltana_cli.core.profiling import ProfilePlan, Timer, Window, walk_plan, window_row
-from voltana_cli.core.specs import ModelSpec
+from voltana_cli.core.hardware.gpu import ClockGuard
+from voltana_cli.core.profiling.plan import ProfilePlan, Timer, Window, walk_plan, window_row
+from voltana_cli.core.models.specs import ModelSpec
 
 
 def import_torch() -> tuple[Any, Any]:

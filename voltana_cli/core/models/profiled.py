@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from voltana_cli.core.ecopred import EcoPred, fit_phase
+from voltana_cli.core.models.ecopred import EcoPred, fit_phase
 from voltana_cli.core.errors import UserError
-from voltana_cli.core.perfmodel import CostTables, DecodeTable, PerfModel, PrefillTable
-from voltana_cli.core.profile import Profile
+from voltana_cli.core.models.analytical import CostTables, DecodeTable, PerfModel, PrefillTable
+from voltana_cli.core.profiling.format import Profile
 
 
 class ProfileModel(CostTables):

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from voltana_cli.core.errors import UserError
-from voltana_cli.core.gpu import ClockGuard, GpuDevice
-from voltana_cli.core.perfmodel import PerfModel, prefill_pairs
+from voltana_cli.core.hardware.gpu import ClockGuard, GpuDevice
+from voltana_cli.core.models.analytical import PerfModel, prefill_pairs
 
 DEFAULT_KV_PER_REQUEST = (64, 256, 1024)
 DEFAULT_PREFILL_TOKENS = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)

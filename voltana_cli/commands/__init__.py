@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
 import typer
@@ -10,11 +10,23 @@ import typer
 from voltana_cli.core.errors import UserError
 
 
+def flag_for(field: str, flags: Mapping[str, str]) -> str:
+    """The command-line flag of a core field: ``flags[field]`` when the command names it, else
+    ``--field-with-dashes`` (core fields and flags share names unless the command says otherwise)."""
+    return flags.get(field) or "--" + field.replace("_", "-")
+
+
 @contextmanager
-def user_errors() -> Iterator[None]:
-    """Turn a ``UserError`` into one line on stderr and exit code 2."""
+def user_errors(flags: Mapping[str, str] | None = None) -> Iterator[None]:
+    """Turn a ``UserError`` into one line on stderr and exit code 2.
+
+    Args:
+        flags: this command's map from core field names to its flags, for fields whose flag differs from
+            ``--field-name`` (e.g. ``{"n_prefill": "--prefill"}``).
+    """
     try:
         yield
     except UserError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        msg = f"{flag_for(exc.field, flags or {})}: {exc.problem}" if exc.field else str(exc)
+        typer.echo(f"error: {msg}", err=True)
         raise typer.Exit(2) from None

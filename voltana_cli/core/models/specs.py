@@ -60,7 +60,16 @@ class GpuSpec(_Strict):
     bf16_dense_tflops: float = Field(gt=0)
     nvlink_bandwidth_gbps: float = Field(gt=0)
     clock_switch_ms: float = Field(ge=0)
+    ecofreq_levels_mhz: tuple[int, ...] = Field(min_length=1, description="the paper's EcoFreq clock levels on this GPU")
+    profile_clock_step_mhz: int = Field(gt=0, description="spacing of the clocks a default profile visits")
     calibration: GpuCalibration
+
+    @model_validator(mode="after")
+    def _levels_supported(self) -> GpuSpec:
+        bad = [c for c in self.ecofreq_levels_mhz if c not in self.clocks_mhz]
+        if bad:
+            raise ValueError(f"ecofreq_levels_mhz {bad[0]} is not a supported clock")
+        return self
 
     @property
     def clocks_mhz(self) -> list[int]:
@@ -177,6 +186,19 @@ def model_spec(name: str) -> ModelSpec:
 @cache
 def engine_spec(name: str = "sglang") -> EngineSpec:
     return _load("engines", name.lower(), EngineSpec, "--engine")  # type: ignore[return-value]
+
+
+class Defaults(_Strict):
+    """What a command simulates when it is not told (``data/defaults.yaml``)."""
+
+    gpu: str
+    model: str
+
+
+@cache
+def defaults() -> Defaults:
+    """The default GPU and model keys."""
+    return load_spec_file(data_dir() / "defaults.yaml", Defaults)  # type: ignore[return-value]
 
 
 def available_gpus() -> list[str]:

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from voltana_cli.core.models.ecopred import evaluate, gbt_features
 from voltana_cli.core.models.analytical import PerfModel
 from voltana_cli.core.models.predictors import ModelPredictor
-from voltana_cli.core.profiling.format import load_profile
 from voltana_cli.core.models.specs import engine_spec, gpu_spec, model_spec
+from voltana_cli.core.profiling import load_profile
+from voltana_cli.core.tune import evaluate, gbt_features
 
 
 def per_call_us(fn, args: list[tuple], reps: int = 5) -> float:

@@ -13,11 +13,16 @@ import time
 import numpy as np
 
 from voltana_cli.core.bench import BenchConfig, workload_of
-from voltana_cli.core.policy.controller import Observation
-from voltana_cli.core.models.analytical import PerfModel
-from voltana_cli.core.policy.registry import PolicyContext, build_policy
-from voltana_cli.core.sim.cluster import ClusterConfig, simulate
-from voltana_cli.core.models.specs import engine_spec, gpu_spec, model_spec
+from voltana_cli.core.models import ModelPredictor, PerfModel, engine_spec, gpu_spec, model_spec
+from voltana_cli.core.policy import REGISTRY, Observation, Policy, PolicyContext
+from voltana_cli.core.sim import ClusterConfig, simulate
+
+
+def _policy(pm: PerfModel, seed: int) -> Policy:
+    levels = pm.gpu.ecofreq_levels_mhz
+    pred = ModelPredictor(pm, 0.05, np.random.default_rng(seed), list(levels))
+    ctx = PolicyContext(tuple(pm.clocks), levels, 0.8, 0.05, pred, pm.engine.gemm_tile)
+    return REGISTRY.build("voltana", ctx)
 
 
 def main() -> int:
@@ -28,14 +33,14 @@ def main() -> int:
     sim_s = 0.0
     events = 0
     for rep in range(3):
-        pol = build_policy("voltana", PolicyContext(pm, 0.8, 0.05, np.random.default_rng(rep)))
+        pol = _policy(pm, rep)
         t0 = time.perf_counter()
         res = simulate(wl, pm, pol, ClusterConfig(), np.random.default_rng(rep))
         dt = time.perf_counter() - t0
         if dt < best:
             best, sim_s, events = dt, res.end_s - res.start_s, res.events
     # Controller decision cost: a decode controller over a stream of varied observations.
-    ctl = build_policy("voltana", PolicyContext(pm, 0.8, 0.05, np.random.default_rng(0))).make_decode_controller()
+    ctl = _policy(pm, 0).make_decode_controller()
     rng = np.random.default_rng(0)
     obs = [Observation(i * 0.02, int(b), int(b) * 500, 0) for i, b in enumerate(rng.integers(1, 400, 20000))]
     best_dec = float("inf")

@@ -56,22 +56,24 @@ def test_other_datasets_run(tmp_path):
 
 
 @pytest.mark.parametrize("args,msg", [
-    (["--dataset", "nope"], "unknown dataset"),
-    (["--policy", "bogus"], "unknown policy"),
-    (["--gpu", "b300"], "unknown gpu"),
-    (["--model", "gpt-9"], "unknown model"),
-    (["--request-rate", "0"], "must be > 0"),
-    (["--request-rate", "-5"], "must be > 0"),
+    (["--dataset", "nope"], "--dataset: unknown dataset"),
+    (["--policy", "bogus"], "--policy: unknown policy"),
+    (["--gpu", "b300"], "--gpu: unknown gpu"),
+    (["--model", "gpt-9"], "--model: unknown model"),
+    (["--request-rate", "0"], "--request-rate: 0 must be a number > 0"),
+    (["--request-rate", "-5"], "--request-rate: -5 must be a number > 0"),
     (["--request-rate", "x"], "not a number"),
     (["--request-rate", "10:5:1"], "START:STOP:STEP"),
-    (["--policy", "static:1000"], "does not support 1000 MHz"),
-    (["--ecofreq-clocks", "1005,1400"], "does not support 1400 MHz"),
+    (["--policy", "static:1000"], "--policy: static:1000: 1000 MHz is not a supported clock"),
+    (["--ecofreq-clocks", "1005,1400"], "--ecofreq-clocks: 1400 MHz is not a supported clock"),
     (["--dataset", "csv", "--dataset-path", "/no/such.csv"], "does not exist"),
-    (["--dataset", "csv"], "needs --dataset-path"),
-    (["--prefill", "0"], "--prefill 0"),
-    (["--duration-s", "0"], "--duration-s"),
+    (["--dataset", "csv"], "--dataset-path: the csv dataset needs a file"),
+    (["--prefill", "0"], "--prefill: 0 prefill instances"),
+    (["--duration-s", "0"], "--duration-s: 0.0 must be a number of seconds > 0"),
+    (["--prediction-error", "1.5"], "--prediction-error: 1.5 must be a fraction"),
+    (["--num-prompts", "0"], "--num-prompts: 0 must be > 0"),
 ])
-def test_bad_input_is_one_line_exit_2(args, msg):
+def test_bad_input_is_one_line_exit_2_naming_the_flag(args, msg):
     r = invoke("bench", *args)
     assert r.exit_code == 2, r.output
     lines = [ln for ln in r.output.splitlines() if ln.strip()]

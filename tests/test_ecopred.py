@@ -2,20 +2,13 @@ import numpy as np
 import pytest
 import yaml
 
-from voltana_cli.core.models.ecopred import (
-    EcoPred,
-    detect_steps,
-    evaluate,
-    fit_ecopred,
-    load_predictor,
-    tuned_document,
-)
 from voltana_cli.core.errors import UserError
-from voltana_cli.core.hardware.gpu import ClockGuard
-from voltana_cli.core.profiling.format import Profile, load_profile, make_frame
+from voltana_cli.core.hardware import ClockGuard
+from voltana_cli.core.models.ecopred import EcoPred, detect_steps, fit_ecopred
 from voltana_cli.core.models.profiled import ProfileModel
-from voltana_cli.core.profiling.plan import ProfilePlan, default_batch_sizes, run_sim
+from voltana_cli.core.profiling import Profile, ProfilePlan, default_batch_sizes, load_profile, make_frame, run_sim
 from voltana_cli.core.report import write_text
+from voltana_cli.core.tune import evaluate, load_predictor, tuned_document
 
 
 @pytest.fixture(scope="module")

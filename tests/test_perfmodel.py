@@ -81,9 +81,24 @@ def test_unsupported_clock_is_a_user_error(a100_8b):
 def test_tensor_parallel_shrinks_time_and_needs_divisor():
     g, e = gpu_spec("a100-80g-sxm4"), engine_spec()
     m = model_spec("llama-3.1-70b")
-    with pytest.raises(UserError, match="raise --tp"):
+    with pytest.raises(UserError, match="no room for a KV cache"):
         PerfModel(g, m, e, tp=1)
     pm2, pm4 = PerfModel(g, m, e, tp=2), PerfModel(g, m, e, tp=4)
     assert pm4.decode_cost(8, 4000, 1410)[0] < pm2.decode_cost(8, 4000, 1410)[0]
     with pytest.raises(UserError, match="divide"):
         PerfModel(g, m, e, tp=3)
+
+
+def test_mixed_iteration_reduces_to_its_parts_and_shares_the_projections(a100_8b):
+    """A co-located iteration: no chunk = the decode cost; no decode = the prefill cost; both together cost
+    less than running them one after the other (the projections read the weights once)."""
+    from voltana_cli.core.models import prefill_pairs
+
+    pairs = float(prefill_pairs(512, 1))
+    assert a100_8b.mixed_cost(16, 16 * 500, 0, 0, 0.0, 1410) == a100_8b.decode_cost(16, 16 * 500, 1410)
+    assert a100_8b.mixed_cost(0, 0, 512, 1, pairs, 1410) == a100_8b.prefill_cost(512, 1410, 1, pairs)
+    t_mix, e_mix = a100_8b.mixed_cost(16, 16 * 500, 512, 1, pairs, 1410)
+    t_dec, e_dec = a100_8b.decode_cost(16, 16 * 500, 1410)
+    t_pre, e_pre = a100_8b.prefill_cost(512, 1410, 1, pairs)
+    assert max(t_dec, t_pre) < t_mix < t_dec + t_pre
+    assert e_mix < e_dec + e_pre

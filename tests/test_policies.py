@@ -3,11 +3,22 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from voltana_cli.core.policy.controller import EcoFreqController, Observation, StaticController
+from tests.conftest import policy_context
 from voltana_cli.core.errors import UserError
-from voltana_cli.core.policy.registry import PolicyContext, build_policy, default_levels
-from voltana_cli.core.models.predictors import ModelPredictor
-from voltana_cli.core.policy.router import InstanceView, RoundRobinRouter, TileAwareRouter
+from voltana_cli.core.models import ModelPredictor, gpu_spec
+from voltana_cli.core.policy import (
+    REGISTRY,
+    ControllerEntry,
+    EcoFreqController,
+    InstanceView,
+    Observation,
+    PolicyRegistry,
+    RoundRobinRouter,
+    RouterEntry,
+    StaticController,
+    TileAwareRouter,
+    build_policy,
+)
 
 
 @pytest.fixture
@@ -15,8 +26,12 @@ def exact(a100_8b):
     return ModelPredictor(a100_8b, 0.0, None, [1005, 1410])
 
 
-def test_default_levels_are_the_papers_pair(a100_8b):
-    assert default_levels(a100_8b) == (1005, 1410)
+def test_default_levels_are_the_papers_pair_from_spec_data():
+    assert gpu_spec("a100-80g-sxm4").ecofreq_levels_mhz == (1005, 1410)
+    # Other GPUs: the A100 pair's ratio applied to their top clock, and a supported clock.
+    for key in ("h100-80g-sxm", "h200-141g-sxm"):
+        g = gpu_spec(key)
+        assert g.ecofreq_levels_mhz[-1] == g.max_clock_mhz and set(g.ecofreq_levels_mhz) <= set(g.clocks_mhz)
 
 
 def test_static_controller_is_constant():
@@ -93,7 +108,7 @@ def test_tile_aware_avoids_opening_a_tile():
 
 
 def test_policy_registry_names_and_errors(a100_8b):
-    ctx = PolicyContext(a100_8b, 0.8, 0.05, np.random.default_rng(0))
+    ctx = policy_context(a100_8b)
     assert isinstance(build_policy("voltana", ctx).decode_router, TileAwareRouter)
     assert isinstance(build_policy("ecofreq", ctx).decode_router, RoundRobinRouter)
     assert isinstance(build_policy("static-max+tile-aware", ctx).decode_router, TileAwareRouter)
@@ -104,3 +119,43 @@ def test_policy_registry_names_and_errors(a100_8b):
                      ("voltana+nope", "unknown router")]:
         with pytest.raises(UserError, match=msg):
             build_policy(bad, ctx)
+
+
+def test_every_registered_name_builds_and_help_lists_it(a100_8b):
+    ctx = policy_context(a100_8b)
+    help_text = REGISTRY.help_text()
+    for entry in REGISTRY.controllers():
+        name = entry.usage.replace("<MHz>", "1200")
+        assert entry.usage in help_text
+        for router in REGISTRY.routers():
+            pol = build_policy(f"{name}+{router.name}", ctx)
+            assert pol.make_prefill_controller().decide(Observation(0.0, 1, 64)) in a100_8b.clocks
+            assert f"+{router.name}" in help_text
+
+
+def test_an_unknown_name_lists_the_valid_ones_and_says_which_field(a100_8b):
+    with pytest.raises(UserError) as err:
+        build_policy("ecofrek", policy_context(a100_8b))
+    assert err.value.field == "policies"
+    assert all(n in str(err.value) for n in REGISTRY.names())
+
+
+def test_registering_a_name_twice_is_an_error():
+    reg = PolicyRegistry()
+    entry = ControllerEntry("x", "test", lambda ctx, arg: (lambda: StaticController(1), lambda: StaticController(1)))
+    reg.add_controller(entry)
+    with pytest.raises(ValueError, match="already registered"):
+        reg.add_controller(entry)
+    reg.add_router(RouterEntry("r", "test", lambda ctx: RoundRobinRouter()))
+    with pytest.raises(ValueError, match="already registered"):
+        reg.add_router(RouterEntry("r", "test", lambda ctx: RoundRobinRouter()))
+
+
+def test_a_layer_can_register_its_own_policy_without_touching_the_core(a100_8b):
+    reg = PolicyRegistry()
+    reg.add_router(RouterEntry("round-robin", "test", lambda ctx: RoundRobinRouter()))
+    reg.add_controller(ControllerEntry("half", "half the top clock", lambda ctx, arg: (
+        lambda: StaticController(ctx.clocks_mhz[len(ctx.clocks_mhz) // 2]),) * 2))
+    pol = reg.build("half", policy_context(a100_8b))
+    assert pol.make_decode_controller().decide(Observation(0, 1, 1)) == a100_8b.clocks[len(a100_8b.clocks) // 2]
+    assert "half" not in REGISTRY.names()

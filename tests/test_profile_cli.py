@@ -4,8 +4,8 @@ import pytest
 import yaml
 
 from tests.test_cli import invoke
-from voltana_cli.core.models.ecopred import load_predictor
-from voltana_cli.core.profiling.format import load_profile
+from voltana_cli.core.profiling import load_profile
+from voltana_cli.core.tune import load_predictor
 
 SMALL = ["--clocks", "1005,1410", "--batch-sizes", "1,8,9,16,17,32,64,128,129,160,161,256",
          "--prefill-tokens", "64,256,1024,4096", "--prefill-seqs", "1,2,4"]
@@ -65,17 +65,20 @@ def test_bench_on_a_profile_with_its_fitted_predictor(small_profile, tmp_path):
 
 
 @pytest.mark.parametrize("args, needle", [
-    (["profile", "--backend", "gpu-magic"], "--backend 'gpu-magic'"),
+    (["profile", "--backend", "gpu-magic"], "--backend: 'gpu-magic' is not a backend"),
     (["profile", "--clocks", "1005,fast"], "--clocks '1005,fast'"),
     (["profile", "--clocks", "1007"], "does not support 1007 MHz"),
-    (["profile", "--repeats", "0"], "--repeats 0"),
-    (["profile", "--noise", "2"], "--noise 2.0"),
-    (["profile", "--phases", "warmup"], "--phases warmup"),
-    (["profile", "--backend", "torch", "--gpu", "a100-80g-sxm4"], "--gpu is for --backend sim"),
+    (["profile", "--repeats", "0"], "--repeats: 0 is below 1"),
+    (["profile", "--noise", "2"], "--noise: 2.0 is out of range"),
+    (["profile", "--phases", "warmup"], "--phases: 'warmup' is not a phase"),
+    (["profile", "--batch-sizes", "0"], "--batch-sizes: has 0"),
+    (["profile", "--batch-sizes", "5000", "--kv-per-request", "16"], "--batch-sizes: 5000 is above the modelled maximum"),
+    (["profile", "--cooldown-s", "-1"], "--cooldown-s: -1.0 is negative"),
+    (["profile", "--backend", "torch", "--gpu", "a100-80g-sxm4"], "--gpu: is for the sim backend"),
     (["tune"], "only --fit-only is available"),
     (["tune", "--fit-only", "--profile", "nowhere/none"], "profile 'nowhere/none' not found"),
-    (["tune", "--fit-only", "--holdout", "1.5"], "--holdout 1.5"),
-    (["bench", "--profile", "h100-80g-sxm/llama-3.1-8b"], "--profile is for h100-80g-sxm x llama-3.1-8b"),
+    (["tune", "--fit-only", "--holdout", "1.5"], "--holdout: 1.5"),
+    (["bench", "--profile", "h100-80g-sxm/llama-3.1-8b"], "--profile: it is for h100-80g-sxm x llama-3.1-8b"),
     (["bench", "--predictor", "missing.yaml"], "missing.yaml: no such file"),
 ])
 def test_bad_input_is_one_line_exit_2(args, needle, tmp_path, monkeypatch):
@@ -90,7 +93,7 @@ def test_bad_input_is_one_line_exit_2(args, needle, tmp_path, monkeypatch):
 def test_profile_refuses_to_overwrite_without_force(small_profile, tmp_path):
     d, _ = small_profile
     r = invoke("profile", "--out", str(d), *SMALL)
-    assert r.exit_code == 2 and "--force" in r.output
+    assert r.exit_code == 2 and f"--force: is needed to replace the profile in {d}" in r.output
     before = (d / "profile.csv").read_text()
     r = invoke("profile", "--out", str(d), "--force", "--seed", "5", *SMALL)
     assert r.exit_code == 0 and (d / "profile.csv").read_text() != before

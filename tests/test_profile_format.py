@@ -1,4 +1,5 @@
 import math
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -19,8 +20,8 @@ from voltana_cli.core.profiling.format import (
 )
 
 
-def meta(**kw):
-    base = dict(gpu="a100-80g-sxm4", gpu_name="NVIDIA A100-SXM4-80GB", engine="sglang", model="llama-3.1-8b",
+def meta(**kw: Any) -> ProfileMeta:
+    base: dict[str, Any] = dict(gpu="a100-80g-sxm4", gpu_name="NVIDIA A100-SXM4-80GB", engine="sglang", model="llama-3.1-8b",
                 backend="sim", device="emulated", protocol=Protocol(warmup=0, repeats=2, cooldown_s=0, min_window_s=0),
                 clocks_locked=True, voltana_version="test", created=now_iso())
     base.update(kw)

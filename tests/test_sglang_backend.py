@@ -4,7 +4,7 @@ import pytest
 
 from tests.fake_sglang import FakeSglang
 from tests.test_cli import invoke
-from voltana_cli.core.profiling.format import load_profile
+from voltana_cli.core.profiling import load_profile
 
 
 def decode_ms(batch: int, kv: int) -> float:
@@ -27,14 +27,15 @@ def test_profile_against_a_server(server, tmp_path):
     prof = load_profile(out)
     m = prof.meta
     assert m.backend == "sglang" and m.engine_version == "0.5.23-fake" and m.model == "fake/llama"
-    assert m.device == server.url and not m.clocks_locked and "--clocks" in m.clock_note
+    assert m.device == server.url and not m.clocks_locked and "as given by clocks_mhz" in m.clock_note
     dec = prof.phase("decode").set_index("batch_size")
     assert list(dec.index) == [1, 4, 8]
+    lat, kv = dec["latency_ms"].to_dict(), dec["num_tokens"].to_dict()
     for b in (1, 4, 8):
         want = decode_ms(b, 0)
-        assert 0.8 * want <= dec.loc[b, "latency_ms"] <= 2.0 * want, (b, dec.loc[b, "latency_ms"])
-        assert dec.loc[b, "num_tokens"] == b * (16 + 2 + 4)  # prompt + steady-window start + half the window
-    assert dec.loc[8, "latency_ms"] > dec.loc[1, "latency_ms"]
+        assert 0.8 * want <= lat[b] <= 2.0 * want, (b, lat[b])
+        assert kv[b] == b * (16 + 2 + 4)  # prompt + steady-window start + half the window
+    assert lat[8] > lat[1]
     assert 8 in server.batches  # the decode requests really ran as one batch
     pre = prof.phase("prefill")
     assert len(pre) == 4 and (pre["latency_ms"] >= 3.0).all()
@@ -44,9 +45,9 @@ def test_profile_against_a_server(server, tmp_path):
 def test_unreachable_server_and_missing_clock_are_one_line(server, tmp_path):
     r = invoke("profile", "--backend", "sglang", "--sglang-url", "http://127.0.0.1:9", "--clocks", "1410",
                "--out", str(tmp_path / "a"))
-    assert r.exit_code == 2 and "cannot reach SGLang at http://127.0.0.1:9" in r.output
+    assert r.exit_code == 2 and "--sglang-url: cannot reach SGLang at http://127.0.0.1:9" in r.output
     r = invoke("profile", "--backend", "sglang", "--sglang-url", server.url, "--out", str(tmp_path / "b"))
-    assert r.exit_code == 2 and "cannot read the server's clock" in r.output
+    assert r.exit_code == 2 and "--clocks: without gpu_indices voltana cannot read the server's clock" in r.output
     r = invoke("profile", "--backend", "sglang", "--sglang-url", server.url, "--clocks", "1410", "--lock-clocks",
                "--out", str(tmp_path / "c"))
-    assert r.exit_code == 2 and "--lock-clocks needs --gpu-index" in r.output
+    assert r.exit_code == 2 and "--lock-clocks: needs gpu_indices" in r.output

@@ -3,15 +3,14 @@ import math
 import numpy as np
 import pytest
 
-from tests.conftest import make_workload
-from voltana_cli.core.metrics.summary import summarize
-from voltana_cli.core.policy.registry import PolicyContext, build_policy
-from voltana_cli.core.sim.cluster import ClusterConfig, simulate
+from tests.conftest import make_policy, make_workload
+from voltana_cli.core.errors import UserError
+from voltana_cli.core.metrics import summarize
+from voltana_cli.core.sim import ClusterConfig, simulate
 
 
 def run(pm, wl, policy="voltana", seed=0, **cluster):
-    pol = build_policy(policy, PolicyContext(pm, 0.8, 0.05, np.random.default_rng(seed)))
-    return simulate(wl, pm, pol, ClusterConfig(**cluster), np.random.default_rng(seed))
+    return simulate(wl, pm, make_policy(pm, policy, seed), ClusterConfig(**cluster), np.random.default_rng(seed))
 
 
 @pytest.mark.parametrize("policy", ["static-max", "static-min", "ecofreq", "voltana"])
@@ -23,7 +22,8 @@ def test_every_request_finishes_exactly_once_and_in_order(a100_8b, policy):
     assert np.all(res.finish_s >= res.arrival_s + res.ttft_s - 1e-12)
     # Each request joined exactly one decode instance and got output_tokens - 1 decode iterations.
     assert set(np.unique(res.decode_instance)) <= {0, 1}
-    assert res.token_itl_weight.sum() == (res.output_tokens - 1).sum()
+    assert res.token_gaps[1].sum() == (res.output_tokens - 1).sum()
+    assert np.array_equal(res.gap_count, res.output_tokens - 1)
     one = res.output_tokens == 1
     assert np.all(np.isnan(res.itl_mean_s[one])) and np.all(np.isfinite(res.itl_mean_s[~one]))
 
@@ -82,10 +82,24 @@ def test_overload_queues_and_misses_slo(a100_8b):
     assert math.isfinite(s.energy_j["total"])
 
 
-def test_kv_capacity_bounds_reserved_tokens(a100_8b):
+def test_a_request_larger_than_the_kv_cache_is_refused_before_running(a100_8b):
     wl = make_workload(n=50, rate=5.0)
     object.__setattr__(wl, "input_tokens", np.full(50, 500_000))
-    from voltana_cli.core.errors import UserError
-
-    with pytest.raises(UserError, match="KV tokens"):
+    with pytest.raises(UserError, match="KV tokens") as err:
         run(a100_8b, wl)
+    assert err.value.field == "workload"
+
+
+def test_an_empty_workload_is_refused(a100_8b):
+    wl = make_workload(n=1)
+    for name in ("arrival_s", "input_tokens", "output_tokens"):
+        object.__setattr__(wl, name, getattr(wl, name)[:0])
+    with pytest.raises(UserError, match="no requests"):
+        run(a100_8b, wl)
+
+
+def test_timelines_start_at_the_idle_clock_and_follow_every_switch(a100_8b):
+    res = run(a100_8b, make_workload(n=400, rate=60.0), "voltana", record_timeline=True)
+    for rec in res.instances:
+        assert len(rec.timeline) == rec.clock_switches + 1
+        assert set(rec.clock_busy_s) <= {c for _, c in rec.timeline}

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tests.test_cli import invoke
-from voltana_cli.core.profiling.format import load_profile
+from voltana_cli.core.profiling import load_profile
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -49,9 +49,9 @@ def test_decode_keeps_a_fixed_context_and_prefill_keeps_one_logit_row():
 def test_lock_clocks_on_cpu_and_a_bad_config_are_one_line(tmp_path):
     r = invoke("profile", "--backend", "torch", "--device", "cpu", "--hf-config", str(TINY), "--lock-clocks",
                "--out", str(tmp_path / "x"))
-    assert r.exit_code == 2 and "--lock-clocks needs a GPU" in r.output
+    assert r.exit_code == 2 and "--lock-clocks: needs a GPU" in r.output
     bad = tmp_path / "config.json"
     bad.write_text('{"hidden_size": 8}')
     r = invoke("profile", "--backend", "torch", "--device", "cpu", "--hf-config", str(bad), "--out", str(tmp_path / "y"))
-    assert r.exit_code == 2 and "no 'model_type' key" in r.output
+    assert r.exit_code == 2 and f"--hf-config: {bad}: no 'model_type' key" in r.output
     assert not (tmp_path / "y").exists()

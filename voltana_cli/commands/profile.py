@@ -1,4 +1,4 @@
-"""``voltana profile``: measure (torch) or model (sim) prefill/decode latency and energy across clocks."""
+"""``voltana profile``: measure (torch, sglang) or model (sim) prefill/decode latency and energy across clocks."""
 
 from __future__ import annotations
 
@@ -13,12 +13,32 @@ from rich.table import Table
 
 from voltana_cli.commands import user_errors
 from voltana_cli.core.errors import UserError
-from voltana_cli.core.profiling.format import Profile, check_profile_out, summary_frame, write_profile
-from voltana_cli.core.profiling.run import BACKENDS, ProfileRequest, run_profile
+from voltana_cli.core.profiling import (
+    BACKENDS,
+    PROFILES_ROOT,
+    Profile,
+    ProfileRequest,
+    check_profile_out,
+    default_profile_dir,
+    run_profile,
+    summary_frame,
+    write_profile,
+)
+
+#: This command's flags for the core fields whose flag is not ``--field-name``.
+FLAGS = {"clocks_mhz": "--clocks", "gpu_indices": "--gpu-index", "out_dir": "--out"}
 
 
 def parse_int_list(flag: str, text: str | None) -> list[int] | None:
-    """``"1005,1410"`` -> ``[1005, 1410]``; a bad item is a one-line error naming the flag."""
+    """``"1005,1410"`` -> ``[1005, 1410]``; a bad item is a one-line error naming the flag.
+
+    Args:
+        flag: the option the text came from, for the error.
+        text: comma-separated whole numbers, or ``None`` (not given).
+
+    Raises:
+        UserError: an item is not a whole number, or there is none.
+    """
     if text is None:
         return None
     try:
@@ -34,13 +54,16 @@ def profile(
     backend: str = typer.Option("sim", help=f"Where the numbers come from: {', '.join(BACKENDS)} "
                                 "(sim: the analytical model with noise; torch: real forward passes, random weights; "
                                 "sglang: controlled batches against a running SGLang server)."),
-    gpu: str | None = typer.Option(None, help="sim: GPU spec (default a100-80g-sxm4). torch: read from the device."),
-    model: str = typer.Option("llama-3.1-8b", help="Model spec (its architecture, for torch: no weights are downloaded)."),
+    gpu: str | None = typer.Option(None, help="sim: GPU spec (default: the one in voltana_cli/data/defaults.yaml). "
+                                   "torch, sglang: read from the device."),
+    model: str | None = typer.Option(None, help="Model spec (default: the one in voltana_cli/data/defaults.yaml); for "
+                                     "torch its architecture: no weights are downloaded."),
     hf_config: Path | None = typer.Option(None, help="torch: build the architecture from this Hugging Face config.json "
                                           "instead of --model."),
     tp: int | None = typer.Option(None, help="sim: tensor parallelism (default: the model's)."),
-    clocks: str | None = typer.Option(None, help="SM clocks in MHz, comma-separated. sim default: every 105 MHz from "
-                                      "half the maximum up, plus the EcoFreq levels; torch: the card's current clock."),
+    clocks: str | None = typer.Option(None, help="SM clocks in MHz, comma-separated. sim default: from half the maximum "
+                                      "up in the GPU spec's profile clock steps, plus its EcoFreq levels; torch: the "
+                                      "card's current clock."),
     batch_sizes: str | None = typer.Option(None, help="Decode batch sizes (default: 1,2,4, both sides of every multiple "
                                            "of 8 to 256 and of 128 above, to 1024)."),
     kv_per_request: str | None = typer.Option(None, help="Decode context tokens per request (default 64,256,1024; "
@@ -67,54 +90,57 @@ def profile(
     out: Path | None = typer.Option(None, help="Directory for profile.csv + metadata.yaml "
                                     "(default profiles/<gpu>/<model>)."),
     force: bool = typer.Option(False, help="Replace a profile already in --out."),
-    emulated_state: Path | None = typer.Option(None, hidden=True),
-    slow_s: float = typer.Option(0.0, hidden=True),
 ) -> None:
     """Measure or model prefill and decode iterations across GPU clocks; write a profile."""
     console = Console(width=None if sys.stdout.isatty() else 140)
     err = Console(stderr=True)
-    with user_errors():
-        phase_t = tuple(p.strip() for p in phases.split(",") if p.strip())
-        if backend == "sim" and out is None:
-            out = Path("profiles") / (gpu or "a100-80g-sxm4") / model
-        if out is not None:
-            check_profile_out(out, force)
-        else:
-            check_profile_out(Path("profiles"), True)
+    with user_errors(FLAGS):
         req = ProfileRequest(
             backend=backend, gpu=gpu, model=model, tp=tp, clocks_mhz=parse_int_list("--clocks", clocks),
             batch_sizes=parse_int_list("--batch-sizes", batch_sizes),
             kv_per_request=parse_int_list("--kv-per-request", kv_per_request),
             prefill_tokens=parse_int_list("--prefill-tokens", prefill_tokens),
-            prefill_seqs=parse_int_list("--prefill-seqs", prefill_seqs), phases=phase_t, repeats=repeats,
+            prefill_seqs=parse_int_list("--prefill-seqs", prefill_seqs),
+            phases=tuple(p.strip() for p in phases.split(",") if p.strip()), repeats=repeats,
             warmup=warmup, cooldown_s=cooldown_s, min_window_s=min_window_s, noise=noise, seed=seed,
-            lock_clocks=lock_clocks, device=device, dtype=dtype, hf_config=hf_config, emulated_state=emulated_state,
-            slow_s=slow_s, sglang_url=sglang_url, gpu_indices=parse_int_list("--gpu-index", gpu_index),
-            window_tokens=window_tokens,
+            lock_clocks=lock_clocks, device=device, dtype=dtype, hf_config=hf_config, sglang_url=sglang_url,
+            gpu_indices=parse_int_list("--gpu-index", gpu_index), window_tokens=window_tokens,
         )
-        if backend != "sim" and gpu is not None:
-            raise UserError("--gpu is for --backend sim; a real backend reads the GPU from the device")
-        with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                      TimeElapsedColumn(), console=err, transient=True) as prog:
-            task = prog.add_task(f"profiling ({backend})", total=None)
-
-            def start(total: int) -> None:
-                prog.update(task, total=total)
-
-            def window(phase: str) -> None:
-                prog.update(task, description=f"profiling ({backend}) {phase}")
-                prog.advance(task)
-
-            prof = run_profile(req, start, window, warn=lambda m: err.print(f"warning: {m}"))
         if out is None:
-            out = Path("profiles") / prof.meta.gpu / prof.meta.model.replace("/", "--")
+            out = req.planned_out_dir()
+        # Fail on an unusable output directory before measuring, which can take hours; a measuring backend's
+        # default directory is known only after the run, so until then only the profiles root is checked.
+        if out is not None:
+            check_profile_out(out, force)
+        else:
+            check_profile_out(PROFILES_ROOT, True)
+        prof = run_with_progress(req, err)
+        if out is None:
+            out = default_profile_dir(prof.meta.gpu, prof.meta.model)
             check_profile_out(out, force)
         write_profile(prof, out)
         render_summary(console, prof)
         console.print(f"wrote {out}/profile.csv and metadata.yaml ({len(prof.data)} rows)")
 
 
+def run_with_progress(req: ProfileRequest, err: Console) -> Profile:
+    """``run_profile`` with a progress bar (windows done of the plan's total) and warnings on ``err``."""
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=err, transient=True) as prog:
+        task = prog.add_task(f"profiling ({req.backend})", total=None)
+
+        def start(total: int) -> None:
+            prog.update(task, total=total)
+
+        def window(phase: str) -> None:
+            prog.update(task, description=f"profiling ({req.backend}) {phase}")
+            prog.advance(task)
+
+        return run_profile(req, start, window, warn=lambda m: err.print(f"warning: {m}"))
+
+
 def render_summary(console: Console, prof: Profile) -> None:
+    """Print how the profile was taken and a table per (phase, clock)."""
     m = prof.meta
     locked = "locked" if m.clocks_locked else "NOT locked"
     console.print(f"[bold]voltana profile[/] ({m.backend}) {m.gpu_name} x TP{m.tp}, {m.model}, {m.engine}; "
@@ -122,10 +148,10 @@ def render_summary(console: Console, prof: Profile) -> None:
     table = Table()
     for col in ("phase", "clock MHz", "rows", "latency ms (min-max)", "power W", "energy/token mJ"):
         table.add_column(col, justify="left" if col == "phase" else "right")
-    for r in summary_frame(prof).itertuples():
+    for r in summary_frame(prof).to_dict("records"):
         table.add_row(
-            r.phase, str(r.clock_mhz), str(r.rows), f"{r.latency_min_ms:.2f} - {r.latency_max_ms:.2f}",
-            "unavailable" if math.isnan(r.power_w) else f"{r.power_w:.0f}",
-            "unavailable" if math.isnan(r.energy_per_token_mj) else f"{r.energy_per_token_mj:.2f}",
+            r["phase"], str(r["clock_mhz"]), str(r["rows"]), f"{r['latency_min_ms']:.2f} - {r['latency_max_ms']:.2f}",
+            "unavailable" if math.isnan(r["power_w"]) else f"{r['power_w']:.0f}",
+            "unavailable" if math.isnan(r["energy_per_token_mj"]) else f"{r['energy_per_token_mj']:.2f}",
         )
     console.print(table)

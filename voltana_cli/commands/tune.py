@@ -6,15 +6,14 @@ import sys
 from pathlib import Path
 
 import typer
-import yaml
 from rich.console import Console
 from rich.table import Table
 
 from voltana_cli.commands import user_errors
-from voltana_cli.core.models.ecopred import FitReport, accuracy_report, evaluate, tuned_document
 from voltana_cli.core.errors import UserError
-from voltana_cli.core.profiling.format import load_profile
-from voltana_cli.core.report import check_writable, write_json, write_text
+from voltana_cli.core.profiling import load_profile
+from voltana_cli.core.report import check_writable, write_json
+from voltana_cli.core.tune import FitReport, accuracy_report, evaluate, write_tuned_config
 
 
 def tune(
@@ -35,18 +34,14 @@ def tune(
         if not fit_only:
             raise UserError("only --fit-only is available in this version: voltana tune --fit-only --profile P "
                             "[--out tuned.yaml]; controller and router auto-tuning arrive in a later version")
-        for path, flag in ((out, "--out"), (json_path, "--json")):
+        for path, name in ((out, "out"), (json_path, "json")):
             if path is not None:
-                check_writable(path, flag)
+                check_writable(path, name)
         prof = load_profile(profile_path)
         rep = evaluate(prof, holdout=holdout, seed=seed, compare_gbt=compare_gbt)
         render(console, rep, prof.source)
         if out is not None:
-            text = ("# voltana tuned config: EcoPred predictors fitted by `voltana tune --fit-only`.\n"
-                    "# decode latency_ms = b + a*batch_size + c*kv_tokens; prefill latency_ms = b + a*tokens + s*seqs "
-                    "+ q*pairs (per segment, per clock).\n")
-            text += yaml.safe_dump(tuned_document(rep, holdout), sort_keys=False, width=120)
-            write_text(out, text)
+            write_tuned_config(out, rep, holdout)
             console.print(f"wrote {out}")
         if json_path is not None:
             write_json(json_path, accuracy_report(rep, holdout))
@@ -54,6 +49,13 @@ def tune(
 
 
 def render(console: Console, rep: FitReport, source: str) -> None:
+    """Print the held-out accuracy table, the decode steps found and the families compared.
+
+    Args:
+        console: where to print.
+        rep: the fit and its held-out accuracy.
+        source: the profile it was fitted on, as the user named it.
+    """
     console.print(f"[bold]voltana tune --fit-only[/] {source}: EcoPred fitted in {rep.fit_seconds:.1f} s; "
                   "accuracy on held-out configurations (every repeat of a held-out configuration left out)")
     table = Table()

@@ -16,16 +16,24 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from voltana_cli import __version__
-from voltana_cli.core.models.ecopred import EcoPred, load_predictor
 from voltana_cli.core.errors import UserError, validation_problem
-from voltana_cli.core.metrics.summary import ITL_RULE, summarize
-from voltana_cli.core.models.analytical import PerfModel
-from voltana_cli.core.policy.registry import EcoFreqParams, PolicyContext, build_policy, default_levels
+from voltana_cli.core.metrics import ITL_RULE, RequestLog, request_frame, summarize
+from voltana_cli.core.models import (
+    InstanceModel,
+    ModelPredictor,
+    PerfModel,
+    ProfileModel,
+    defaults,
+    engine_spec,
+    gpu_spec,
+    model_spec,
+)
+from voltana_cli.core.models.ecopred import EcoPred
+from voltana_cli.core.policy import REGISTRY, EcoFreqParams, Policy, PolicyContext, Predictor
 from voltana_cli.core.profiling.format import load_profile
-from voltana_cli.core.models.profiled import ProfileModel
-from voltana_cli.core.sim.cluster import ClusterConfig, SimResult, simulate
-from voltana_cli.core.models.specs import engine_spec, gpu_spec, model_spec
-from voltana_cli.core.workloads.workload import DatasetRequest, LengthTrace, Workload, build_workload, load_lengths
+from voltana_cli.core.sim import ClusterConfig, simulate
+from voltana_cli.core.tune import load_predictor
+from voltana_cli.core.workloads import DatasetRequest, LengthTrace, Workload, build_workload, load_lengths
 
 DEFAULT_POLICIES = ["static-max", "static-min", "voltana"]
 
@@ -44,8 +52,8 @@ class BenchConfig(BaseModel):
     arrival: str = "auto"
     burstiness: float = 1.0
     seed: int = 0
-    gpu: str = "a100-80g-sxm4"
-    model: str = "llama-3.1-8b"
+    gpu: str = Field(default_factory=lambda: defaults().gpu)
+    model: str = Field(default_factory=lambda: defaults().model)
     tp: int | None = None
     n_prefill: int = 2
     n_decode: int = 2
@@ -76,8 +84,29 @@ class BenchConfig(BaseModel):
     @field_validator("slo_ttft_ms", "slo_itl_ms")
     @classmethod
     def _slo(cls, v: float) -> float:
-        if not v > 0:
-            raise ValueError(f"SLO {v} must be > 0 ms")
+        if not (v > 0 and math.isfinite(v)):
+            raise ValueError(f"SLO {v} must be a number > 0 ms")
+        return v
+
+    @field_validator("duration_s")
+    @classmethod
+    def _duration(cls, v: float | None) -> float | None:
+        if v is not None and not (v > 0 and math.isfinite(v)):
+            raise ValueError(f"{v} must be a number of seconds > 0")
+        return v
+
+    @field_validator("num_prompts")
+    @classmethod
+    def _prompts(cls, v: int | None) -> int | None:
+        if v is not None and v <= 0:
+            raise ValueError(f"{v} must be > 0")
+        return v
+
+    @field_validator("prediction_error")
+    @classmethod
+    def _error(cls, v: float) -> float:
+        if not 0 <= v < 1:
+            raise ValueError(f"{v} must be a fraction in [0, 1) (0.05 = ±5 %)")
         return v
 
 
@@ -89,17 +118,17 @@ def parse_rates(text: str) -> list[float]:
             if len(parts) != 3:
                 raise ValueError
             start, stop, step = parts
-            if step <= 0 or start <= 0 or stop < start:
-                raise UserError(
-                    f"--request-rate {text}: a sweep is START:STOP:STEP with 0 < START <= STOP and STEP > 0"
-                )
+            if not (0 < start <= stop and step > 0 and math.isfinite(stop) and math.isfinite(step)):
+                raise UserError(f"{text}: a sweep is START:STOP:STEP with 0 < START <= STOP (finite) and STEP > 0",
+                                field="request_rates")
             n = int(math.floor((stop - start) / step + 1e-9)) + 1
             return [round(start + i * step, 9) for i in range(n)]
         rate = float(text)
     except ValueError:
-        raise UserError(f"--request-rate {text!r} is not a number or START:STOP:STEP (e.g. 60 or 50:100:10)") from None
+        raise UserError(f"{text!r} is not a number or START:STOP:STEP (e.g. 60 or 50:100:10)",
+                        field="request_rates") from None
     if not (rate > 0 and math.isfinite(rate)):
-        raise UserError(f"--request-rate {text} must be > 0 (requests per second)")
+        raise UserError(f"{text} must be a number > 0 (requests per second)", field="request_rates")
     return [rate]
 
 
@@ -107,7 +136,7 @@ def parse_rates(text: str) -> list[float]:
 class RunRecord:
     rate: float
     policy: str
-    result: SimResult
+    result: RequestLog
     summary: dict
 
 
@@ -123,7 +152,7 @@ def make_config(**fields: object) -> BenchConfig:
         return BenchConfig.model_validate(fields)
     except ValidationError as exc:
         loc, msg = validation_problem(exc)
-        raise UserError(f"{loc}: {msg.removeprefix('Value error, ')}") from None
+        raise UserError(msg.removeprefix("Value error, "), field=loc.split(".")[0] or None) from None
 
 
 @dataclass
@@ -132,7 +161,7 @@ class PreparedBench:
 
     cfg: BenchConfig
     model: PerfModel
-    truth: PerfModel | ProfileModel
+    truth: InstanceModel
     predictor: EcoPred | None
     cluster: ClusterConfig
     ecofreq: EcoFreqParams
@@ -145,37 +174,50 @@ def prepare_bench(cfg: BenchConfig) -> PreparedBench:
     cfg = make_config(**cfg.model_dump())
     gpu, model = gpu_spec(cfg.gpu), model_spec(cfg.model)
     pm = PerfModel(gpu, model, engine_spec(), tp=cfg.tp or model.default_tp)
-    truth: PerfModel | ProfileModel = pm
+    truth: InstanceModel = pm
     if cfg.profile is not None:
         prof = load_profile(cfg.profile)
-        _same_target("--profile", prof.meta.gpu, prof.meta.model, cfg)
+        _same_target("profile", prof.meta.gpu, prof.meta.model, cfg)
         truth = ProfileModel(prof, pm)
     predictor = None
     if cfg.predictor is not None:
         predictor = load_predictor(cfg.predictor)
-        _same_target("--predictor", str(predictor.info.get("gpu")), str(predictor.info.get("model")), cfg)
+        _same_target("predictor", str(predictor.info.get("gpu")), str(predictor.info.get("model")), cfg)
     cluster = ClusterConfig(n_prefill=cfg.n_prefill, n_decode=cfg.n_decode, noise=cfg.noise,
                             chunked_prefill_tokens=cfg.chunked_prefill_tokens)
     cluster.validate()
     ecof = EcoFreqParams(
         clocks_mhz=tuple(cfg.ecofreq_clocks_mhz) if cfg.ecofreq_clocks_mhz else None,
-        margin=cfg.ecofreq_margin, prediction_error=cfg.prediction_error,
+        margin=cfg.ecofreq_margin,
     )
+    for c in ecof.clocks_mhz or ():
+        if c not in pm.clocks:
+            raise UserError(f"{c} MHz is not a supported clock of {pm.gpu.name}; use one of {pm.clocks[0]}-"
+                            f"{pm.clocks[-1]} MHz in steps of {pm.gpu.sm_clock_mhz.step}", field="ecofreq_clocks_mhz")
     for name in cfg.policies:
-        build_policy(name, _context(cfg, pm, ecof, predictor))
+        _build(name, cfg, pm, ecof, predictor)
     lengths, arrival = _lengths(cfg)
     return PreparedBench(cfg, pm, truth, predictor, cluster, ecof, lengths, arrival)
 
 
-def _same_target(flag: str, gpu: str, model: str, cfg: BenchConfig) -> None:
+def _same_target(field: str, gpu: str, model: str, cfg: BenchConfig) -> None:
     if gpu != cfg.gpu or model != cfg.model:
-        raise UserError(f"{flag} is for {gpu} x {model}, but the bench simulates {cfg.gpu} x {cfg.model}: "
-                        f"pass --gpu {gpu} --model {model}, or a matching {flag}")
+        raise UserError(f"it is for {gpu} x {model}, but the bench simulates {cfg.gpu} x {cfg.model}: set gpu "
+                        f"{gpu} and model {model}, or give a matching {field}", field=field)
 
 
-def _context(cfg: BenchConfig, pm: PerfModel, ecof: EcoFreqParams, predictor: EcoPred | None = None) -> PolicyContext:
-    return PolicyContext(pm, cfg.slo_ttft_ms / 1e3, cfg.slo_itl_ms / 1e3, np.random.default_rng([cfg.seed, 2]),
-                         ecof, cfg.tile, predictor)
+def _build(name: str, cfg: BenchConfig, pm: PerfModel, ecof: EcoFreqParams, fitted: EcoPred | None) -> Policy:
+    """Policy ``name`` from the registry, with a fresh predictor: the fitted EcoPred, or the analytical model
+    with a fixed error per (phase, clock) drawn from the bench's seed for the EcoFreq levels."""
+    levels = ecof.clocks_mhz or pm.gpu.ecofreq_levels_mhz
+    predictor: Predictor
+    if fitted is not None:
+        predictor = fitted
+    else:
+        predictor = ModelPredictor(pm, cfg.prediction_error, np.random.default_rng([cfg.seed, 2]), list(levels))
+    ctx = PolicyContext(tuple(pm.clocks), tuple(pm.gpu.ecofreq_levels_mhz), cfg.slo_ttft_ms / 1e3,
+                        cfg.slo_itl_ms / 1e3, predictor, cfg.tile or pm.engine.gemm_tile, ecof)
+    return REGISTRY.build(name, ctx)
 
 
 def run_bench_full(cfg: BenchConfig | PreparedBench, progress: Callable[[str], None] | None = None) -> BenchOutput:
@@ -191,12 +233,13 @@ def run_bench_full(cfg: BenchConfig | PreparedBench, progress: Callable[[str], N
         # The same requests and arrivals for every policy at a rate: differences come from the policy.
         wl = _workload(cfg, lengths, arrival, rate)
         if len(wl) == 0:
-            raise UserError(f"no request arrives within {cfg.duration_s} s at {rate} req/s: raise --duration-s")
+            raise UserError(f"no request arrives within {cfg.duration_s} s at {rate} req/s: give a longer duration",
+                            field="duration_s")
         for name in cfg.policies:
             if progress:
                 progress(f"{rate:g} req/s, {name}")
-            ctx = _context(cfg, pm, ecof, prep.predictor)
-            res = simulate(wl, prep.truth, build_policy(name, ctx), cluster, np.random.default_rng([cfg.seed, 3]))
+            policy = _build(name, cfg, pm, ecof, prep.predictor)
+            res = simulate(wl, prep.truth, policy, cluster, np.random.default_rng([cfg.seed, 3]))
             s = summarize(res, cfg.slo_ttft_ms / 1e3, cfg.slo_itl_ms / 1e3).as_dict()
             runs.append(RunRecord(rate, name, res, s))
             out_runs.append({"request_rate": rate, "policy": name, **s})
@@ -217,7 +260,7 @@ def run_bench_full(cfg: BenchConfig | PreparedBench, progress: Callable[[str], N
             "predictor_used": f"EcoPred from {cfg.predictor}" if prep.predictor is not None
             else f"analytical model with ±{cfg.prediction_error:g} error",
             "itl_rule": ITL_RULE,
-            "ecofreq_clocks_mhz": list(ecof.clocks_mhz or default_levels(pm)),
+            "ecofreq_clocks_mhz": list(ecof.clocks_mhz or pm.gpu.ecofreq_levels_mhz),
             "kv_capacity_tokens_per_decode_instance": pm.kv_capacity_tokens,
             "workload_notes": list(lengths.notes),
             "dataset_name": lengths.name,
@@ -236,21 +279,10 @@ def per_request_frame(runs: list[RunRecord]) -> pd.DataFrame:
     """One row per request per run, for ``--csv``."""
     frames = []
     for r in runs:
-        res = r.result
-        frames.append(pd.DataFrame({
-            "request_rate": r.rate,
-            "policy": r.policy,
-            "request_id": np.arange(res.num_requests),
-            "arrival_s": res.arrival_s,
-            "input_tokens": res.input_tokens,
-            "output_tokens": res.output_tokens,
-            "prefill_instance": res.prefill_instance,
-            "decode_instance": res.decode_instance,
-            "ttft_ms": res.ttft_s * 1e3,
-            "tpot_ms": res.itl_mean_s * 1e3,
-            "itl_max_ms": res.itl_max_s * 1e3,
-            "e2e_ms": (res.finish_s - res.arrival_s) * 1e3,
-        }))
+        df = request_frame(r.result)
+        df.insert(0, "policy", r.policy)
+        df.insert(0, "request_rate", r.rate)
+        frames.append(df)
     return pd.concat(frames, ignore_index=True)
 
 

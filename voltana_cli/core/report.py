@@ -14,18 +14,29 @@ import pandas as pd
 from voltana_cli.core.errors import UserError
 
 
-def check_writable(path: Path, flag: str) -> None:
-    """Fail early (before any work) when ``path`` cannot be written."""
+def check_writable(path: Path, name: str) -> None:
+    """Fail early (before any work) when ``path`` cannot be written.
+
+    Args:
+        path: the output file.
+        name: the output's field (``json``, ``csv``, ``plot``, ``out``). A flag spelling (``--json``) is
+            accepted too, while commands move to passing fields.
+
+    Raises:
+        UserError: about field ``name``: ``path`` is a directory, or its folder is missing or not writable.
+    """
+    field = name.lstrip("-").replace("-", "_")
     parent = path.parent if str(path.parent) else Path(".")
     if path.is_dir():
-        raise UserError(f"{flag} {path} is a directory: give a file path")
+        raise UserError(f"{path} is a directory: give a file path", field=field)
     if not parent.is_dir():
-        raise UserError(f"{flag} {path}: folder {parent} does not exist; create it first")
+        raise UserError(f"the folder {parent} of {path} does not exist: create it first", field=field)
     if not os.access(parent, os.W_OK):
-        raise UserError(f"{flag} {path}: folder {parent} is not writable; choose another path")
+        raise UserError(f"the folder {parent} of {path} is not writable: choose another path", field=field)
 
 
-def _atomic(path: Path, write: Callable[[Path], None]) -> None:
+def _atomic(path: Path, write: Callable[[Path], object]) -> None:
+    """Write ``path`` through a temporary file in its folder, so a failed write leaves the old file whole."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent if str(path.parent) else ".")
     os.close(fd)
     try:
@@ -53,11 +64,13 @@ def write_text(path: Path, text: str) -> None:
 
 
 def write_json(path: Path, data: dict) -> None:
+    """Replace ``path`` with ``data`` as indented JSON, atomically; NaN and infinities become ``null``."""
     text = json.dumps(_clean(data), indent=2, sort_keys=False)
     _atomic(path, lambda p: p.write_text(text + "\n"))
 
 
 def write_csv(path: Path, df: pd.DataFrame) -> None:
+    """Replace ``path`` with ``df`` as CSV (no index column), atomically."""
     _atomic(path, lambda p: df.to_csv(p, index=False))
 
 
@@ -69,7 +82,7 @@ def write_sweep_plot(path: Path, report: dict) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise UserError("--plot needs matplotlib: pip install 'voltana[plot]'") from None
+        raise UserError("writing a plot needs matplotlib: pip install 'voltana[plot]'", field="plot") from None
     runs = report["runs"]
     policies = list(dict.fromkeys(r["policy"] for r in runs))
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))

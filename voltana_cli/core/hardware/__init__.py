@@ -1,0 +1,21 @@
+"""GPU access: one interface (``GpuDevice``), an NVML implementation (``NvmlGpu``), an emulated one
+(``EmulatedGpu``), and the guard every clock change goes through (``ClockGuard``).
+
+Importing this package does not import ``pynvml``: only constructing an ``NvmlGpu`` does.
+"""
+
+from voltana_cli.core.hardware.device import LOCK_HINT, GpuDevice, total_energy_j
+from voltana_cli.core.hardware.emulated import EmulatedGpu
+from voltana_cli.core.hardware.guard import ClockGuard
+from voltana_cli.core.hardware.nvml import NvmlGpu, import_pynvml, visible_device
+
+__all__ = [
+    "LOCK_HINT",
+    "ClockGuard",
+    "EmulatedGpu",
+    "GpuDevice",
+    "NvmlGpu",
+    "import_pynvml",
+    "total_energy_j",
+    "visible_device",
+]

@@ -1,4 +1,5 @@
-"""Metrics of a simulated (or replayed) run: latency percentiles, SLO attainment, energy, throughput.
+"""Metrics of a run, computed from its ``RequestLog`` alone: latency percentiles, SLO attainment, energy,
+throughput. A simulated and a live run are measured by this same code.
 
 ITL attainment rule (default, ``mean``): a request meets the ITL SLO when the mean of its inter-token
 latencies (its TPOT) is within the SLO. Two variants are reported beside it: ``per_token`` (the share of
@@ -12,8 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
-from voltana_cli.core.sim.cluster import SimResult
+from voltana_cli.core.metrics.log import RequestLog
 
 ITL_RULE = "mean ITL per request <= ITL SLO (variants: per-token share, p99 per request)"
 
@@ -66,34 +68,21 @@ def _weighted_pct(x: np.ndarray, w: np.ndarray) -> dict[str, float]:
     order = np.argsort(x, kind="stable")
     xs, ws = x[order], w[order]
     cw = np.cumsum(ws) / ws.sum()
-    q = {k: float(xs[min(np.searchsorted(cw, p), len(xs) - 1)]) for k, p in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99))}
+    q = {k: float(xs[min(int(np.searchsorted(cw, p)), len(xs) - 1)])
+         for k, p in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99))}
     return {"mean": float((x * w).sum() / w.sum()), **q}
 
 
-def itl_violations(res: SimResult, slo_itl_s: float) -> np.ndarray:
-    """Per request, how many of its inter-token gaps exceed ``slo_itl_s``."""
-    n = res.num_requests
-    v = np.zeros(n, dtype=np.int64)
-    for d, dur in enumerate(res.decode_durations):
-        sel = np.flatnonzero((res.decode_instance == d) & (res.itl_count > 0))
-        if len(sel) == 0:
-            continue
-        c = np.concatenate([[0], np.cumsum(dur > slo_itl_s)])
-        s = res.decode_first_iter[sel]
-        v[sel] = c[s + res.itl_count[sel]] - c[s]
-    return v
-
-
-def summarize(res: SimResult, slo_ttft_s: float, slo_itl_s: float) -> Summary:
+def summarize(res: RequestLog, slo_ttft_s: float, slo_itl_s: float) -> Summary:
     """Summarise one run against its SLOs (see the module docstring for the rules)."""
     n = res.num_requests
     ttft = res.ttft_s
-    has_itl = res.itl_count > 0
+    has_itl = res.gap_count > 0
     ttft_ok = ttft <= slo_ttft_s
     itl_ok = ~has_itl | (res.itl_mean_s <= slo_itl_s)
-    viol = itl_violations(res, slo_itl_s)
-    p99_ok = viol <= np.floor(0.01 * res.itl_count)
-    tokens = res.itl_count.sum()
+    viol = res.itl_violations(slo_itl_s)
+    p99_ok = viol <= np.floor(0.01 * res.gap_count)
+    tokens = res.gap_count.sum()
     per_token = 1.0 - viol.sum() / tokens if tokens else 1.0
     out_tokens = int(res.output_tokens.sum())
     dur = max(res.end_s - res.start_s, 1e-9)
@@ -102,7 +91,8 @@ def summarize(res: SimResult, slo_ttft_s: float, slo_itl_s: float) -> Summary:
     idle = sum(s.idle_energy_j for s in res.instances)
     total = prefill_busy + decode_busy + idle
     both = ttft_ok & itl_ok
-    e2e = res.finish_s - res.arrival_s
+    e2e = res.e2e_s
+    gaps, weights = res.token_gaps
     return Summary(
         num_requests=n,
         duration_s=dur,
@@ -112,7 +102,7 @@ def summarize(res: SimResult, slo_ttft_s: float, slo_itl_s: float) -> Summary:
         attainment={"ttft": float(ttft_ok.mean()), "itl": float(itl_ok.mean()), "both": float(both.mean())},
         attainment_variants={"itl_per_token": float(per_token), "itl_p99": float(p99_ok.mean())},
         ttft_ms=_scale(_pct(ttft)),
-        itl_ms=_scale(_weighted_pct(res.token_itl_s, res.token_itl_weight)),
+        itl_ms=_scale(_weighted_pct(gaps, weights)),
         tpot_ms=_scale(_pct(res.itl_mean_s)),
         e2e_ms=_scale(_pct(e2e)),
         throughput={
@@ -134,3 +124,19 @@ def summarize(res: SimResult, slo_ttft_s: float, slo_itl_s: float) -> Summary:
 
 def _scale(d: dict[str, float]) -> dict[str, float]:
     return {k: v * 1e3 for k, v in d.items()}
+
+
+def request_frame(res: RequestLog) -> pd.DataFrame:
+    """One row per request: where it ran and its latencies (ms)."""
+    return pd.DataFrame({
+        "request_id": np.arange(res.num_requests),
+        "arrival_s": res.arrival_s,
+        "input_tokens": res.input_tokens,
+        "output_tokens": res.output_tokens,
+        "prefill_instance": res.prefill_instance,
+        "decode_instance": res.decode_instance,
+        "ttft_ms": res.ttft_s * 1e3,
+        "tpot_ms": res.itl_mean_s * 1e3,
+        "itl_max_ms": res.itl_max_s * 1e3,
+        "e2e_ms": res.e2e_s * 1e3,
+    })

@@ -102,6 +102,28 @@ class CostTables:
             tab.eg[tokens] + num_seqs * tab.e_seq + attn_pairs * tab.e_pair,
         )
 
+    def mixed_cost(self, batch: int, kv_tokens: int, prefill_tokens: int, prefill_seqs: int, attn_pairs: float,
+                   clock_mhz: int) -> tuple[float, float]:
+        """Latency (s) and energy (J) of one iteration that runs ``batch`` decode requests and prefill chunks
+        together (co-location).
+
+        The engine puts every token of the iteration (one per decode request plus the prefill chunks) through
+        the projections in one pass, so that part is the prefill table at the combined token count; each
+        sequence pays its per-sequence cost (decode requests too: sampling and bookkeeping, charged like a
+        prefill sequence's LM head); attention is the chunks' causal pairs plus the decode requests' reads of
+        their KV cache. With no prefill tokens it is the decode cost; with no decode requests, the prefill cost.
+        """
+        if prefill_tokens <= 0:
+            return self.decode_cost(batch, kv_tokens, clock_mhz)
+        if batch <= 0:
+            return self.prefill_cost(prefill_tokens, clock_mhz, prefill_seqs, attn_pairs)
+        tokens = prefill_tokens + batch
+        pt = self.prefill_table(clock_mhz, tokens)
+        dt = self.decode_table(clock_mhz)
+        seqs = prefill_seqs + batch
+        return (pt.tg[tokens] + seqs * pt.t_seq + attn_pairs * pt.t_pair + kv_tokens * dt.t_kv,
+                pt.eg[tokens] + seqs * pt.e_seq + attn_pairs * pt.e_pair + kv_tokens * dt.e_kv)
+
 
 class PerfModel(CostTables):
     """Latency (s) and energy (J) of prefill and decode iterations of one instance at a given SM clock.
@@ -114,11 +136,12 @@ class PerfModel(CostTables):
 
     def __init__(self, gpu: GpuSpec, model: ModelSpec, engine: EngineSpec, tp: int = 1, max_batch: int = 4096):
         if tp < 1:
-            raise UserError(f"--tp {tp} must be >= 1")
+            raise UserError(f"{tp} must be >= 1 (GPUs per instance)", field="tp")
         if model.num_attention_heads % tp:
             raise UserError(
-                f"--tp {tp} does not divide {model.name}'s {model.num_attention_heads} attention heads: "
-                "use a divisor such as 1, 2, 4 or 8"
+                f"{tp} does not divide {model.name}'s {model.num_attention_heads} attention heads: "
+                "use a divisor such as 1, 2, 4 or 8",
+                field="tp",
             )
         self.gpu, self.model, self.engine, self.tp = gpu, model, engine, tp
         self.max_batch = max_batch
@@ -129,8 +152,9 @@ class PerfModel(CostTables):
         self._prefill: dict[int, PrefillTable] = {}
         if self.kv_capacity_tokens < 4096:
             raise UserError(
-                f"{model.name} with --tp {tp} leaves no room for a KV cache on {gpu.name} "
-                f"({model.weight_bytes / tp / 2**30:.0f} GiB of weights per GPU): raise --tp"
+                f"{model.name} at TP {tp} leaves no room for a KV cache on {gpu.name} "
+                f"({model.weight_bytes / tp / 2**30:.0f} GiB of weights per GPU): raise the tensor parallelism",
+                field="tp",
             )
 
     # ---- capacity -------------------------------------------------------------------------------------
@@ -222,8 +246,8 @@ class PerfModel(CostTables):
         e, cal = self.engine, self.gpu.calibration
         f = float(clock_mhz)
         phi = e.overhead_clock_fraction
-        t = e.iteration_overhead_ms * 1e-3 * (1.0 - phi + phi * self.f_max / f)
-        t = t + np.asarray(n_requests, dtype=float) * per_request_us * 1e-6
+        t_iter = e.iteration_overhead_ms * 1e-3 * (1.0 - phi + phi * self.f_max / f)
+        t = t_iter + np.asarray(n_requests, dtype=float) * per_request_us * 1e-6
         v2 = float(self._v2(np.asarray(f)))
         p = cal.static_power_w + (cal.clock_power_w_per_mhz + cal.sm_dynamic_power_w_per_mhz * cal.overhead_activity) * f * v2
         return t, p * t

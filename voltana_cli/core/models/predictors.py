@@ -8,23 +8,13 @@ own per-iteration noise on top of the model, which the predictor never sees.
 
 from __future__ import annotations
 
-from typing import Protocol
-
 import numpy as np
 
 from voltana_cli.core.models.analytical import PerfModel
 
 
-class LatencyPredictor(Protocol):
-    """What policies need to know about iteration latency (seconds)."""
-
-    def decode_s(self, batch: int, kv_tokens: int, clock_mhz: int) -> float: ...
-
-    def prefill_s(self, tokens: int, num_seqs: int, clock_mhz: int) -> float: ...
-
-
 class ModelPredictor:
-    """Predicts from a performance model, scaled by a fixed per-(phase, clock) error.
+    """A ``policy.Predictor``. Predicts from a performance model, scaled by a fixed per-(phase, clock) error.
 
     Args:
         model: the performance model (not the simulator's noisy ground truth).

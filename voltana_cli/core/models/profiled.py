@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from voltana_cli.core.models.ecopred import EcoPred, fit_phase
 from voltana_cli.core.errors import UserError
 from voltana_cli.core.models.analytical import CostTables, DecodeTable, PerfModel, PrefillTable
+from voltana_cli.core.models.ecopred import EcoPred, fit_phase
 from voltana_cli.core.profiling.format import Profile
 
 
@@ -30,8 +30,8 @@ class ProfileModel(CostTables):
         if dec.empty or pre.empty:
             raise UserError(f"profile {profile.source}: needs both prefill and decode rows to drive the simulator")
         if profile.meta.tp != base.tp:
-            raise UserError(f"profile {profile.source} was taken at TP {profile.meta.tp}; "
-                            f"run the bench with --tp {profile.meta.tp}")
+            raise UserError(f"the profile {profile.source} was taken at TP {profile.meta.tp}, not {base.tp}: "
+                            f"simulate with TP {profile.meta.tp}", field="tp")
         bs = sorted(int(b) for b in dec["batch_size"].unique())
         sampled = set(bs)
         steps = {b for b in bs if b + 1 in sampled}

@@ -79,10 +79,12 @@ class GpuSpec(_Strict):
 
     @property
     def max_clock_mhz(self) -> int:
+        """The highest supported SM clock."""
         return self.clocks_mhz[-1]
 
     @property
     def min_clock_mhz(self) -> int:
+        """The lowest supported SM clock."""
         return self.clocks_mhz[0]
 
 
@@ -118,6 +120,7 @@ class ModelSpec(_Strict):
 
     @property
     def lm_head_params(self) -> int:
+        """Parameters of the output projection (vocabulary x hidden)."""
         return self.vocab_size * self.hidden_size
 
     @property
@@ -127,6 +130,7 @@ class ModelSpec(_Strict):
 
     @property
     def kv_bytes_per_token(self) -> int:
+        """KV-cache bytes one token takes across all layers (keys and values)."""
         return 2 * self.num_layers * self.num_kv_heads * self.head_dim * self.dtype_bytes
 
 
@@ -151,15 +155,25 @@ def _available(kind: str) -> list[str]:
     return sorted(p.stem for p in (data_dir() / kind).glob("*.yaml"))
 
 
-def _load(kind: str, name: str, cls: type[_Strict], flag: str) -> _Strict:
+def _load(kind: str, name: str, cls: type[_Strict], field: str) -> _Strict:
+    """Load spec ``name`` of ``kind`` (``gpus``, ``models``, ``engines``).
+
+    Raises:
+        UserError: about ``field`` when no such spec ships; the message lists the ones that do.
+    """
     path = data_dir() / kind / f"{name}.yaml"
     if not path.is_file():
-        raise UserError(f"unknown {flag.lstrip('-')} {name!r}: use {flag} with one of {', '.join(_available(kind))}")
+        raise UserError(f"unknown {field} {name!r}: use one of {', '.join(_available(kind))}", field=field)
     return load_spec_file(path, cls)
 
 
 def load_spec_file(path: Path, cls: type[_Strict]) -> _Strict:
-    """Load and validate one spec file; errors name the field path."""
+    """Load and validate one spec file.
+
+    Raises:
+        UserError: the file is not valid YAML or not a valid ``cls``; the message names the file and the
+            offending field's path inside it.
+    """
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
@@ -173,19 +187,20 @@ def load_spec_file(path: Path, cls: type[_Strict]) -> _Strict:
 
 @cache
 def gpu_spec(name: str) -> GpuSpec:
-    """The spec of GPU ``name`` (e.g. ``a100-80g-sxm4``)."""
-    return _load("gpus", name.lower(), GpuSpec, "--gpu")  # type: ignore[return-value]
+    """The spec of GPU ``name`` (e.g. ``a100-80g-sxm4``); an unknown name is a ``UserError`` about ``gpu``."""
+    return _load("gpus", name.lower(), GpuSpec, "gpu")  # type: ignore[return-value]
 
 
 @cache
 def model_spec(name: str) -> ModelSpec:
-    """The spec of model ``name`` (e.g. ``llama-3.1-8b``)."""
-    return _load("models", name.lower(), ModelSpec, "--model")  # type: ignore[return-value]
+    """The spec of model ``name`` (e.g. ``llama-3.1-8b``); an unknown name is a ``UserError`` about ``model``."""
+    return _load("models", name.lower(), ModelSpec, "model")  # type: ignore[return-value]
 
 
 @cache
 def engine_spec(name: str = "sglang") -> EngineSpec:
-    return _load("engines", name.lower(), EngineSpec, "--engine")  # type: ignore[return-value]
+    """The spec of serving engine ``name``; an unknown name is a ``UserError`` about ``engine``."""
+    return _load("engines", name.lower(), EngineSpec, "engine")  # type: ignore[return-value]
 
 
 class Defaults(_Strict):
@@ -202,8 +217,10 @@ def defaults() -> Defaults:
 
 
 def available_gpus() -> list[str]:
+    """Names of the shipped GPU specs, sorted."""
     return _available("gpus")
 
 
 def available_models() -> list[str]:
+    """Names of the shipped model specs, sorted."""
     return _available("models")

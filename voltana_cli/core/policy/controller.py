@@ -2,7 +2,9 @@
 
 A controller sees an ``Observation`` of the iteration about to run and returns the SM clock (MHz) to run it
 at. Time is passed in; controllers never read clocks, sleep or touch NVML. The same objects run in the
-simulator and, later, in the live sidecar.
+simulator and, later, in the live sidecar. An observation also carries what the instance observed of its
+own recent past (the previous iteration's measured latency, clock and shape; the latest TTFT of a request
+it served), so a feedback controller needs no second path to its measurements.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from voltana_cli.core.models.predictors import LatencyPredictor
+from voltana_cli.core.policy.predictor import Predictor
 
 
 @dataclass(slots=True)
@@ -24,6 +26,13 @@ class Observation:
         queued: requests waiting on this instance that are not in this iteration.
         oldest_wait_s: prefill: the longest time a request of this batch has waited since it arrived.
         rate_rps: recent request arrival rate at this instance (req/s), for the overload rule.
+        last_latency_s: measured duration of this instance's previous iteration (0: none yet); on a decode
+            instance this is the inter-token latency its requests just saw.
+        last_clock_mhz: the clock that iteration ran at (0: none yet).
+        last_batch_size: that iteration's batch size, so a controller can re-predict it and compare.
+        last_num_tokens: that iteration's token count (as ``num_tokens``).
+        recent_ttft_s: prefill: the TTFT of the latest request this instance prefilled that got its first
+            token (0: none yet).
     """
 
     now_s: float
@@ -32,6 +41,11 @@ class Observation:
     queued: int = 0
     oldest_wait_s: float = 0.0
     rate_rps: float = 0.0
+    last_latency_s: float = 0.0
+    last_clock_mhz: int = 0
+    last_batch_size: int = 0
+    last_num_tokens: int = 0
+    recent_ttft_s: float = 0.0
 
 
 class FrequencyController(Protocol):
@@ -82,7 +96,7 @@ class EcoFreqController:
     def __init__(
         self,
         phase: str,
-        predictor: LatencyPredictor,
+        predictor: Predictor,
         clocks_mhz: list[int],
         slo_s: float,
         margin: float = 0.35,

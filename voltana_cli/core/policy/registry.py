@@ -1,8 +1,11 @@
-"""Policies: a frequency controller for each phase plus a decode router, selected by name.
+"""The policy registry: every controller and router by name, with typed parameters; one list for all.
 
-Names: ``static-max``, ``static-min`` (the lowest EcoFreq level), ``static:<MHz>``, ``ecofreq``,
-``voltana`` (= ``ecofreq`` with the tile-aware router). A ``+<router>`` suffix picks the decode router
-(``round-robin``, ``tile-aware``, ``least-loaded``); the default is round-robin, except for ``voltana``.
+A policy name is ``<controller>[:<argument>][+<router>]``: ``static-max``, ``static:1200``,
+``ecofreq+least-loaded``, ``voltana``. Controllers and routers are registered once, here for the pure ones;
+an entry that needs more than the pure core (the oracle reads the simulator's truth; static-best is found by
+search) is registered by the layer that owns it through ``REGISTRY.add_controller``, so this package stays
+free of the worlds. ``bench`` (and ``tune`` and ``serve``) build, list and document policies only through
+the registry: an unknown name fails listing the valid ones, and a duplicate registration is an error.
 """
 
 from __future__ import annotations
@@ -10,37 +13,65 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import numpy as np
-
-from voltana_cli.core.policy.controller import EcoFreqController, FrequencyController, StaticController
 from voltana_cli.core.errors import UserError
-from voltana_cli.core.models.analytical import PerfModel
-from voltana_cli.core.models.predictors import LatencyPredictor, ModelPredictor
+from voltana_cli.core.policy.controller import EcoFreqController, FrequencyController, StaticController
+from voltana_cli.core.policy.predictor import Predictor
 from voltana_cli.core.policy.router import LeastLoadedRouter, RoundRobinRouter, Router, TileAwareRouter
+
+ControllerFactory = Callable[[], FrequencyController]
 
 
 @dataclass(frozen=True)
 class EcoFreqParams:
-    """EcoFreq's knobs (PAPER.md §3 defaults)."""
+    """EcoFreq's knobs (PAPER.md §3 defaults).
 
-    clocks_mhz: tuple[int, ...] | None = None  # None: the GPU's paper-like pair (see default_levels)
+    Attributes:
+        clocks_mhz: the clock levels; ``None``: the GPU's EcoFreq levels from spec data.
+        margin: relative loosening of the SLO target (the paper's demo: 0.35).
+        min_hold_ms: how long a clock is held before the controller may lower it (anti-flap).
+        idle_timeout_s: idle time after which the instance drops to its lowest level.
+    """
+
+    clocks_mhz: tuple[int, ...] | None = None
     margin: float = 0.35
     min_hold_ms: float = 50.0
     idle_timeout_s: float = 5.0
-    prediction_error: float = 0.05
 
 
 @dataclass(frozen=True)
 class PolicyContext:
-    """What building a policy needs."""
+    """What building a policy needs, all of it plain data and a predictor (no model, no world).
 
-    model: PerfModel
+    Attributes:
+        clocks_mhz: the clocks the instances may run at, ascending (the ground truth's supported range).
+        levels_mhz: the GPU's default EcoFreq levels (spec data).
+        slo_ttft_s: TTFT SLO (s).
+        slo_itl_s: ITL SLO (s).
+        predictor: what EcoFreq-like controllers predict with (never the ground truth).
+        tile: the decode batch-size boundary the tile-aware router keeps instances below.
+        ecofreq: EcoFreq's parameters.
+    """
+
+    clocks_mhz: tuple[int, ...]
+    levels_mhz: tuple[int, ...]
     slo_ttft_s: float
     slo_itl_s: float
-    rng: np.random.Generator
+    predictor: Predictor
+    tile: int
     ecofreq: EcoFreqParams = field(default_factory=EcoFreqParams)
-    tile: int | None = None  # decode batch-size boundary for tile-aware routing; None: the engine's GEMM tile
-    predictor: LatencyPredictor | None = None  # e.g. a fitted EcoPred; None: the analytical model with error
+
+    def check_clock(self, clock_mhz: int, what: str) -> int:
+        """``clock_mhz`` if the instances can run at it, else a ``UserError`` naming the valid range."""
+        if clock_mhz not in self.clocks_mhz:
+            c = self.clocks_mhz
+            raise UserError(f"{what}: {clock_mhz} MHz is not a supported clock here; use one of {c[0]}-{c[-1]} MHz "
+                            "in the GPU's own steps", field="policies")
+        return clock_mhz
+
+    @property
+    def levels(self) -> tuple[int, ...]:
+        """The EcoFreq levels in force: the parameters' if set, else the GPU's."""
+        return self.ecofreq.clocks_mhz or self.levels_mhz
 
 
 @dataclass
@@ -48,79 +79,177 @@ class Policy:
     """One built policy: fresh controllers per instance and one decode router."""
 
     name: str
-    make_prefill_controller: Callable[[], FrequencyController]
-    make_decode_controller: Callable[[], FrequencyController]
+    make_prefill_controller: ControllerFactory
+    make_decode_controller: ControllerFactory
     decode_router: Router
 
 
-def default_levels(model: PerfModel) -> tuple[int, ...]:
-    """The paper's two levels, generalised: the max clock and the supported clock nearest 71.3 % of it
-    (1005 MHz on A100's 1410)."""
-    clocks = model.clocks
-    target = model.f_max * 1005.0 / 1410.0
-    low = min(clocks, key=lambda c: abs(c - target))
-    return (low, clocks[-1])
+@dataclass(frozen=True)
+class ControllerEntry:
+    """A registered frequency-control policy.
+
+    Attributes:
+        name: the name before any ``:`` (``static``, ``ecofreq``).
+        summary: one line for help texts.
+        build: ``(context, argument) -> (prefill factory, decode factory)``; the argument is the text after
+            ``:`` or ``None``.
+        argument: what the ``:`` argument is (``"MHz"``), or ``None`` when the entry takes none.
+        default_router: the decode router used when the name has no ``+router``.
+        params: the parameter type the entry reads from the context (documentation and tooling).
+    """
+
+    name: str
+    summary: str
+    build: Callable[[PolicyContext, str | None], tuple[ControllerFactory, ControllerFactory]]
+    argument: str | None = None
+    default_router: str = "round-robin"
+    params: type | None = None
+
+    @property
+    def usage(self) -> str:
+        return f"{self.name}:<{self.argument}>" if self.argument else self.name
 
 
-ROUTERS: dict[str, Callable[[PolicyContext], Router]] = {
-    "round-robin": lambda ctx: RoundRobinRouter(),
-    "least-loaded": lambda ctx: LeastLoadedRouter(),
-    "tile-aware": lambda ctx: TileAwareRouter(ctx.tile or ctx.model.engine.gemm_tile),
-}
+@dataclass(frozen=True)
+class RouterEntry:
+    """A registered decode router: ``build(context) -> Router``."""
 
-FREQ_POLICIES = ("static-max", "static-min", "static:<MHz>", "ecofreq", "voltana")
+    name: str
+    summary: str
+    build: Callable[[PolicyContext], Router]
 
 
-def _static(clock: int) -> Callable[[], FrequencyController]:
-    return lambda: StaticController(clock)
+class PolicyRegistry:
+    """Controllers and routers by name; builds ``Policy`` objects from names."""
+
+    def __init__(self) -> None:
+        self._controllers: dict[str, ControllerEntry] = {}
+        self._routers: dict[str, RouterEntry] = {}
+
+    def add_controller(self, entry: ControllerEntry) -> None:
+        """Register a controller; a name registered twice is an error."""
+        if entry.name in self._controllers:
+            raise ValueError(f"controller {entry.name!r} is already registered")
+        self._controllers[entry.name] = entry
+
+    def add_router(self, entry: RouterEntry) -> None:
+        """Register a decode router; a name registered twice is an error."""
+        if entry.name in self._routers:
+            raise ValueError(f"router {entry.name!r} is already registered")
+        self._routers[entry.name] = entry
+
+    def controllers(self) -> list[ControllerEntry]:
+        return list(self._controllers.values())
+
+    def routers(self) -> list[RouterEntry]:
+        return list(self._routers.values())
+
+    def names(self) -> list[str]:
+        """Every controller's usage (``static:<MHz>`` for one with an argument)."""
+        return [e.usage for e in self._controllers.values()]
+
+    def help_text(self) -> str:
+        """One paragraph listing every controller and router, for ``--help``."""
+        ctl = "; ".join(f"{e.usage} ({e.summary})" for e in self._controllers.values())
+        rt = ", ".join(f"+{e.name}" for e in self._routers.values())
+        return f"{ctl}. Add {rt} to pick the decode router."
+
+    def parse(self, name: str) -> tuple[ControllerEntry, str | None, RouterEntry]:
+        """Split ``name`` into its controller entry, argument and router entry; unknown parts list the valid."""
+        head, _, router_name = name.partition("+")
+        base, colon, arg = head.partition(":")
+        entry = self._controllers.get(base)
+        if entry is None:
+            raise UserError(f"unknown policy {name!r}: use one of {', '.join(self.names())}, optionally "
+                            f"+{'/+'.join(self._routers)}", field="policies")
+        if entry.argument is None and colon:
+            raise UserError(f"policy {name!r}: {base} takes no ':' argument", field="policies")
+        if entry.argument is not None and not arg:
+            raise UserError(f"policy {name!r}: write it as {entry.usage}", field="policies")
+        rname = router_name or entry.default_router
+        router = self._routers.get(rname)
+        if router is None:
+            raise UserError(f"unknown router {rname!r} in policy {name!r}: use one of {', '.join(self._routers)}",
+                            field="policies")
+        return entry, (arg if colon else None), router
+
+    def build(self, name: str, ctx: PolicyContext) -> Policy:
+        """Build policy ``name`` for ``ctx``; an unknown name or an unsupported clock fails with the valid ones."""
+        entry, arg, router = self.parse(name)
+        make_prefill, make_decode = entry.build(ctx, arg)
+        return Policy(name, make_prefill, make_decode, router.build(ctx))
+
+
+def _static(clock: int) -> tuple[ControllerFactory, ControllerFactory]:
+    def make() -> FrequencyController:
+        return StaticController(clock)
+
+    return make, make
+
+
+def _static_max(ctx: PolicyContext, arg: str | None) -> tuple[ControllerFactory, ControllerFactory]:
+    return _static(ctx.clocks_mhz[-1])
+
+
+def _static_min(ctx: PolicyContext, arg: str | None) -> tuple[ControllerFactory, ControllerFactory]:
+    # The lowest EcoFreq level (1005 MHz on A100: the paper's low static baseline), not the GPU's floor
+    # (210 MHz on A100, which no one serves at); static:<MHz> reaches any supported clock.
+    return _static(ctx.check_clock(min(ctx.levels), "static-min"))
+
+
+def _static_clock(ctx: PolicyContext, arg: str | None) -> tuple[ControllerFactory, ControllerFactory]:
+    try:
+        clock = int(arg or "")
+    except ValueError:
+        raise UserError(f"policy 'static:{arg}': write a static clock as static:<MHz>, e.g. "
+                        f"static:{ctx.levels[0]}", field="policies") from None
+    return _static(ctx.check_clock(clock, f"static:{arg}"))
+
+
+def _ecofreq(ctx: PolicyContext, arg: str | None) -> tuple[ControllerFactory, ControllerFactory]:
+    p = ctx.ecofreq
+    levels = list(ctx.levels)
+    for c in levels:
+        ctx.check_clock(c, "EcoFreq level")
+    if not -0.5 <= p.margin <= 2:
+        raise UserError(f"{p.margin} is outside [-0.5, 2]; the paper uses 0.35", field="ecofreq_margin")
+    predictor = ctx.predictor
+    prepare = getattr(predictor, "prepare", None)
+    if prepare is not None:
+        prepare(levels)  # a fitted predictor fails now, with its fitted range, if a level is outside it
+
+    def make(phase: str, slo_s: float) -> ControllerFactory:
+        def new() -> FrequencyController:
+            return EcoFreqController(phase, predictor, levels, slo_s, margin=p.margin, min_hold_s=p.min_hold_ms / 1e3,
+                                     idle_timeout_s=p.idle_timeout_s)
+
+        return new
+
+    return make("prefill", ctx.slo_ttft_s), make("decode", ctx.slo_itl_s)
+
+
+REGISTRY = PolicyRegistry()
+"""The one registry of policies; worlds add their own entries to it."""
+
+for _entry in (
+    ControllerEntry("static-max", "the GPU's top clock, locked", _static_max),
+    ControllerEntry("static-min", "the lowest EcoFreq level, locked: the paper's low static baseline", _static_min),
+    ControllerEntry("static", "one clock, locked", _static_clock, argument="MHz"),
+    ControllerEntry("ecofreq", "the paper's per-iteration rule: lowest level whose predicted latency fits the SLO "
+                    "with the margin; queued work forces the top level", _ecofreq, params=EcoFreqParams),
+    ControllerEntry("voltana", "ecofreq with the tile-aware decode router (the paper's full system)", _ecofreq,
+                    default_router="tile-aware", params=EcoFreqParams),
+):
+    REGISTRY.add_controller(_entry)
+for _router in (
+    RouterEntry("round-robin", "each decode instance in turn", lambda ctx: RoundRobinRouter()),
+    RouterEntry("tile-aware", "the paper's EcoRoute: keep instances below batch-size boundaries",
+                lambda ctx: TileAwareRouter(ctx.tile)),
+    RouterEntry("least-loaded", "the instance with the fewest queued tokens", lambda ctx: LeastLoadedRouter()),
+):
+    REGISTRY.add_router(_router)
 
 
 def build_policy(name: str, ctx: PolicyContext) -> Policy:
-    """Build policy ``name``; an unknown name or clock fails with the valid choices."""
-    freq, _, router_name = name.partition("+")
-    router_name = router_name or ("tile-aware" if freq == "voltana" else "round-robin")
-    if router_name not in ROUTERS:
-        raise UserError(f"unknown router {router_name!r} in policy {name!r}: use one of {', '.join(ROUTERS)}")
-    router = ROUTERS[router_name](ctx)
-    m = ctx.model
-    if freq == "static-max":
-        mk = _static(m.clocks[-1])
-        return Policy(name, mk, mk, router)
-    if freq == "static-min":
-        # The lowest EcoFreq level (1005 MHz on A100: the paper's low static baseline), not the GPU's floor
-        # (210 MHz on A100, which no one serves at); static:<MHz> reaches any supported clock.
-        mk = _static(min(ctx.ecofreq.clocks_mhz or default_levels(m)))
-        return Policy(name, mk, mk, router)
-    if freq.startswith("static:"):
-        try:
-            clock = int(freq.split(":", 1)[1])
-        except ValueError:
-            raise UserError(f"policy {name!r}: write a static clock as static:<MHz>, e.g. static:1005") from None
-        m.check_clock(clock)
-        mk = _static(clock)
-        return Policy(name, mk, mk, router)
-    if freq in ("ecofreq", "voltana"):
-        p = ctx.ecofreq
-        levels = list(p.clocks_mhz or default_levels(m))
-        for c in levels:
-            m.check_clock(c)
-        if p.margin < -0.5 or p.margin > 2:
-            raise UserError(f"EcoFreq margin {p.margin} is outside [-0.5, 2]: the paper uses 0.35")
-        if ctx.predictor is not None:
-            predictor = ctx.predictor
-            prepare = getattr(predictor, "prepare", None)
-            if prepare is not None:
-                prepare(levels)  # fails now, with the fitted range, if a level is outside it
-        else:
-            predictor = ModelPredictor(m, p.prediction_error, ctx.rng, levels)
-
-        def make(phase: str, slo: float) -> Callable[[], FrequencyController]:
-            return lambda: EcoFreqController(
-                phase, predictor, levels, slo, margin=p.margin, min_hold_s=p.min_hold_ms / 1e3,
-                idle_timeout_s=p.idle_timeout_s,
-            )
-
-        return Policy(name, make("prefill", ctx.slo_ttft_s), make("decode", ctx.slo_itl_s), router)
-    raise UserError(
-        f"unknown policy {name!r}: use one of {', '.join(FREQ_POLICIES)}, optionally +{'/+'.join(ROUTERS)}"
-    )
+    """Build policy ``name`` from the registry (shorthand for ``REGISTRY.build``)."""
+    return REGISTRY.build(name, ctx)

@@ -22,7 +22,11 @@ class InstanceView:
 
 
 class Router(Protocol):
-    def choose(self, input_tokens: int, views: Sequence[InstanceView]) -> int: ...
+    """Chooses the instance of each request."""
+
+    def choose(self, input_tokens: int, views: Sequence[InstanceView]) -> int:
+        """The ``index`` of the chosen view for a request of ``input_tokens`` prompt tokens."""
+        ...
 
 
 class RoundRobinRouter:
@@ -48,13 +52,16 @@ class LeastLoadedRouter:
 class TileAwareRouter:
     """VoltanaLLM's EcoRoute ("tile-aware"): keep decode instances below batch-size boundaries.
 
+    ``tile`` is the batch-size boundary: the engine's GEMM tile (128 on the paper's setup) from spec data,
+    or a step EcoPred found in a profile.
+
     While every instance has fewer than ``tile`` requests, pick the one with the lowest
     (clock, request count). Otherwise order instances by (tiles in use = ceil(n / tile), -n) and take the
     first whose count is 0 or not a multiple of ``tile``, so that no instance opens a new tile while
     another can absorb the request; if all sit exactly on a boundary, the least-loaded one opens a tile.
     """
 
-    def __init__(self, tile: int = 128):
+    def __init__(self, tile: int):
         if tile < 1:
             raise ValueError("tile must be >= 1")
         self.tile = tile

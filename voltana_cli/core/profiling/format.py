@@ -19,7 +19,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 import numpy as np
 import pandas as pd
@@ -35,6 +35,8 @@ METADATA_YAML = "metadata.yaml"
 SCHEMA_VERSION = 1
 COLUMNS = ("phase", "clock_mhz", "batch_size", "num_tokens", "latency_ms", "energy_j", "power_w", "repeat")
 PHASES = ("prefill", "decode")
+#: Where profiles go when no directory is given (relative to the working directory).
+PROFILES_ROOT = Path("profiles")
 
 
 class Protocol(BaseModel):
@@ -85,19 +87,44 @@ class Profile:
     source: str = "<memory>"
 
     def phase(self, phase: str) -> pd.DataFrame:
+        """The rows of one phase (prefill or decode)."""
         return self.data[self.data["phase"] == phase]
 
     @property
     def clocks_mhz(self) -> list[int]:
+        """The profiled clocks, ascending."""
         return sorted(int(c) for c in self.data["clock_mhz"].unique())
 
     @property
     def has_energy(self) -> bool:
+        """Whether any row has an energy reading."""
         return bool(self.data["energy_j"].notna().any())
 
 
 def now_iso() -> str:
+    """The current UTC time to the second, ISO 8601 (a profile's ``created``)."""
     return _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat()
+
+
+def window_row(phase: str, clock: int, b: int, tokens: int, lat_s: float, energy_j: float | None, r: int) -> dict:
+    """One row of the profile table from a timed window.
+
+    Args:
+        phase: prefill or decode.
+        clock: the SM clock the row is recorded at, in MHz.
+        b: sequences in the batch.
+        tokens: prefill: tokens in the batch; decode: KV tokens of the batch.
+        lat_s: latency of one iteration, in seconds.
+        energy_j: energy of one iteration, in joules; ``None``, non-finite or not positive means the counter
+            gave no reading, recorded as unavailable (never as 0).
+        r: 0-based index of the repetition.
+    """
+    ok = energy_j is not None and math.isfinite(energy_j) and energy_j > 0
+    return {
+        "phase": phase, "clock_mhz": int(clock), "batch_size": int(b), "num_tokens": int(tokens),
+        "latency_ms": lat_s * 1e3, "energy_j": energy_j if ok else math.nan,
+        "power_w": energy_j / lat_s if ok and energy_j is not None else math.nan, "repeat": r,
+    }
 
 
 def make_frame(rows: list[dict]) -> pd.DataFrame:
@@ -219,6 +246,7 @@ def resolve_profile_dir(spec: str | Path) -> Path:
 
 
 def available_profiles() -> list[str]:
+    """The shipped profiles, as ``<gpu>/<model>`` names ``load_profile`` accepts."""
     root = shipped_dir("profiles")
     if not root.is_dir():
         return []
@@ -232,7 +260,7 @@ def load_profile(spec: str | Path) -> Profile:
     if not csv_path.is_file():
         raise UserError(f"{d}: no {PROFILE_CSV} in this directory; a profile needs {PROFILE_CSV} and {METADATA_YAML}")
     if not meta_path.is_file():
-        raise UserError(f"{d}: no {METADATA_YAML} beside {PROFILE_CSV}; write one (see `voltana profile --help`)")
+        raise UserError(f"{d}: no {METADATA_YAML} beside {PROFILE_CSV}; a profile needs both (`voltana profile` writes them)")
     meta = _load_meta(meta_path)
     try:
         raw = pd.read_csv(csv_path, dtype=str, keep_default_na=False, na_values=[])
@@ -247,6 +275,7 @@ def load_profile(spec: str | Path) -> Profile:
 
 # ---- writing ------------------------------------------------------------------------------------------
 def profile_csv_text(df: pd.DataFrame) -> str:
+    """The CSV text of a profile table: floats to 6 significant digits, unavailable values as empty cells."""
     buf = io.StringIO()
     out = df[list(COLUMNS)].copy()
     for col in ("latency_ms", "energy_j", "power_w"):
@@ -255,15 +284,28 @@ def profile_csv_text(df: pd.DataFrame) -> str:
     return buf.getvalue()
 
 
+def default_profile_dir(gpu: str, model: str) -> Path:
+    """``profiles/<gpu>/<model>``, a model id's "/" (a Hugging Face id) written as "--"."""
+    return PROFILES_ROOT / gpu / model.replace("/", "--")
+
+
 def check_profile_out(out_dir: Path, force: bool) -> None:
-    """Refuse to overwrite an existing profile unless forced; fail before any measuring starts."""
+    """Refuse to overwrite an existing profile unless forced; fail before any measuring starts.
+
+    Args:
+        out_dir: the directory the profile will be written to.
+        force: whether a profile already there may be replaced.
+
+    Raises:
+        UserError: about ``out_dir`` (not a directory, not writable) or ``force`` (a profile is there).
+    """
     if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"--out {out_dir}: exists and is not a directory; choose a directory path")
+        raise UserError(f"{out_dir} exists and is not a directory; choose a directory path", field="out_dir")
     if not force and (out_dir / PROFILE_CSV).exists():
-        raise UserError(f"--out {out_dir}: already holds a profile; pass --force to replace it, or choose another directory")
+        raise UserError(f"is needed to replace the profile in {out_dir} (or choose another directory)", field="force")
     parent = out_dir if out_dir.exists() else next((p for p in out_dir.parents if p.exists()), Path("."))
     if not os.access(parent, os.W_OK):
-        raise UserError(f"--out {out_dir}: {parent} is not writable; choose a directory you can write to")
+        raise UserError(f"{out_dir}: {parent} is not writable; choose a directory you can write to", field="out_dir")
 
 
 def write_profile(profile: Profile, out_dir: str | Path) -> Path:
@@ -282,7 +324,8 @@ def summary_frame(profile: Profile) -> pd.DataFrame:
     """Per (phase, clock): rows, latency range, mean power, energy per token (J/token; NaN if unavailable)."""
     df = profile.data
     rows = []
-    for (phase, clock), g in df.groupby(["phase", "clock_mhz"], sort=True):
+    for key, g in df.groupby(["phase", "clock_mhz"], sort=True):
+        phase, clock = cast(tuple[str, int], key)
         tokens = g["batch_size"] if phase == "decode" else g["num_tokens"]
         e_tok = (g["energy_j"] / tokens).mean() if g["energy_j"].notna().any() else math.nan
         rows.append({

@@ -18,6 +18,7 @@ window and divided by the iterations in it; without them it is unavailable. Prom
 
 from __future__ import annotations
 
+import functools
 import http.client
 import json
 import random
@@ -29,9 +30,19 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from voltana_cli import __version__
 from voltana_cli.core.errors import UserError
-from voltana_cli.core.hardware.gpu import ClockGuard, GpuDevice
-from voltana_cli.core.profiling.plan import ProfilePlan, walk_plan, window_row
+from voltana_cli.core.hardware import ClockGuard, GpuDevice, NvmlGpu, total_energy_j
+from voltana_cli.core.profiling.format import Profile, ProfileMeta, Protocol, make_frame, now_iso, validate_frame, window_row
+from voltana_cli.core.profiling.measured import gpu_clocks, gpu_key_for, warn_if_no_energy
+from voltana_cli.core.profiling.plan import ProfilePlan
+from voltana_cli.core.profiling.request import PlanDefaults, ProfileRequest, RunHooks, plan_for
+from voltana_cli.core.profiling.timing import walk_plan
+
+#: Random prompt token ids are drawn below this: every model voltana profiles has at least this vocabulary.
+PROMPT_VOCAB = 32000
+#: Fewest decode tokens per request in a window that still leave gaps to take a median of.
+MIN_WINDOW_TOKENS = 4
 
 
 @dataclass
@@ -43,10 +54,17 @@ class Stream:
 
 
 class SglangClient:
+    """The HTTP API of a running SGLang server.
+
+    Args:
+        url: the server's ``http://HOST:PORT`` (the scheme may be left out).
+        timeout_s: how long one request may take.
+    """
+
     def __init__(self, url: str, timeout_s: float = 600.0):
         parts = urlsplit(url if "://" in url else f"http://{url}")
         if parts.scheme != "http" or not parts.hostname:
-            raise UserError(f"--sglang-url {url!r}: give the server's http://HOST:PORT")
+            raise UserError(f"{url!r}: give the server's http://HOST:PORT", field="sglang_url")
         self.host, self.port = parts.hostname, parts.port or 80
         self.url = f"http://{self.host}:{self.port}"
         self.timeout_s = timeout_s
@@ -55,6 +73,11 @@ class SglangClient:
         return http.client.HTTPConnection(self.host, self.port, timeout=self.timeout_s)
 
     def get_json(self, path: str) -> dict[str, Any]:
+        """GET ``path`` and parse the JSON answer.
+
+        Raises:
+            UserError: the server is unreachable or did not answer 200 with JSON.
+        """
         conn = self._conn()
         try:
             conn.request("GET", path)
@@ -65,11 +88,13 @@ class SglangClient:
             return json.loads(body)
         except (OSError, http.client.HTTPException, json.JSONDecodeError) as exc:
             raise UserError(f"cannot reach SGLang at {self.url} ({exc.__class__.__name__}: {exc}); start it with "
-                            "`python -m sglang.launch_server --model-path M --port P`, or fix --sglang-url") from None
+                            "`python -m sglang.launch_server --model-path M --port P`, or fix the URL",
+                            field="sglang_url") from None
         finally:
             conn.close()
 
     def server_info(self) -> dict[str, Any]:
+        """The server's version, model and parallelism."""
         try:
             return self.get_json("/server_info")
         except UserError:
@@ -127,20 +152,16 @@ def _concurrently(jobs: list[Callable[[], Stream]]) -> list[Stream]:
     return streams
 
 
-def _energy(gpus: list[GpuDevice]) -> float | None:
-    vals = [g.energy_j() for g in gpus]
-    return None if not gpus or any(v is None for v in vals) else float(sum(vals))  # type: ignore[arg-type]
-
-
 def measure_prefill(client: SglangClient, tokens: int, seqs: int, gpus: list[GpuDevice], rng: random.Random,
                     vocab: int) -> tuple[float, float | None]:
+    """(wall time of a burst of ``seqs`` one-token requests, its energy or None)."""
     per = max(1, tokens // seqs)
     prompts = [[rng.randrange(10, vocab) for _ in range(per)] for _ in range(seqs)]
-    e0 = _energy(gpus)
+    e0 = total_energy_j(gpus)
     t0 = time.perf_counter()
-    streams = _concurrently([lambda p=p: client.stream(p, 1) for p in prompts])
+    streams = _concurrently([functools.partial(client.stream, p, 1) for p in prompts])
     t1 = max(s.token_times[-1] if s.token_times else time.perf_counter() for s in streams)
-    e1 = _energy(gpus)
+    e1 = total_energy_j(gpus)
     energy = (e1 - e0) if e0 is not None and e1 is not None and e1 > e0 else None
     return t1 - t0, energy
 
@@ -156,7 +177,7 @@ def measure_decode(client: SglangClient, batch: int, kv_tokens: int, gpus: list[
 
     def sample_energy() -> None:
         while not stop.is_set():
-            e = _energy(gpus)
+            e = total_energy_j(gpus)
             if e is not None:
                 energy_marks.append((time.perf_counter(), e))
             stop.wait(0.02)
@@ -165,7 +186,7 @@ def measure_decode(client: SglangClient, batch: int, kv_tokens: int, gpus: list[
     if sampler:
         sampler.start()
     try:
-        streams = _concurrently([lambda p=p: client.stream(p, skip + window_tokens) for p in prompts])
+        streams = _concurrently([functools.partial(client.stream, p, skip + window_tokens) for p in prompts])
     finally:
         stop.set()
         if sampler:
@@ -176,7 +197,7 @@ def measure_decode(client: SglangClient, batch: int, kv_tokens: int, gpus: list[
     gaps = [b - a for s in streams for a, b in zip(s.token_times, s.token_times[1:], strict=False)
             if a >= start and b <= end and b > a]
     if not gaps:
-        raise UserError(f"no decode steps observed at batch {batch}: raise --window-tokens")
+        raise UserError(f"no decode steps observed at batch {batch}: raise it", field="window_tokens")
     itl = statistics.median(gaps)
     energy = None
     inside = [(t, e) for t, e in energy_marks if start <= t <= end]
@@ -189,6 +210,7 @@ def measure_decode(client: SglangClient, batch: int, kv_tokens: int, gpus: list[
 def run_sglang(plan: ProfilePlan, client: SglangClient, guard: ClockGuard, gpus: list[GpuDevice], vocab: int,
                window_tokens: int, seed: int, on_window: Callable[[str], None] | None = None,
                sleep: Callable[[float], None] = time.sleep) -> Iterator[dict]:
+    """Rows measured against the server, in ``walk_plan``'s order (see the module docstring)."""
     rng = random.Random(seed)
 
     def prefill(clock: int, t: int, n: int) -> Iterator[dict]:
@@ -204,3 +226,70 @@ def run_sglang(plan: ProfilePlan, client: SglangClient, guard: ClockGuard, gpus:
             yield window_row("decode", clock, b, kv_mid, itl, en, r)
 
     return walk_plan(plan, guard, prefill, decode, on_window, sleep)
+
+
+def _server_clocks(req: ProfileRequest, gpus: list[GpuDevice], identity: dict[str, Any]) -> list[int]:
+    """The clock to profile at: read from the local GPUs when given, else the one clock the request names."""
+    if req.lock_clocks and not gpus:
+        raise UserError("needs gpu_indices (the server's GPUs on this machine)", field="lock_clocks")
+    if gpus:
+        return gpu_clocks(req, gpus[0], identity)
+    if not req.clocks_mhz or len(req.clocks_mhz) != 1:
+        raise UserError("without gpu_indices voltana cannot read the server's clock: give gpu_indices, or exactly "
+                        "one clock, the one the server's GPUs run at", field="clocks_mhz")
+    return req.clocks_mhz
+
+
+def profile_sglang(req: ProfileRequest, hooks: RunHooks) -> Profile:
+    """Measure the profile ``req`` asks for against a running SGLang server.
+
+    Args:
+        req: the request (``backend`` sglang).
+        hooks: progress and warnings.
+
+    Raises:
+        UserError: an unreachable server, clocks that cannot be read or locked, or an invalid plan.
+    """
+    if req.window_tokens < MIN_WINDOW_TOKENS:
+        raise UserError(f"{req.window_tokens}: use at least {MIN_WINDOW_TOKENS} decode tokens per window",
+                        field="window_tokens")
+    client = SglangClient(req.sglang_url)
+    info = client.server_info()
+    gpus: list[GpuDevice] = [NvmlGpu(i) for i in (req.gpu_indices or [])]
+    identity = gpus[0].identity() if gpus else {}
+    clocks = _server_clocks(req, gpus, identity)
+    plan = plan_for(req, clocks, None, PlanDefaults(
+        kv_per_request=(64, 256, 1024), prefill_tokens=(256, 1024, 4096), prefill_seqs=(1, 2, 4), warmup=1,
+        cooldown_s=2.0 if req.lock_clocks else 0.0, min_window_s=0.0, max_batch=256))
+    if hooks.on_start:
+        hooks.on_start(plan.windows)
+    rows: list[dict] = []
+    with ClockGuard(gpus, lock=req.lock_clocks, on_reset_error=hooks.warn) as guard:
+        rows.extend(run_sglang(plan, client, guard, gpus, PROMPT_VOCAB, req.window_tokens, req.seed, hooks.on_window))
+    warn_if_no_energy(rows, gpus, hooks.warn)
+    meta = _sglang_meta(req, info, client, identity, bool(gpus), plan)
+    return Profile(validate_frame(make_frame(rows), "profile"), meta, "<new>")
+
+
+def _sglang_meta(req: ProfileRequest, info: dict[str, Any], client: SglangClient, identity: dict[str, Any],
+                 has_gpus: bool, plan: ProfilePlan) -> ProfileMeta:
+    gpu_name = identity.get("gpu_name") or "unknown GPU (no gpu_indices)"
+    model_name = str(info.get("model_path") or info.get("served_model_name") or "unknown-model")
+    if req.lock_clocks:
+        note = "each row at its locked clock_mhz"
+    elif has_gpus:
+        note = "clocks not locked: clock_mhz is the SM clock read when profiling started"
+    else:
+        note = "clock_mhz as given by clocks_mhz; not read from the GPU"
+    return ProfileMeta(
+        gpu=gpu_key_for(gpu_name) if has_gpus else "unknown-gpu", gpu_name=gpu_name, driver=identity.get("driver"),
+        power_limit_w=identity.get("power_limit_w"), clocks_available_mhz=identity.get("clocks_available_mhz", []),
+        memory_clock_mhz=identity.get("memory_clock_mhz"), tp=int(info.get("tp_size") or 1), engine="sglang",
+        engine_version=str(info.get("version")) if info.get("version") else None, model=model_name,
+        dtype=str(info.get("dtype") or "auto"), backend="sglang", device=client.url,
+        protocol=Protocol(warmup=plan.warmup, repeats=plan.repeats, cooldown_s=plan.cooldown_s, min_window_s=0.0),
+        clocks_locked=bool(req.lock_clocks), clock_note=note, voltana_version=__version__, created=now_iso(),
+        notes=["prefill: wall time of a burst of max_new_tokens=1 requests (HTTP overhead included); "
+               f"decode: median streamed inter-token gap, {req.window_tokens}-token windows, random token ids",
+               *req.notes],
+    )

@@ -1,0 +1,135 @@
+"""The instance scheduler on its own, driven without the event heap (as the emulated engine drives it)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from voltana_cli.core.policy import Observation, StaticController
+from voltana_cli.core.sim import CostCache, DecodeInstance, Outcomes, PrefillInstance, Requests
+
+
+@dataclass
+class SmallKv:
+    """A ground truth with a tiny KV cache, so the capacity bound is reached with small requests."""
+
+    base: object
+    kv_capacity_tokens: int = 3000
+    max_batch: int = 8
+
+    def __getattr__(self, name: str):
+        return getattr(self.base, name)
+
+
+def drive(inst, now: float = 0.0, until: float = math.inf, step: float = 0.0) -> float:
+    """Run iterations back to back from ``now`` as a wall-clock loop would; returns the end time."""
+    while inst.has_work() and now < until:
+        dt = inst.start(now)
+        if dt is None:
+            break
+        now += dt + step
+        inst.finish(now)
+    return now
+
+
+def _decode(model, n_req: int, inp: int, out: int, controller=None) -> tuple[DecodeInstance, Requests, Outcomes]:
+    reqs = Requests([0.0] * n_req, [inp] * n_req, [out] * n_req)
+    outs = Outcomes.empty(n_req)
+    inst = DecodeInstance(0, controller or StaticController(1410), CostCache(model, 8192), reqs, outs,
+                          lambda: 1.0, 0.003, 0.0)
+    for rid in range(n_req):
+        inst.reserve()
+        inst.submit(rid, 0.0)
+    return inst, reqs, outs
+
+
+@settings(max_examples=40, deadline=None)
+@given(n_req=st.integers(1, 30), inp=st.integers(1, 900), out=st.integers(1, 40))
+def test_decode_keeps_reserved_kv_and_batch_within_capacity(a100_8b, n_req, inp, out):
+    model = SmallKv(a100_8b)
+    inst, reqs, outs = _decode(model, n_req, inp, out)
+    now = 0.0
+    while inst.has_work():
+        dt = inst.start(now)
+        # One request is always admitted into an empty batch; beyond that the reservation fits.
+        assert inst.batch <= model.max_batch
+        assert inst.reserved <= max(model.kv_capacity_tokens, inp + out)
+        if dt is None:
+            break
+        now += dt
+        inst.finish(now)
+    assert all(math.isfinite(t) for t in outs.finish_s)
+    assert all(f >= t for f, t in zip(outs.finish_s, outs.first_token_s, strict=True))
+    # Every request got output_tokens - 1 decode iterations: the batch sizes add up to the ITL count.
+    assert sum(inst.batches) == n_req * max(out - 1, 0)
+
+
+def test_decode_admits_in_order_and_queues_the_rest(a100_8b):
+    inst, _, outs = _decode(SmallKv(a100_8b, kv_capacity_tokens=1000), 5, 300, 10)
+    inst.start(0.0)
+    assert inst.batch == 3 and len(inst.waiting) == 2  # 3 x 310 reserved tokens fit 1000; the 4th waits
+    assert [math.isfinite(t) for t in outs.first_token_s] == [True, True, True, False, False]
+    drive(inst)
+    assert outs.first_token_s[3] > 0 and outs.first_token_s[3] <= outs.first_token_s[4]
+
+
+def test_prefill_splits_a_long_prompt_over_the_chunk_budget(a100_8b):
+    reqs = Requests([0.0, 0.0], [5000, 100], [10, 10])
+    inst = PrefillInstance(0, StaticController(1410), CostCache(a100_8b, 4096), reqs, Outcomes.empty(2),
+                           lambda: 1.0, 0.003, 0.0)
+    inst.submit(0, 0.0)
+    inst.submit(1, 0.0)
+    dt = inst.start(0.0)
+    assert dt is not None and inst._tokens == 4096 and inst._seqs == 1
+    assert inst.finish(dt) == []  # request 0 still has 904 tokens to go
+    dt2 = inst.start(dt)
+    assert inst._tokens == 904 + 100 and inst._seqs == 2
+    assert inst.finish(dt + dt2) == [0, 1]
+    assert inst.queued_tokens == 0 and not inst.has_work()
+
+
+def test_observation_carries_the_previous_iteration_as_feedback(a100_8b):
+    seen: list[Observation] = []
+
+    class Spy(StaticController):
+        def decide(self, obs: Observation) -> int:
+            seen.append(obs)
+            return super().decide(obs)
+
+    inst, _, _ = _decode(a100_8b, 4, 200, 3, controller=Spy(1410))
+    drive(inst)
+    assert seen[0].last_latency_s == 0 and seen[0].last_clock_mhz == 0
+    assert seen[1].last_latency_s == pytest.approx(inst.durations[0])
+    assert (seen[1].last_clock_mhz, seen[1].last_batch_size) == (1410, 4)
+
+
+def test_idle_drop_changes_the_held_clock(a100_8b):
+    """After the controller's idle timeout the instance holds the idle clock: iterations at that clock are not
+    switches, and the idle power after the timeout is the low clock's."""
+
+    class Scripted:
+        idle_timeout_s = 1.0
+        idle_clock_mhz = 1005
+
+        def decide(self, obs: Observation) -> int:
+            return 1410 if obs.now_s < 5 else 1005
+
+        def on_idle_timeout(self) -> None:
+            """Nothing to forget."""
+
+    reqs = Requests([0.0, 10.0], [100, 100], [3, 4])
+    inst = DecodeInstance(0, Scripted(), CostCache(a100_8b, 8192), reqs, Outcomes.empty(2), lambda: 1.0, 0.003, 0.0)
+    inst.reserve()
+    inst.submit(0, 0.0)
+    end = drive(inst)
+    assert inst.clock == 1410 and inst.record.clock_switches == 1  # 1005 (idle) -> 1410
+    inst.reserve()
+    inst.submit(1, 10.0)
+    drive(inst, 10.0)
+    assert inst.clock == 1005 and inst.record.clock_switches == 1  # the idle drop is not a switch
+    expected = a100_8b.idle_power_w(1410) * 1.0 + a100_8b.idle_power_w(1005) * (10.0 - end - 1.0)
+    assert inst.record.idle_energy_j == pytest.approx(expected)

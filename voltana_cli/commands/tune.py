@@ -11,6 +11,7 @@ from rich.table import Table
 
 from voltana_cli.commands import user_errors
 from voltana_cli.core.errors import UserError
+from voltana_cli.core.models import defaults
 from voltana_cli.core.profiling import load_profile
 from voltana_cli.core.report import check_writable, write_json
 from voltana_cli.core.tune import FitReport, accuracy_report, evaluate, write_tuned_config
@@ -19,7 +20,7 @@ from voltana_cli.core.tune import FitReport, accuracy_report, evaluate, write_tu
 def tune(
     fit_only: bool = typer.Option(False, "--fit-only", help="Fit the predictors and report their accuracy; no "
                                   "controller/router tuning (which arrives in a later version)."),
-    profile_path: str = typer.Option("a100-80g-sxm4/llama-3.1-8b", "--profile",
+    profile_path: str = typer.Option(f"{defaults().gpu}/{defaults().model}", "--profile",
                                      help="Profile directory (profile.csv + metadata.yaml) or a shipped <gpu>/<model>."),
     out: Path | None = typer.Option(None, help="Write the fitted predictor to this tuned-config YAML."),
     json_path: Path | None = typer.Option(None, "--json", help="Write the accuracy figures as JSON here."),

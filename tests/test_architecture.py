@@ -2,7 +2,8 @@
 
 - ``core/policy`` is pure: it imports nothing from the worlds (sim, live), the hardware edge, the models'
   implementations, time, randomness, files or the network.
-- ``core/models`` imports nothing from the simulator, tune or live worlds, nor the hardware edge.
+- ``core/models`` imports nothing from the simulator, tune or live worlds, the hardware edge or profiling
+  (profiles are data the models read; profiling produces them).
 - ``core`` never imports the command line; commands import only packages' public APIs.
 """
 
@@ -56,7 +57,7 @@ def test_policy_is_pure(path):
 
 @pytest.mark.parametrize("path", files("core/models"), ids=lambda p: p.name)
 def test_models_do_not_import_the_worlds(path):
-    bad = {m for m in imports(path) for pkg in ("sim", "tune", "live", "hardware", "bench")
+    bad = {m for m in imports(path) for pkg in ("sim", "tune", "live", "hardware", "profiling", "bench")
            if m == f"voltana_cli.core.{pkg}" or m.startswith(f"voltana_cli.core.{pkg}.")}
     assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}"
 

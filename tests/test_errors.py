@@ -56,8 +56,8 @@ def _sharegpt_json(tmp_path: Path) -> Path:
 
 def _profile_at_tp2() -> object:
     # Imported here: the profile format is another package's concern, needed by this case only.
+    from voltana_cli.core.models.profile import load_profile
     from voltana_cli.core.models.profiled import ProfileModel
-    from voltana_cli.core.profiling.format import load_profile
 
     return ProfileModel(load_profile(PROFILE), PerfModel(gpu_spec(GPU), model_spec(MODEL), engine_spec(), tp=2))
 

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from voltana_cli.core.errors import UserError
-from voltana_cli.core.profiling.format import (
+from voltana_cli.core.models.profile import (
     COLUMNS,
     Profile,
     ProfileMeta,

@@ -29,8 +29,8 @@ from voltana_cli.core.models import (
     model_spec,
 )
 from voltana_cli.core.models.ecopred import EcoPred
+from voltana_cli.core.models.profile import load_profile
 from voltana_cli.core.policy import REGISTRY, EcoFreqParams, Policy, PolicyContext, Predictor
-from voltana_cli.core.profiling.format import load_profile
 from voltana_cli.core.sim import ClusterConfig, simulate
 from voltana_cli.core.tune import load_predictor
 from voltana_cli.core.workloads import DatasetRequest, LengthTrace, Workload, build_workload, load_lengths

@@ -5,14 +5,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from voltana_cli.core.errors import UserError
-
-if TYPE_CHECKING:
-    # Only the type: at run time the hardware edge must not import the models package, whose ``__init__``
-    # reaches the profiling package, which imports this one (an import cycle).
-    from voltana_cli.core.models.specs import GpuSpec
+from voltana_cli.core.models.specs import GpuSpec
 
 
 class EmulatedGpu:

@@ -19,7 +19,7 @@ import numpy as np
 from voltana_cli.core.errors import UserError
 from voltana_cli.core.models.analytical import CostTables, DecodeTable, PerfModel, PrefillTable
 from voltana_cli.core.models.ecopred import EcoPred, fit_phase
-from voltana_cli.core.profiling.format import Profile
+from voltana_cli.core.models.profile import Profile
 
 
 class ProfileModel(CostTables):

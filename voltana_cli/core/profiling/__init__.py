@@ -4,7 +4,7 @@
 it (``profile.csv`` + ``metadata.yaml``, see ``format``).
 """
 
-from voltana_cli.core.profiling.format import (
+from voltana_cli.core.models.profile import (
     COLUMNS,
     PROFILES_ROOT,
     Profile,

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from voltana_cli.core.errors import UserError
+from voltana_cli.core.models.profile import default_profile_dir
 from voltana_cli.core.models.specs import defaults
-from voltana_cli.core.profiling.format import default_profile_dir
 from voltana_cli.core.profiling.plan import ProfilePlan, default_batch_sizes
 
 BACKENDS = ("sim", "torch", "sglang")

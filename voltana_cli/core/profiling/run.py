@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from voltana_cli.core.hardware import GpuDevice
-from voltana_cli.core.profiling.format import Profile
+from voltana_cli.core.models.profile import Profile
 from voltana_cli.core.profiling.request import ProfileRequest, RunHooks
 from voltana_cli.core.profiling.sglang_backend import profile_sglang
 from voltana_cli.core.profiling.sim_backend import profile_sim

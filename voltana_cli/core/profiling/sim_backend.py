@@ -15,8 +15,8 @@ from voltana_cli import __version__
 from voltana_cli.core.errors import UserError
 from voltana_cli.core.hardware import ClockGuard, EmulatedGpu, GpuDevice
 from voltana_cli.core.models.analytical import PerfModel, prefill_pairs
+from voltana_cli.core.models.profile import Profile, ProfileMeta, Protocol, make_frame, now_iso, validate_frame, window_row
 from voltana_cli.core.models.specs import EngineSpec, GpuSpec, ModelSpec, engine_spec, gpu_spec, model_spec
-from voltana_cli.core.profiling.format import Profile, ProfileMeta, Protocol, make_frame, now_iso, validate_frame, window_row
 from voltana_cli.core.profiling.plan import (
     DEFAULT_KV_PER_REQUEST,
     DEFAULT_PREFILL_SEQS,

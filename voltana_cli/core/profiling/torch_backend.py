@@ -23,8 +23,8 @@ from typing import Any
 from voltana_cli import __version__
 from voltana_cli.core.errors import UserError
 from voltana_cli.core.hardware import ClockGuard, GpuDevice, NvmlGpu
+from voltana_cli.core.models.profile import Profile, ProfileMeta, Protocol, make_frame, now_iso, validate_frame, window_row
 from voltana_cli.core.models.specs import ModelSpec, model_spec
-from voltana_cli.core.profiling.format import Profile, ProfileMeta, Protocol, make_frame, now_iso, validate_frame, window_row
 from voltana_cli.core.profiling.measured import gpu_clocks, gpu_key_for, warn_if_no_energy
 from voltana_cli.core.profiling.plan import ProfilePlan
 from voltana_cli.core.profiling.request import PlanDefaults, ProfileRequest, RunHooks, plan_for

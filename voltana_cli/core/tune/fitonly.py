@@ -17,7 +17,7 @@ import pandas as pd
 
 from voltana_cli.core.errors import UserError
 from voltana_cli.core.models.ecopred import EcoPred, Step, features, fit_ecopred
-from voltana_cli.core.profiling.format import Profile
+from voltana_cli.core.models.profile import Profile
 
 #: The family ``evaluate`` chooses: the only one with microsecond calls and a readable file.
 CHOSEN_FAMILY = "ecopred-linear"

@@ -12,7 +12,7 @@ from voltana_cli.core.models.ecopred.fit import fit_phase
 from voltana_cli.core.models.ecopred.predictor import EcoPred
 from voltana_cli.core.models.ecopred.segments import segment
 from voltana_cli.core.models.ecopred.steps import Step, detect_steps
-from voltana_cli.core.profiling.format import Profile
+from voltana_cli.core.models.profile import Profile
 
 
 def fit_ecopred(profile: Profile, seed: int = 0) -> tuple[EcoPred, list[Step]]:

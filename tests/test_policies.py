@@ -156,6 +156,35 @@ def test_a_layer_can_register_its_own_policy_without_touching_the_core(a100_8b):
     reg.add_router(RouterEntry("round-robin", "test", lambda ctx: RoundRobinRouter()))
     reg.add_controller(ControllerEntry("half", "half the top clock", lambda ctx, arg: (
         lambda: StaticController(ctx.clocks_mhz[len(ctx.clocks_mhz) // 2]),) * 2))
-    pol = reg.build("half", policy_context(a100_8b))
+    from dataclasses import replace
+
+    pol = reg.build("half", replace(policy_context(a100_8b), prefill_router="round-robin"))
     assert pol.make_decode_controller().decide(Observation(0, 1, 1)) == a100_8b.clocks[len(a100_8b.clocks) // 2]
     assert "half" not in REGISTRY.names()
+
+
+def test_random_router_is_seeded_uniform_and_pure():
+    from voltana_cli.core.policy import RandomRouter
+
+    views = [InstanceView(i, 0, 0, 1410) for i in range(3)]
+    a = [RandomRouter(7).choose(1, views) for _ in range(1)]
+    r1, r2, r3 = RandomRouter(7), RandomRouter(7), RandomRouter(8)
+    seq1 = [r1.choose(1, views) for _ in range(3000)]
+    assert seq1 == [r2.choose(1, views) for _ in range(3000)] and a[0] == seq1[0]
+    assert seq1 != [r3.choose(1, views) for _ in range(3000)]
+    counts = [seq1.count(i) for i in range(3)]
+    assert all(900 < c < 1100 for c in counts), counts
+
+
+def test_the_prefill_router_comes_from_the_registry(a100_8b):
+    from dataclasses import replace
+
+    from voltana_cli.core.policy import LeastLoadedRouter, RandomRouter
+
+    ctx = policy_context(a100_8b)
+    assert isinstance(build_policy("voltana", ctx).prefill_router, RandomRouter)
+    assert isinstance(build_policy("voltana", replace(ctx, prefill_router="least-loaded")).prefill_router,
+                      LeastLoadedRouter)
+    with pytest.raises(UserError) as err:
+        build_policy("voltana", replace(ctx, prefill_router="nope"))
+    assert err.value.field == "prefill_router"

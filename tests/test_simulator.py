@@ -103,3 +103,25 @@ def test_timelines_start_at_the_idle_clock_and_follow_every_switch(a100_8b):
     for rec in res.instances:
         assert len(rec.timeline) == rec.clock_switches + 1
         assert set(rec.clock_busy_s) <= {c for _, c in rec.timeline}
+
+
+def test_both_instances_are_chosen_at_arrival_and_the_decode_counts_the_request_from_then(a100_8b):
+    """As SGLang's P/D routers do: the decode router sees requests still in prefill as routed to an instance."""
+    from dataclasses import replace
+
+    from tests.conftest import policy_context
+    from voltana_cli.core.policy import build_policy
+
+    seen: list[int] = []
+
+    class Spy:
+        def choose(self, input_tokens, views):
+            seen.append(sum(v.num_requests for v in views))
+            return views[0].index
+
+    wl = make_workload(n=3, rate=1e6)  # three requests at (almost) the same instant
+    pol = build_policy("static-max", replace(policy_context(a100_8b), prefill_router="round-robin"))
+    pol.decode_router = Spy()
+    res = simulate(wl, a100_8b, pol, ClusterConfig(), np.random.default_rng(0))
+    assert seen == [0, 1, 2]  # each arrival sees the earlier ones, though none has finished its prefill
+    assert list(res.prefill_instance) == [0, 1, 0] and set(res.decode_instance) == {0}

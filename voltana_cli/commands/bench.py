@@ -27,6 +27,8 @@ from voltana_cli.core.policy import REGISTRY
 from voltana_cli.core.report import check_writable, write_csv, write_json, write_sweep_plot
 from voltana_cli.core.workloads import ARRIVALS, DATASETS
 
+ROUTERS = ", ".join(e.name for e in REGISTRY.routers())
+
 #: Core fields whose flag is not ``--field-name``.
 FLAGS = {
     "request_rates": "--request-rate", "n_prefill": "--prefill", "n_decode": "--decode", "policies": "--policy",
@@ -56,6 +58,9 @@ def bench(
     decode: int = typer.Option(2, help="Decode instances."),
     policy: list[str] | None = typer.Option(
         None, help=f"Policy, repeatable: {REGISTRY.help_text()} Default: {', '.join(DEFAULT_POLICIES)}."),
+    prefill_router: str = typer.Option(
+        "random", help="Router that picks each request's prefill instance: "
+        f"{ROUTERS} (random: as the paper's reference load balancer does)."),
     slo_ttft_ms: float = typer.Option(800.0, help="TTFT SLO (ms)."),
     slo_itl_ms: float = typer.Option(50.0, help="ITL SLO (ms)."),
     ecofreq_margin: float = typer.Option(0.35, help="EcoFreq margin: the target is SLO x (1 + margin)."),
@@ -87,7 +92,8 @@ def bench(
             duration_s=None if num_prompts is not None else duration_s, num_prompts=num_prompts, arrival=arrival,
             burstiness=burstiness, seed=seed,
             gpu=gpu, model=model, tp=tp, n_prefill=prefill, n_decode=decode,
-            policies=list(policy) if policy else list(DEFAULT_POLICIES), slo_ttft_ms=slo_ttft_ms,
+            policies=list(policy) if policy else list(DEFAULT_POLICIES), prefill_router=prefill_router,
+            slo_ttft_ms=slo_ttft_ms,
             slo_itl_ms=slo_itl_ms, ecofreq_margin=ecofreq_margin, ecofreq_clocks_mhz=clocks,
             prediction_error=prediction_error, noise=noise, profile=profile, predictor=predictor,
         )

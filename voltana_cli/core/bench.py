@@ -66,6 +66,7 @@ class BenchConfig(BaseModel):
     noise: float = 0.02
     chunked_prefill_tokens: int | None = None
     tile: int | None = None
+    prefill_router: str = "random"  # as the paper's reference load balancer picks prefill instances
     random_input_len: int = 1024
     random_output_len: int = 128
     profile: str | None = None  # a profile directory (or shipped <gpu>/<model>) as the simulated GPU's truth
@@ -216,7 +217,8 @@ def _build(name: str, cfg: BenchConfig, pm: PerfModel, ecof: EcoFreqParams, fitt
     else:
         predictor = ModelPredictor(pm, cfg.prediction_error, np.random.default_rng([cfg.seed, 2]), list(levels))
     ctx = PolicyContext(tuple(pm.clocks), tuple(pm.gpu.ecofreq_levels_mhz), cfg.slo_ttft_ms / 1e3,
-                        cfg.slo_itl_ms / 1e3, predictor, cfg.tile or pm.engine.gemm_tile, ecof)
+                        cfg.slo_itl_ms / 1e3, predictor, cfg.tile or pm.engine.gemm_tile, ecof, cfg.prefill_router,
+                        cfg.seed)
     return REGISTRY.build(name, ctx)
 
 

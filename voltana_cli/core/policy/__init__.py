@@ -17,7 +17,14 @@ from voltana_cli.core.policy.registry import (
     RouterEntry,
     build_policy,
 )
-from voltana_cli.core.policy.router import InstanceView, LeastLoadedRouter, RoundRobinRouter, Router, TileAwareRouter
+from voltana_cli.core.policy.router import (
+    InstanceView,
+    LeastLoadedRouter,
+    RandomRouter,
+    RoundRobinRouter,
+    Router,
+    TileAwareRouter,
+)
 
 __all__ = [
     "REGISTRY",
@@ -32,6 +39,7 @@ __all__ = [
     "PolicyContext",
     "PolicyRegistry",
     "Predictor",
+    "RandomRouter",
     "RoundRobinRouter",
     "Router",
     "RouterEntry",

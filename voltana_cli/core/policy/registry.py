@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from voltana_cli.core.errors import UserError
 from voltana_cli.core.policy.controller import EcoFreqController, FrequencyController, StaticController
 from voltana_cli.core.policy.predictor import Predictor
-from voltana_cli.core.policy.router import LeastLoadedRouter, RoundRobinRouter, Router, TileAwareRouter
+from voltana_cli.core.policy.router import LeastLoadedRouter, RandomRouter, RoundRobinRouter, Router, TileAwareRouter
 
 ControllerFactory = Callable[[], FrequencyController]
 
@@ -50,6 +50,9 @@ class PolicyContext:
         predictor: what EcoFreq-like controllers predict with (never the ground truth).
         tile: the decode batch-size boundary the tile-aware router keeps instances below.
         ecofreq: EcoFreq's parameters.
+        prefill_router: the registered router that picks each request's prefill instance (``random``: as
+            the paper's reference load balancer does for every policy).
+        seed: seeds the routers that draw (``random``); the same seed gives every policy the same draws.
     """
 
     clocks_mhz: tuple[int, ...]
@@ -59,6 +62,8 @@ class PolicyContext:
     predictor: Predictor
     tile: int
     ecofreq: EcoFreqParams = field(default_factory=EcoFreqParams)
+    prefill_router: str = "random"
+    seed: int = 0
 
     def check_clock(self, clock_mhz: int, what: str) -> int:
         """``clock_mhz`` if the instances can run at it, else a ``UserError`` naming the valid range."""
@@ -76,12 +81,13 @@ class PolicyContext:
 
 @dataclass
 class Policy:
-    """One built policy: fresh controllers per instance and one decode router."""
+    """One built policy: fresh controllers per instance, a prefill router and a decode router."""
 
     name: str
     make_prefill_controller: ControllerFactory
     make_decode_controller: ControllerFactory
     decode_router: Router
+    prefill_router: Router
 
 
 @dataclass(frozen=True)
@@ -176,8 +182,12 @@ class PolicyRegistry:
     def build(self, name: str, ctx: PolicyContext) -> Policy:
         """Build policy ``name`` for ``ctx``; an unknown name or an unsupported clock fails with the valid ones."""
         entry, arg, router = self.parse(name)
+        prefill = self._routers.get(ctx.prefill_router)
+        if prefill is None:
+            raise UserError(f"unknown router {ctx.prefill_router!r}: use one of {', '.join(self._routers)}",
+                            field="prefill_router")
         make_prefill, make_decode = entry.build(ctx, arg)
-        return Policy(name, make_prefill, make_decode, router.build(ctx))
+        return Policy(name, make_prefill, make_decode, router.build(ctx), prefill.build(ctx))
 
 
 def _static(clock: int) -> tuple[ControllerFactory, ControllerFactory]:
@@ -246,6 +256,7 @@ for _router in (
     RouterEntry("tile-aware", "the paper's EcoRoute: keep instances below batch-size boundaries",
                 lambda ctx: TileAwareRouter(ctx.tile)),
     RouterEntry("least-loaded", "the instance with the fewest queued tokens", lambda ctx: LeastLoadedRouter()),
+    RouterEntry("random", "a seeded uniformly random instance", lambda ctx: RandomRouter(ctx.seed)),
 ):
     REGISTRY.add_router(_router)
 

@@ -41,6 +41,27 @@ class RoundRobinRouter:
         return views[i].index
 
 
+class RandomRouter:
+    """A uniformly random instance, from a seeded integer generator (splitmix64) kept in the router, so the
+    choice is reproducible and the policy core needs no random module. The reference LB of VoltanaLLM picks
+    the prefill instance this way for every policy (``random.choice`` in its ``select_pair``)."""
+
+    _MASK = (1 << 64) - 1
+
+    def __init__(self, seed: int = 0):
+        self._state = seed & self._MASK
+
+    def _next(self) -> int:
+        self._state = (self._state + 0x9E3779B97F4A7C15) & self._MASK
+        z = self._state
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & self._MASK
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & self._MASK
+        return z ^ (z >> 31)
+
+    def choose(self, input_tokens: int, views: Sequence[InstanceView]) -> int:
+        return views[self._next() % len(views)].index
+
+
 class LeastLoadedRouter:
     """The instance with the fewest queued tokens (ties: fewest requests, then lowest index)."""
 

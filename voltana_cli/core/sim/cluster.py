@@ -2,10 +2,11 @@
 
 N ``PrefillInstance``s and M ``DecodeInstance``s (``sim.instance``) form and cost their own iterations;
 this module only orders events: arrivals (merged from the sorted arrival array), iteration ends, and KV
-caches landing on their decode instance. A request goes to the prefill instance with the fewest queued
-tokens; when its prefill completes, the policy's decode router picks its decode instance from the
-instances' views, and its KV cache travels there. The "real" GPU is the ground-truth ``InstanceModel``
-times a per-iteration lognormal noise that the controllers' predictor never sees.
+caches landing on their decode instance. When a request arrives, the policy's prefill router picks its
+prefill instance and its decode router its decode instance (as SGLang's P/D routers do: the request is
+posted to both at once); when its prefill completes, its KV cache travels to that decode instance. The
+"real" GPU is the ground-truth ``InstanceModel`` times a per-iteration lognormal noise that the
+controllers' predictor never sees.
 
 Token timing: a request's first token (computed by its prefill) reaches the user when its decode instance
 admits it; every later token ends a decode iteration. So TTFT = admission - arrival, and its ITLs are the
@@ -124,6 +125,7 @@ class _Cluster:
         for c in {inst.clock for inst in (*self.prefills, *self.decodes)}:
             model.check_clock(c)
         self.router = policy.decode_router
+        self.prefill_router = policy.prefill_router
         self.model = model
         self.heap: list[tuple[float, int, int, int]] = []
         self.seq = 0
@@ -146,12 +148,15 @@ class _Cluster:
             heapq.heappush(self.heap, (now + dt, self.seq, _DECODE_DONE, d))
 
     def _arrive(self, rid: int, now: float) -> None:
-        prefills = self.prefills
-        best = 0
-        for p in range(1, len(prefills)):
-            if prefills[p].queued_tokens < prefills[best].queued_tokens:
-                best = p
+        # Like SGLang's P/D routers, pick both instances when the request arrives: the decode instance counts
+        # it as routed (in flight) from now on, through its prefill and its KV transfer.
+        prefills, decodes = self.prefills, self.decodes
+        n_in = self.requests.input_tokens[rid]
+        best = self.prefill_router.choose(n_in, [x.view() for x in prefills])
+        d = self.router.choose(n_in, [x.view() for x in decodes])
         self.prefill_of[rid] = best
+        self.decode_of[rid] = d
+        decodes[d].inflight += 1
         inst = prefills[best]
         inst.submit(rid, now)
         if not inst.busy:
@@ -160,11 +165,8 @@ class _Cluster:
     def _prefill_done(self, p: int, now: float) -> None:
         inst = self.prefills[p]
         inp = self.requests.input_tokens
-        decodes, heap, transfer_s, choose = self.decodes, self.heap, self.model.kv_transfer_s, self.router.choose
+        heap, transfer_s = self.heap, self.model.kv_transfer_s
         for rid in inst.finish(now):
-            d = choose(inp[rid], [x.view() for x in decodes])
-            self.decode_of[rid] = d
-            decodes[d].inflight += 1  # reserved: its KV cache is on the way
             self.seq += 1
             heapq.heappush(heap, (now + transfer_s(inp[rid]), self.seq, _KV_ARRIVE, rid))
         if inst.queue:

@@ -223,6 +223,10 @@ class PrefillInstance(Instance):
         self._seqs = 0
         self._pairs = 0.0
 
+    def view(self) -> InstanceView:
+        """What a router may know of this instance: queued requests and tokens, and the clock."""
+        return InstanceView(self.index, len(self.queue), self.queued_tokens, self.clock)
+
     def submit(self, rid: int, now: float) -> None:
         """A request arrives at this instance."""
         n = self.requests.input_tokens[rid]
@@ -298,7 +302,7 @@ class DecodeInstance(Instance):
         self.on_first_token = on_first_token
         self.waiting: deque[int] = deque()
         self.waiting_tokens = 0
-        self.inflight = 0  # routed here, KV still in transit
+        self.inflight = 0  # routed here, still in prefill or its KV cache in transit
         self._running: list[tuple[int, int]] = []  # heap of (index of its last iteration, request id)
         self.batch = 0
         self.kv_tokens = 0
@@ -311,7 +315,7 @@ class DecodeInstance(Instance):
                             self.reserved + self.waiting_tokens, self.clock)
 
     def reserve(self) -> None:
-        """A request was routed here; its KV cache is on the way."""
+        """A request was routed here; its prefill and KV transfer are on the way."""
         self.inflight += 1
 
     def submit(self, rid: int, now: float) -> None:

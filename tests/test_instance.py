@@ -42,9 +42,15 @@ def _decode(model, n_req: int, inp: int, out: int, controller=None) -> tuple[Dec
     inst = DecodeInstance(0, controller or StaticController(1410), CostCache(model, 8192), reqs, outs,
                           lambda: 1.0, 0.003, 0.0)
     for rid in range(n_req):
-        inst.reserve()
-        inst.submit(rid, 0.0)
+        deliver(inst, rid, 0.0)
     return inst, reqs, outs
+
+
+def deliver(inst: DecodeInstance, rid: int, now: float) -> None:
+    """Route a request here and land its KV cache as soon as it is pre-allocated (prefill and transfer free)."""
+    inst.route(rid)
+    inst.preallocate(now)
+    inst.submit(rid, now)
 
 
 @settings(max_examples=40, deadline=None)
@@ -123,13 +129,42 @@ def test_idle_drop_changes_the_held_clock(a100_8b):
 
     reqs = Requests([0.0, 10.0], [100, 100], [3, 4])
     inst = DecodeInstance(0, Scripted(), CostCache(a100_8b, 8192), reqs, Outcomes.empty(2), lambda: 1.0, 0.003, 0.0)
-    inst.reserve()
-    inst.submit(0, 0.0)
+    deliver(inst, 0, 0.0)
     end = drive(inst)
     assert inst.clock == 1410 and inst.record.clock_switches == 1  # 1005 (idle) -> 1410
-    inst.reserve()
-    inst.submit(1, 10.0)
+    deliver(inst, 1, 10.0)
     drive(inst, 10.0)
     assert inst.clock == 1005 and inst.record.clock_switches == 1  # the idle drop is not a switch
     expected = a100_8b.idle_power_w(1410) * 1.0 + a100_8b.idle_power_w(1005) * (10.0 - end - 1.0)
     assert inst.record.idle_energy_j == pytest.approx(expected)
+
+
+def test_preallocation_keeps_a_margin_per_active_request_and_blocks_at_the_head(a100_8b):
+    """SGLang's rule: the head of the queue gets its input KV while free KV - margin x active >= input + margin."""
+    released: list[int] = []
+    model = SmallKv(a100_8b, kv_capacity_tokens=3000)
+    reqs = Requests([0.0] * 4, [400, 400, 100, 100], [10] * 4)
+    inst = DecodeInstance(0, StaticController(1410), CostCache(model, 8192), reqs, Outcomes.empty(4), lambda: 1.0,
+                          0.003, 0.0, on_preallocated=lambda rid, now: released.append(rid))
+    assert inst.margin == a100_8b.engine.decode_reserved_tokens == 512
+    for rid in range(4):
+        inst.route(rid)
+    inst.preallocate(0.0)
+    # 0 fits an idle instance; 1: 3000 - 400 - 512 = 2088 >= 912; 2: 3000 - 800 - 1024 = 1176 >= 612;
+    # 3: 3000 - 900 - 1536 = 564 < 612: the head blocks.
+    assert released == [0, 1, 2] and list(inst.prealloc) == [3]
+    assert inst.allocated == 3 and inst.allocated_tokens == 900 and inst.inflight == 4
+    inst.submit(0, 0.0)
+    drive(inst, until=0.5)  # request 0 runs to completion and frees its KV
+    inst.preallocate(1.0)
+    assert released == [0, 1, 2, 3]
+
+
+def test_an_idle_instance_always_preallocates_one_request(a100_8b):
+    released: list[int] = []
+    reqs = Requests([0.0], [5000], [10])
+    inst = DecodeInstance(0, StaticController(1410), CostCache(SmallKv(a100_8b), 8192), reqs, Outcomes.empty(1),
+                          lambda: 1.0, 0.003, 0.0, on_preallocated=lambda rid, now: released.append(rid))
+    inst.route(0)
+    assert inst.start(0.0) is None  # a scheduler pass with no batch still pre-allocates
+    assert released == [0]

@@ -125,3 +125,15 @@ def test_both_instances_are_chosen_at_arrival_and_the_decode_counts_the_request_
     res = simulate(wl, a100_8b, pol, ClusterConfig(), np.random.default_rng(0))
     assert seen == [0, 1, 2]  # each arrival sees the earlier ones, though none has finished its prefill
     assert list(res.prefill_instance) == [0, 1, 0] and set(res.decode_instance) == {0}
+
+
+def test_decode_memory_pressure_backs_up_into_prefill(a100_8b):
+    """A decode instance with little free KV pre-allocates few requests at a time: their prefills wait, so
+    TTFT grows, and every request still finishes exactly once."""
+    from tests.test_instance import SmallKv
+
+    wl = make_workload(n=120, rate=200.0, out_max=40)
+    roomy = run(a100_8b, wl, "static-max")
+    tight = run(SmallKv(a100_8b, kv_capacity_tokens=4000, max_batch=a100_8b.max_batch), wl, "static-max")
+    assert np.all(np.isfinite(tight.finish_s)) and np.array_equal(tight.gap_count, roomy.gap_count)
+    assert np.nanmean(tight.ttft_s) > 2 * np.nanmean(roomy.ttft_s)

@@ -4,7 +4,8 @@ N ``PrefillInstance``s and M ``DecodeInstance``s (``sim.instance``) form and cos
 this module only orders events: arrivals (merged from the sorted arrival array), iteration ends, and KV
 caches landing on their decode instance. When a request arrives, the policy's prefill router picks its
 prefill instance and its decode router its decode instance (as SGLang's P/D routers do: the request is
-posted to both at once); when its prefill completes, its KV cache travels to that decode instance. The
+posted to both at once); the decode instance pre-allocates its KV, which releases it to its prefill
+instance; when its prefill completes, its KV cache travels to that decode instance. The
 "real" GPU is the ground-truth ``InstanceModel`` times a per-iteration lognormal noise that the
 controllers' predictor never sees.
 
@@ -120,8 +121,8 @@ class _Cluster:
         rec = cluster.record_timeline
         common = (costs, self.requests, self.outcomes, noise, switch_s, t0, rec)
         self.prefills = [PrefillInstance(i, policy.make_prefill_controller(), *common) for i in range(cluster.n_prefill)]
-        self.decodes = [DecodeInstance(i, policy.make_decode_controller(), *common, on_first_token=self._first_token)
-                        for i in range(cluster.n_decode)]
+        self.decodes = [DecodeInstance(i, policy.make_decode_controller(), *common, on_first_token=self._first_token,
+                                       on_preallocated=self._preallocated) for i in range(cluster.n_decode)]
         for c in {inst.clock for inst in (*self.prefills, *self.decodes)}:
             model.check_clock(c)
         self.router = policy.decode_router
@@ -156,11 +157,18 @@ class _Cluster:
         d = self.router.choose(n_in, [x.view() for x in decodes])
         self.prefill_of[rid] = best
         self.decode_of[rid] = d
-        decodes[d].inflight += 1
-        inst = prefills[best]
+        dec = decodes[d]
+        dec.route(rid)
+        if not dec.busy:  # an idle decode instance pre-allocates at once (a scheduler pass with no batch)
+            self._start_decode(d, now)
+
+    def _preallocated(self, rid: int, now: float) -> None:
+        # The decode instance holds KV for the request: its prefill instance may now schedule it.
+        p = self.prefill_of[rid]
+        inst = self.prefills[p]
         inst.submit(rid, now)
         if not inst.busy:
-            self._start_prefill(best, now)
+            self._start_prefill(p, now)
 
     def _prefill_done(self, p: int, now: float) -> None:
         inst = self.prefills[p]

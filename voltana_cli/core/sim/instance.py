@@ -284,25 +284,38 @@ class PrefillInstance(Instance):
 
 
 class DecodeInstance(Instance):
-    """A decode instance: continuous batching under a KV-cache capacity.
+    """A P/D decode instance: KV pre-allocation that gates prefill, then continuous batching.
 
-    A request whose KV cache has arrived waits; at each iteration boundary waiting requests are admitted in
-    order while their reserved KV (input + output tokens) fits the capacity (one is always admitted into an
-    empty batch) and the batch is below ``max_batch``. Admission delivers the request's first token (its
-    prefill computed it); every later token ends an iteration.
+    As SGLang's decode scheduler does (``docs/notes/sglang-pd-scheduler.md``): a request routed here waits
+    in a pre-allocation queue; at each iteration boundary (or at once when the instance is idle) the head of
+    that queue gets its input's KV allocated while the free KV, less ``decode_reserved_tokens`` per active
+    request, still fits it plus that margin (first come, first served; the head blocks the rest; an idle
+    instance always takes one). Only then may its prefill instance schedule it (``on_preallocated``): decode
+    memory pressure backs up into the prefill queues. Its KV cache then arrives and waits; at each
+    iteration boundary waiting requests are admitted in order while the batch is below ``max_batch`` and
+    their input + output tokens fit the capacity beside the running requests' (one is always admitted into
+    an empty batch) — the reservation stands in for SGLang's retraction of running requests when the pool
+    fills. Admission delivers the request's first token (its prefill computed it); every later token ends
+    an iteration.
     """
 
     def __init__(self, index: int, controller: FrequencyController, costs: CostCache, requests: Requests,
                  outcomes: Outcomes, noise: Callable[[], float], switch_s: float, start_s: float,
-                 record_timeline: bool = False, on_first_token: Callable[[int, float], None] | None = None):
+                 record_timeline: bool = False, on_first_token: Callable[[int, float], None] | None = None,
+                 on_preallocated: Callable[[int, float], None] | None = None):
         super().__init__("decode", index, controller, costs, requests, outcomes, noise, switch_s, start_s,
                          record_timeline)
         self.capacity = costs.model.kv_capacity_tokens
         self.max_batch = costs.model.max_batch
+        self.margin = costs.model.engine.decode_reserved_tokens
         self.on_first_token = on_first_token
+        self.on_preallocated = on_preallocated
+        self.prealloc: deque[int] = deque()  # routed here, KV not yet allocated: their prefill may not start
+        self.allocated = 0  # requests with KV allocated that are not running yet (in prefill, transfer, waiting)
+        self.allocated_tokens = 0  # their input tokens
         self.waiting: deque[int] = deque()
         self.waiting_tokens = 0
-        self.inflight = 0  # routed here, still in prefill or its KV cache in transit
+        self.inflight = 0  # routed here, KV cache not arrived yet (pre-allocating, in prefill or in transit)
         self._running: list[tuple[int, int]] = []  # heap of (index of its last iteration, request id)
         self.batch = 0
         self.kv_tokens = 0
@@ -314,9 +327,31 @@ class DecodeInstance(Instance):
         return InstanceView(self.index, self.batch + len(self.waiting) + self.inflight,
                             self.reserved + self.waiting_tokens, self.clock)
 
-    def reserve(self) -> None:
-        """A request was routed here; its prefill and KV transfer are on the way."""
+    def route(self, rid: int) -> None:
+        """Request ``rid`` was routed here: it waits for its KV to be pre-allocated."""
         self.inflight += 1
+        self.prealloc.append(rid)
+
+    def preallocate(self, now: float) -> None:
+        """Allocate input KV to the head of the pre-allocation queue while it fits (see the class docstring)."""
+        q = self.prealloc
+        if not q:
+            return
+        inp = self.requests.input_tokens
+        free = self.capacity - self.kv_tokens - self.allocated_tokens
+        active = self.batch + self.allocated
+        m = self.margin
+        while q:
+            n = inp[q[0]]
+            if active and free - m * active < n + m:
+                break
+            rid = q.popleft()
+            self.allocated += 1
+            self.allocated_tokens += n
+            free -= n
+            active += 1
+            if self.on_preallocated is not None:
+                self.on_preallocated(rid, now)
 
     def submit(self, rid: int, now: float) -> None:
         """A routed request's KV cache arrived: it waits for admission."""
@@ -341,6 +376,8 @@ class DecodeInstance(Instance):
                 break
             w.popleft()
             self.waiting_tokens -= need
+            self.allocated -= 1
+            self.allocated_tokens -= inp[rid]
             o.first_token_s[rid] = now
             if self.on_first_token is not None:
                 self.on_first_token(rid, now)
@@ -354,6 +391,7 @@ class DecodeInstance(Instance):
             heapq.heappush(self._running, (it + out[rid] - 2, rid))
 
     def form(self, now: float) -> Observation | None:
+        self.preallocate(now)
         self._admit(now)
         if self.batch == 0:
             return None

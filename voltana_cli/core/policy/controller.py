@@ -84,6 +84,26 @@ class EcoFreqController:
     held ``min_hold_s``, so the clock does not flap; raising is immediate. After ``idle_timeout_s`` with no
     work the instance drops to its lowest clock. It starts at the lowest clock.
 
+    How this compares with the paper's run (evidence in ``docs/notes/voltanallm-reference.md``, read from the
+    reference code at f7789acf, ``managers/freq_manager.py`` and ``disaggregation/decode.py``):
+
+    - Same rule and semantics: the target is ``slo * (1 + margin)`` (the margin loosens it), queued work
+      forces the top clock, the lowest fitting level wins, 5 s without work drops to the lowest clock.
+    - The reference decides in a polling process on the median batch size and token count of the
+      iterations since its previous poll (interval 0: about one iteration); this port decides on the
+      iteration about to run. On a decode instance the reference's "queued" test reads SGLang's waiting
+      queue after the scheduler has drained it into a prebuilt batch, so it almost never fires there;
+      here ``queued`` counts requests whose KV has arrived but which admission held back, which is
+      likewise rare. Both ports therefore run decode at the low level until its predicted ITL passes
+      ``slo * (1 + margin)``.
+    - What the port cannot reproduce with the published knobs: Fig. 8 reports 99 % ITL attainment for
+      VoltanaLLM at 75 req/s where static 1005 MHz keeps 50 % and static 1410 MHz 99 %; with a target 35 %
+      above the ITL SLO the rule runs decode at 1005 MHz up to ~67 ms per token, so any world in which the
+      two static runs match the figure (ours does at 75 req/s: 51 % and 100 %) leaves EcoFreq with roughly
+      static 1005 MHz's ITL attainment there (ours: 43 %). The demo script that sets the margin
+      (``--freq-manager-slo margin 0.35``) does not parse, so the margin behind the figure is unknown; the
+      published 0.35 stays the default and is not fitted to the figure.
+
     Args:
         phase: ``"prefill"`` or ``"decode"``.
         predictor: latency predictor (never the simulator's ground truth).

@@ -22,7 +22,8 @@ class InstanceView:
 
 
 class Router(Protocol):
-    """Chooses the instance of each request."""
+    """Chooses the instance of each request. The views describe the instances at the time of the call; a
+    world may refresh the same view objects for the next call, so a router keeps none of them."""
 
     def choose(self, input_tokens: int, views: Sequence[InstanceView]) -> int:
         """The ``index`` of the chosen view for a request of ``input_tokens`` prompt tokens."""
@@ -51,15 +52,12 @@ class RandomRouter:
     def __init__(self, seed: int = 0):
         self._state = seed & self._MASK
 
-    def _next(self) -> int:
-        self._state = (self._state + 0x9E3779B97F4A7C15) & self._MASK
-        z = self._state
-        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & self._MASK
-        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & self._MASK
-        return z ^ (z >> 31)
-
     def choose(self, input_tokens: int, views: Sequence[InstanceView]) -> int:
-        return views[self._next() % len(views)].index
+        mask = self._MASK
+        z = self._state = (self._state + 0x9E3779B97F4A7C15) & mask
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+        return views[(z ^ (z >> 31)) % len(views)].index
 
 
 class LeastLoadedRouter:

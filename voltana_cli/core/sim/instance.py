@@ -123,6 +123,7 @@ class Instance:
         self.last_clock = 0
         self.last_batch = 0
         self.last_tokens = 0
+        self._view = InstanceView(index, 0, 0, self.clock)
         self.durations: list[float] = []  # every iteration's duration (s), in order
         self.batches: list[int] = []  # and its batch size (decode: the requests that got a token from it)
 
@@ -224,8 +225,11 @@ class PrefillInstance(Instance):
         self._pairs = 0.0
 
     def view(self) -> InstanceView:
-        """What a router may know of this instance: queued requests and tokens, and the clock."""
-        return InstanceView(self.index, len(self.queue), self.queued_tokens, self.clock)
+        """What a router may know of this instance now: queued requests and tokens, and the clock (one view
+        object per instance, refreshed on each call: a router reads it during its call only)."""
+        v = self._view
+        v.num_requests, v.queued_tokens, v.clock_mhz = len(self.queue), self.queued_tokens, self.clock
+        return v
 
     def submit(self, rid: int, now: float) -> None:
         """A request arrives at this instance."""
@@ -323,9 +327,12 @@ class DecodeInstance(Instance):
         self.iteration = 0
 
     def view(self) -> InstanceView:
-        """What a router may know of this instance."""
-        return InstanceView(self.index, self.batch + len(self.waiting) + self.inflight,
-                            self.reserved + self.waiting_tokens, self.clock)
+        """What a router may know of this instance now (one view object per instance, refreshed on each
+        call: a router reads it during its call only)."""
+        v = self._view
+        v.num_requests = self.batch + len(self.waiting) + self.inflight
+        v.queued_tokens, v.clock_mhz = self.reserved + self.waiting_tokens, self.clock
+        return v
 
     def route(self, rid: int) -> None:
         """Request ``rid`` was routed here: it waits for its KV to be pre-allocated."""

@@ -137,3 +137,13 @@ def test_decode_memory_pressure_backs_up_into_prefill(a100_8b):
     tight = run(SmallKv(a100_8b, kv_capacity_tokens=4000, max_batch=a100_8b.max_batch), wl, "static-max")
     assert np.all(np.isfinite(tight.finish_s)) and np.array_equal(tight.gap_count, roomy.gap_count)
     assert np.nanmean(tight.ttft_s) > 2 * np.nanmean(roomy.ttft_s)
+
+
+def test_a_blocked_preallocation_resumes_when_the_last_running_request_finishes(a100_8b):
+    """No arrival comes after the burst: the decode instance must pre-allocate the blocked head itself."""
+    from tests.test_instance import SmallKv
+
+    wl = make_workload(n=30, rate=1e4, out_max=60)
+    object.__setattr__(wl, "input_tokens", np.full(30, 1300))  # one running request blocks the next
+    res = run(SmallKv(a100_8b, kv_capacity_tokens=3000, max_batch=a100_8b.max_batch), wl, "static-max")
+    assert np.all(np.isfinite(res.finish_s))

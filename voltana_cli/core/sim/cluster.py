@@ -183,7 +183,7 @@ class _Cluster:
     def _decode_done(self, d: int, now: float) -> None:
         inst = self.decodes[d]
         inst.finish(now)
-        if inst.batch or inst.waiting:
+        if inst.batch or inst.waiting or inst.prealloc:  # a pass with no batch still pre-allocates
             self._start_decode(d, now)
 
     def _kv_arrive(self, rid: int, now: float) -> None:
@@ -225,7 +225,10 @@ class _Cluster:
         """The run's request log (closing every instance's idle time at the last completion)."""
         o = self.outcomes
         finish = np.array(o.finish_s)
-        end = float(np.nanmax(finish))
+        stuck = np.flatnonzero(np.isnan(finish))
+        if len(stuck):  # pragma: no cover - an invariant of the scheduler, tested
+            raise RuntimeError(f"{len(stuck)} requests never finished (first: {int(stuck[0])})")
+        end = float(finish.max())
         for inst in (*self.prefills, *self.decodes):
             inst.end_idle(end)
         out = workload.output_tokens.astype(np.int64)

@@ -168,3 +168,30 @@ def test_an_idle_instance_always_preallocates_one_request(a100_8b):
     inst.route(0)
     assert inst.start(0.0) is None  # a scheduler pass with no batch still pre-allocates
     assert released == [0]
+
+
+@pytest.mark.parametrize("overlap", [True, False])
+def test_prefill_overlap_fixes_the_next_batch_when_the_current_one_starts(a100_8b, overlap):
+    """Under overlap scheduling a request that arrives during a busy iteration misses the batch formed at
+    that iteration's start, unless nothing was queued then."""
+    reqs = Requests([0.0] * 3, [100, 100, 100], [2] * 3)
+    inst = PrefillInstance(0, StaticController(1410), CostCache(a100_8b, 8192), reqs, Outcomes.empty(3),
+                           lambda: 1.0, 0.003, 0.0, overlap=overlap)
+    inst.submit(0, 0.0)
+    inst.submit(1, 0.0)
+    dt = inst.start(0.0)  # batch: 0 and 1; nothing else queued
+    inst.submit(2, dt / 2)  # arrives while it runs
+    assert inst.finish(dt) == [0, 1]
+    inst.start(dt)
+    assert inst._seqs == 1  # nothing else was queued at the start, so request 2 runs next either way
+    reqs = Requests([0.0] * 4, [100] * 4, [2] * 4)
+    inst = PrefillInstance(0, StaticController(1410), CostCache(a100_8b, 150), reqs, Outcomes.empty(4),
+                           lambda: 1.0, 0.003, 0.0, overlap=overlap)
+    for rid in (0, 1):
+        inst.submit(rid, 0.0)
+    dt = inst.start(0.0)  # budget 150: request 0 and half of request 1; request 1 stays queued
+    inst.submit(2, dt / 2)
+    inst.finish(dt)
+    inst.start(dt)
+    # With overlap the next batch was fixed at t = 0 (request 1's rest only); without, request 2 joins it.
+    assert inst._seqs == (1 if overlap else 2)

@@ -146,6 +146,7 @@ class EngineSpec(_Strict):
     prefill_request_overhead_us: float = Field(ge=0)
     allreduce_latency_us: float = Field(ge=0)
     chunked_prefill_tokens: int = Field(gt=0)
+    prefill_overlap_schedule: bool = Field(description="the prefill loop forms batch k+1 when batch k starts")
     decode_reserved_tokens: int = Field(ge=0, description="KV tokens a P/D decode instance keeps free per active "
                                         "request when it pre-allocates a new one (num_reserved_decode_tokens)")
     mem_fraction_static: float = Field(gt=0, le=1)

@@ -120,7 +120,9 @@ class _Cluster:
         t0 = self.requests.arrival_s[0]
         rec = cluster.record_timeline
         common = (costs, self.requests, self.outcomes, noise, switch_s, t0, rec)
-        self.prefills = [PrefillInstance(i, policy.make_prefill_controller(), *common) for i in range(cluster.n_prefill)]
+        overlap = model.engine.prefill_overlap_schedule
+        self.prefills = [PrefillInstance(i, policy.make_prefill_controller(), *common, overlap=overlap)
+                         for i in range(cluster.n_prefill)]
         self.decodes = [DecodeInstance(i, policy.make_decode_controller(), *common, on_first_token=self._first_token,
                                        on_preallocated=self._preallocated) for i in range(cluster.n_decode)]
         for c in {inst.clock for inst in (*self.prefills, *self.decodes)}:

@@ -209,13 +209,22 @@ class Instance:
 
 class PrefillInstance(Instance):
     """A prefill instance: requests queue; each iteration takes chunks from the head of the queue up to the
-    chunked-prefill budget (a request longer than what is left of the budget is split across iterations)."""
+    chunked-prefill budget (a request longer than what is left of the budget is split across iterations).
+
+    Overlap scheduling, on by default in SGLang's P/D prefill loop (``event_loop_overlap_disagg_prefill``):
+    the next batch is formed while the current one runs, from the requests queued when the current one
+    started. So a request that arrives during a busy iteration waits for the next one as well, unless nothing
+    else was queued then (``docs/notes/sglang-pd-scheduler.md``). ``overlap=False`` forms each batch when the
+    previous one ends.
+    """
 
     def __init__(self, index: int, controller: FrequencyController, costs: CostCache, requests: Requests,
                  outcomes: Outcomes, noise: Callable[[], float], switch_s: float, start_s: float,
-                 record_timeline: bool = False):
+                 record_timeline: bool = False, overlap: bool = True):
         super().__init__("prefill", index, controller, costs, requests, outcomes, noise, switch_s, start_s,
                          record_timeline)
+        self.overlap = overlap
+        self._visible = 0  # queue entries the scheduler had seen when the running iteration started
         self.queue: deque[list[int]] = deque()  # [request id, tokens left, tokens done]
         self.queued_tokens = 0
         self.recent_ttft_s = 0.0
@@ -251,7 +260,12 @@ class PrefillInstance(Instance):
         pairs = 0.0
         chunks = self._chunks
         chunks.clear()
-        for item in q:
+        # Under overlap, the batch was fixed when the previous iteration started: only the entries queued
+        # then may join it (none queued then: the batch is formed now, from everything).
+        limit = self._visible if self.overlap and self._visible > 0 else len(q)
+        for i, item in enumerate(q):
+            if i >= limit:
+                break
             c = item[1] if item[1] < left else left
             off = item[2]
             pairs += c * (off + (c + 1) * 0.5)
@@ -262,6 +276,7 @@ class PrefillInstance(Instance):
                 break
         nseq = len(chunks)
         self._tokens, self._seqs, self._pairs = tokens, nseq, pairs
+        self._visible = len(q)
         return Observation(now, nseq, tokens, len(q) - nseq, now - self.requests.arrival_s[q[0][0]], self.rate_at(now),
                            self.last_latency_s, self.last_clock, self.last_batch, self.last_tokens, self.recent_ttft_s)
 
@@ -282,6 +297,7 @@ class PrefillInstance(Instance):
             if item[1] == 0:
                 q.popleft()
                 done.append(item[0])
+        self._visible -= len(done)
         self.busy = False
         self.last_s = now
         return done

@@ -179,13 +179,13 @@ class _Cluster:
         for rid in inst.finish(now):
             self.seq += 1
             heapq.heappush(heap, (now + transfer_s(inp[rid]), self.seq, _KV_ARRIVE, rid))
-        if inst.queue:
+        if inst.queue:  # has_work(), inlined
             self._start_prefill(p, now)
 
     def _decode_done(self, d: int, now: float) -> None:
         inst = self.decodes[d]
         inst.finish(now)
-        if inst.batch or inst.waiting or inst.prealloc:  # a pass with no batch still pre-allocates
+        if inst.batch or inst.waiting or inst.prealloc:  # has_work(), inlined: a pass may just pre-allocate
             self._start_decode(d, now)
 
     def _kv_arrive(self, rid: int, now: float) -> None:

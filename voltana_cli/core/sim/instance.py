@@ -137,6 +137,7 @@ class Instance:
         raise NotImplementedError
 
     def has_work(self) -> bool:
+        """Whether a scheduler pass (``start``) could do anything now; a driver runs one when it is."""
         raise NotImplementedError
 
     # ---- shared accounting ---------------------------------------------------------------------------
@@ -386,7 +387,7 @@ class DecodeInstance(Instance):
         self.rate_t = now
 
     def has_work(self) -> bool:
-        return self.batch > 0 or bool(self.waiting)
+        return self.batch > 0 or bool(self.waiting) or bool(self.prealloc)
 
     def _admit(self, now: float) -> None:
         w, r, o = self.waiting, self.requests, self.outcomes

@@ -102,3 +102,11 @@ def test_mixed_iteration_reduces_to_its_parts_and_shares_the_projections(a100_8b
     t_pre, e_pre = a100_8b.prefill_cost(512, 1410, 1, pairs)
     assert max(t_dec, t_pre) < t_mix < t_dec + t_pre
     assert e_mix < e_dec + e_pre
+
+
+def test_allreduce_latency_by_tp_degree_from_spec_data():
+    e = engine_spec()
+    assert e.allreduce_latency_s(2) == pytest.approx(10e-6)
+    assert e.allreduce_latency_s(8) == pytest.approx(30e-6)
+    assert e.allreduce_latency_s(3) == e.allreduce_latency_s(4)  # an absent degree takes the next larger one's
+    assert e.allreduce_latency_s(16) == e.allreduce_latency_s(8)  # beyond the table: the largest entry

@@ -257,7 +257,7 @@ class PerfModel(CostTables):
             return np.zeros_like(np.asarray(tokens, dtype=float))
         m, e = self.model, self.engine
         msg = np.asarray(tokens, dtype=float) * m.hidden_size * m.dtype_bytes
-        per = e.allreduce_latency_us * 1e-6 + 2 * (self.tp - 1) / self.tp * msg / (self.gpu.nvlink_bandwidth_gbps * 1e9)
+        per = e.allreduce_latency_s(self.tp) + 2 * (self.tp - 1) / self.tp * msg / (self.gpu.nvlink_bandwidth_gbps * 1e9)
         return 2 * m.num_layers * per
 
     # ---- decode ---------------------------------------------------------------------------------------

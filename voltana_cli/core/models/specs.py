@@ -144,7 +144,15 @@ class EngineSpec(_Strict):
     overhead_clock_fraction: float = Field(ge=0, le=1)
     decode_request_overhead_us: float = Field(ge=0)
     prefill_request_overhead_us: float = Field(ge=0)
-    allreduce_latency_us: float = Field(ge=0)
+    allreduce_latency_us: dict[int, float] = Field(min_length=1, description="fixed time of one all-reduce (µs) by "
+                                                  "TP degree; a degree absent here takes the next larger one's")
+
+    def allreduce_latency_s(self, tp: int) -> float:
+        """Fixed time of one all-reduce across ``tp`` GPUs (s): the table's entry for ``tp``, else the next
+        larger degree's, else the largest's."""
+        table = self.allreduce_latency_us
+        larger = [d for d in sorted(table) if d >= tp]
+        return table[larger[0] if larger else max(table)] * 1e-6
     chunked_prefill_tokens: int = Field(gt=0)
     prefill_overlap_schedule: bool = Field(description="the prefill loop forms batch k+1 when batch k starts")
     decode_reserved_tokens: int = Field(ge=0, description="KV tokens a P/D decode instance keeps free per active "

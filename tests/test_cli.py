@@ -72,6 +72,14 @@ def test_other_datasets_run(tmp_path):
     (["--duration-s", "0"], "--duration-s: 0.0 must be a number of seconds > 0"),
     (["--prediction-error", "1.5"], "--prediction-error: 1.5 must be a fraction"),
     (["--num-prompts", "0"], "--num-prompts: 0 must be > 0"),
+    (["--burstiness", "nan"], "--burstiness: nan must be a number > 0"),
+    (["--burstiness", "0.5"], "--burstiness: 0.5 shapes gamma arrivals only"),
+    (["--seed", "-1"], "--seed: -1 must be a whole number >= 0"),
+    (["--tp", "0"], "--tp: 0 must be >= 1"),
+    (["--noise", "50"], "--noise: 50.0 must be a lognormal sigma in [0, 1)"),
+    (["--noise", "nan"], "--noise: nan must be"),
+    (["--ecofreq-margin", "nan"], "--ecofreq-margin: nan is outside [-0.5, 2]"),
+    (["--request-rate", "50:inf:10"], "--request-rate: 50:inf:10: a sweep is START:STOP:STEP"),
 ])
 def test_bad_input_is_one_line_exit_2_naming_the_flag(args, msg):
     r = invoke("bench", *args)

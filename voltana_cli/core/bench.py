@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from voltana_cli import __version__
 from voltana_cli.core.errors import UserError, validation_problem
@@ -102,6 +102,36 @@ class BenchConfig(BaseModel):
         if v is not None and v <= 0:
             raise ValueError(f"{v} must be > 0")
         return v
+
+    @field_validator("seed")
+    @classmethod
+    def _seed(cls, v: int) -> int:
+        if v < 0:
+            raise ValueError(f"{v} must be a whole number >= 0")
+        return v
+
+    @field_validator("tp")
+    @classmethod
+    def _tp(cls, v: int | None) -> int | None:
+        if v is not None and v < 1:
+            raise ValueError(f"{v} must be >= 1 (GPUs per instance); leave it out for the model's default")
+        return v
+
+    @field_validator("noise")
+    @classmethod
+    def _noise(cls, v: float) -> float:
+        if not 0 <= v < 1:
+            raise ValueError(f"{v} must be a lognormal sigma in [0, 1) (0.02 = 2 % jitter)")
+        return v
+
+    @field_validator("burstiness")
+    @classmethod
+    def _burstiness(cls, b: float, info: ValidationInfo) -> float:
+        if not (b > 0 and math.isfinite(b)):
+            raise ValueError(f"{b} must be a number > 0 (1 = Poisson, < 1 burstier)")
+        if b != 1.0 and info.data.get("arrival") != "gamma":
+            raise ValueError(f"{b} shapes gamma arrivals only: choose gamma arrivals, or leave it at 1")
+        return b
 
     @field_validator("prediction_error")
     @classmethod

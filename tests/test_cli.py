@@ -80,6 +80,7 @@ def test_other_datasets_run(tmp_path):
     (["--noise", "nan"], "--noise: nan must be"),
     (["--ecofreq-margin", "nan"], "--ecofreq-margin: nan is outside [-0.5, 2]"),
     (["--request-rate", "50:inf:10"], "--request-rate: 50:inf:10: a sweep is START:STOP:STEP"),
+    (["--json", "/tmp/voltana-same.out", "--csv", "/tmp/voltana-same.out"], "--csv: /tmp/voltana-same.out is also"),
 ])
 def test_bad_input_is_one_line_exit_2_naming_the_flag(args, msg):
     r = invoke("bench", *args)

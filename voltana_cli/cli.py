@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+from types import FrameType
 
 import typer
 
@@ -49,8 +51,21 @@ def serve() -> None:
     not_yet("serve")
 
 
+def _exit_on_signal(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main() -> None:
-    """Console-script entry point: click's usage errors become one line and exit code 2."""
+    """Console-script entry point: click's usage errors become one line and exit code 2.
+
+    SIGTERM and SIGHUP end the command as ``SystemExit(128 + n)`` rather than killing it outright, so every
+    ``finally`` runs: clocks are reset (``hardware.ClockGuard`` also guards its own scope) and an unfinished
+    result file's temporary copy is removed.
+    """
+    for name in ("SIGTERM", "SIGHUP"):
+        sig = getattr(signal, name, None)
+        if sig is not None:
+            signal.signal(sig, _exit_on_signal)
     try:
         rv = app(standalone_mode=False)
     except (typer.Abort, KeyboardInterrupt):

@@ -24,7 +24,7 @@ from voltana_cli.core.errors import UserError
 from voltana_cli.core.metrics import ITL_RULE
 from voltana_cli.core.models import defaults
 from voltana_cli.core.policy import REGISTRY
-from voltana_cli.core.report import check_writable, write_csv, write_json, write_sweep_plot
+from voltana_cli.core.report import check_outputs, write_csv, write_json, write_sweep_plot
 from voltana_cli.core.workloads import ARRIVALS, DATASETS
 
 ROUTERS = ", ".join(e.name for e in REGISTRY.routers())
@@ -81,9 +81,7 @@ def bench(
     console = Console(width=None if sys.stdout.isatty() else 170)
     with user_errors(FLAGS):
         rates = parse_rates(request_rate)
-        for path, flag in ((json_path, "--json"), (csv_path, "--csv"), (plot_path, "--plot")):
-            if path is not None:
-                check_writable(path, flag)
+        check_outputs({"json": json_path, "csv": csv_path, "plot": plot_path})
         if plot_path is not None and plot_path.suffix.lower() != ".png":
             raise UserError(f"--plot {plot_path}: give a .png path")
         clocks = _parse_clocks(ecofreq_clocks) if ecofreq_clocks else None

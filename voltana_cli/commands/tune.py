@@ -13,7 +13,7 @@ from voltana_cli.commands import user_errors
 from voltana_cli.core.errors import UserError
 from voltana_cli.core.models import defaults
 from voltana_cli.core.profiling import load_profile
-from voltana_cli.core.report import check_writable, write_json
+from voltana_cli.core.report import check_outputs, write_json
 from voltana_cli.core.tune import FitReport, accuracy_report, evaluate, write_tuned_config
 
 
@@ -35,9 +35,7 @@ def tune(
         if not fit_only:
             raise UserError("only --fit-only is available in this version: voltana tune --fit-only --profile P "
                             "[--out tuned.yaml]; controller and router auto-tuning arrive in a later version")
-        for path, name in ((out, "out"), (json_path, "json")):
-            if path is not None:
-                check_writable(path, name)
+        check_outputs({"out": out, "json": json_path})
         prof = load_profile(profile_path)
         rep = evaluate(prof, holdout=holdout, seed=seed, compare_gbt=compare_gbt)
         render(console, rep, prof.source)

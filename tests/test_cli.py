@@ -120,3 +120,24 @@ def test_help_lists_the_four_commands():
     assert r.exit_code == 0
     for cmd in ("profile", "tune", "serve", "bench"):
         assert cmd in r.output
+
+
+def test_hostile_trace_and_config_files_are_one_line(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "adir").mkdir()
+    cols = "TIMESTAMP,ContextTokens,GeneratedTokens\n"
+    cases = {
+        "ts.csv": (cols + "notatime,1,2\n", "row 2: TIMESTAMP 'notatime' is not a date and time"),
+        "tok.csv": (cols + "2023-11-16 18:15:46.6805900,abc,2\n", "row 2: ContextTokens 'abc' is not a whole number"),
+        "neg.csv": (cols + "2023-11-16 18:15:46.6805900,5,-2\n", "GeneratedTokens '-2' is not a whole number"),
+        "header.csv": (cols, "has the trace's columns but no rows"),
+    }
+    for name, (text, msg) in cases.items():
+        (tmp_path / name).write_text(text)
+        r = invoke("bench", "--dataset", "azure-conv", "--dataset-path", str(tmp_path / name))
+        assert r.exit_code == 2 and "--dataset-path:" in r.output and msg in r.output, r.output
+        assert len(r.output.strip().splitlines()) == 1
+    r = invoke("bench", "--predictor", str(tmp_path / "adir"))
+    assert r.exit_code == 2 and "--predictor:" in r.output and "is a directory" in r.output, r.output
+    r = invoke("profile", "--out", str(tmp_path / "afile" / "sub"))
+    assert r.exit_code == 2 and "--out:" in r.output and "is a file" in r.output, r.output

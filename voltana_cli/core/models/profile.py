@@ -304,6 +304,9 @@ def check_profile_out(out_dir: Path, force: bool) -> None:
     if not force and (out_dir / PROFILE_CSV).exists():
         raise UserError(f"is needed to replace the profile in {out_dir} (or choose another directory)", field="force")
     parent = out_dir if out_dir.exists() else next((p for p in out_dir.parents if p.exists()), Path("."))
+    if not parent.is_dir():
+        raise UserError(f"{out_dir}: {parent} is a file, so no directory can be made under it; choose another path",
+                        field="out_dir")
     if not os.access(parent, os.W_OK):
         raise UserError(f"{out_dir}: {parent} is not writable; choose a directory you can write to", field="out_dir")
 

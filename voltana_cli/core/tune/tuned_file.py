@@ -94,6 +94,10 @@ def load_predictor(path: str | Path) -> EcoPred:
         raw = yaml.safe_load(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UserError(f"{p}: no such file; write one with `voltana tune --fit-only --profile P --out {p}`") from None
+    except IsADirectoryError:
+        raise UserError(f"{p} is a directory: give the tuned-config YAML file", field="predictor") from None
+    except OSError as exc:
+        raise UserError(f"{p} cannot be read ({exc.strerror or exc})", field="predictor") from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise UserError(f"{p}: not valid YAML ({exc.__class__.__name__}); regenerate it with `voltana tune --fit-only`") from None
     if not isinstance(raw, dict) or raw.get("schema") != TUNED_SCHEMA:

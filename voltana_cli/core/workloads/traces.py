@@ -9,6 +9,7 @@ A missing or unreadable file is a ``UserError`` about ``dataset_path``; a file w
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -119,14 +120,40 @@ def read_azure_trace(path: Path, name: str) -> LengthTrace:
     df = _read_csv(path, "reinstall voltana, or give the path of an Azure LLM inference trace CSV")
     if not set(AZURE_COLUMNS).issubset(df.columns):
         raise UserError(f"{path} is not an Azure LLM trace: it needs columns {', '.join(AZURE_COLUMNS)}")
-    ts = pd.to_datetime(df["TIMESTAMP"], format="mixed")
+    if df.empty:
+        raise UserError(f"{path} has the trace's columns but no rows: give a trace with requests", field="dataset_path")
+    try:
+        ts = pd.to_datetime(df["TIMESTAMP"], format="mixed")
+    except (ValueError, TypeError, OverflowError):
+        bad = _first_bad(df["TIMESTAMP"], lambda v: pd.to_datetime(v, format="mixed"))
+        raise UserError(f"{path} row {bad + 2}: TIMESTAMP {df['TIMESTAMP'].iloc[bad]!r} is not a date and time "
+                        "(e.g. 2023-11-16 18:15:46.6805900)", field="dataset_path") from None
     t = (ts - ts.iloc[0]).dt.total_seconds().to_numpy()
     order = np.argsort(t, kind="stable")
-    inp = df["ContextTokens"].to_numpy(dtype=np.int64)[order]
-    out = df["GeneratedTokens"].to_numpy(dtype=np.int64)[order]
+    counts = {}
+    for col in ("ContextTokens", "GeneratedTokens"):
+        num = pd.to_numeric(df[col], errors="coerce")
+        ok = num.notna() & np.isfinite(num) & (num >= 0) & (num == np.floor(num))
+        if not ok.all():
+            bad = int(np.flatnonzero(~ok.to_numpy())[0])
+            raise UserError(f"{path} row {bad + 2}: {col} '{df[col].iloc[bad]}' is not a whole number of tokens >= 0",
+                            field="dataset_path")
+        counts[col] = num.to_numpy(dtype=np.int64)
+    inp = counts["ContextTokens"][order]
+    out = counts["GeneratedTokens"][order]
     t = t[order] - t[order][0]
     keep = (inp >= 1) & (out >= 1)
     return LengthTrace(
         input_tokens=inp[keep], output_tokens=out[keep], arrival_s=t[keep], name=name,
         notes=("Azure LLM inference trace 2023, CC-BY-4.0, Patel et al., Splitwise, ISCA 2024",),
     )
+
+
+def _first_bad(values: pd.Series, parse: Callable[[object], object]) -> int:
+    """Index of the first value ``parse`` rejects (0 if none does, which the caller's failure rules out)."""
+    for i, v in enumerate(values):
+        try:
+            parse(v)
+        except (ValueError, TypeError, OverflowError):
+            return i
+    return 0

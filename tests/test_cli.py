@@ -141,3 +141,18 @@ def test_hostile_trace_and_config_files_are_one_line(tmp_path):
     assert r.exit_code == 2 and "--predictor:" in r.output and "is a directory" in r.output, r.output
     r = invoke("profile", "--out", str(tmp_path / "afile" / "sub"))
     assert r.exit_code == 2 and "--out:" in r.output and "is a file" in r.output, r.output
+
+
+def test_inputs_beyond_the_world_are_refused_before_any_work(tmp_path):
+    (tmp_path / "big.csv").write_text("input_tokens,output_tokens\n1e30,5\n")
+    (tmp_path / "long.csv").write_text("input_tokens,output_tokens\n200000,5\n")
+    for args, msg in (
+        (["--dataset", "csv", "--dataset-path", str(tmp_path / "big.csv")], "expected a whole number from 1 to"),
+        (["--dataset", "csv", "--dataset-path", str(tmp_path / "long.csv")], "--dataset: 1 request(s) of csv:long.csv"),
+        (["--request-rate", "1e9"], "--duration-s: 120 s at 1e+09 req/s is about"),
+        (["--duration-s", "1e9"], "the limit is 2,000,000 per run"),
+        (["--request-rate", "1:1000000:1"], "--request-rate: 1:1000000:1 is a sweep of 1,000,000 rates"),
+        (["--num-prompts", "100000000"], "--num-prompts: 100,000,000 is above the limit"),
+    ):
+        r = invoke("bench", *args)
+        assert r.exit_code == 2 and msg in r.output and len(r.output.strip().splitlines()) == 1, r.output

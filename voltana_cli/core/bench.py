@@ -36,6 +36,10 @@ from voltana_cli.core.tune import load_predictor
 from voltana_cli.core.workloads import DatasetRequest, LengthTrace, Workload, build_workload, load_lengths
 
 DEFAULT_POLICIES = ["static-max", "static-min", "voltana"]
+#: Size limits checked before any work: a sweep's rates, and the requests one run simulates (each costs about
+#: a kilobyte of Python state; 2 million is ~2 GB and minutes of simulation).
+MAX_SWEEP_RATES = 1000
+MAX_REQUESTS_PER_RUN = 2_000_000
 
 
 class BenchConfig(BaseModel):
@@ -153,6 +157,9 @@ def parse_rates(text: str) -> list[float]:
                 raise UserError(f"{text}: a sweep is START:STOP:STEP with 0 < START <= STOP (finite) and STEP > 0",
                                 field="request_rates")
             n = int(math.floor((stop - start) / step + 1e-9)) + 1
+            if n > MAX_SWEEP_RATES:
+                raise UserError(f"{text} is a sweep of {n:,} rates; the limit is {MAX_SWEEP_RATES:,} (each rate runs "
+                                "every policy): use a larger step", field="request_rates")
             return [round(start + i * step, 9) for i in range(n)]
         rate = float(text)
     except ValueError:
@@ -227,8 +234,35 @@ def prepare_bench(cfg: BenchConfig) -> PreparedBench:
                             f"{pm.clocks[-1]} MHz in steps of {pm.gpu.sm_clock_mhz.step}", field="ecofreq_clocks_mhz")
     for name in cfg.policies:
         _build(name, cfg, pm, ecof, predictor)
+    _check_size(cfg)
     lengths, arrival = _lengths(cfg)
+    _check_context(lengths, pm)
     return PreparedBench(cfg, pm, truth, predictor, cluster, ecof, lengths, arrival)
+
+
+def _check_size(cfg: BenchConfig) -> None:
+    """Refuse, before anything is allocated, a run that would simulate more requests than the limit."""
+    if cfg.num_prompts is not None:
+        if cfg.num_prompts > MAX_REQUESTS_PER_RUN:
+            raise UserError(f"{cfg.num_prompts:,} is above the limit of {MAX_REQUESTS_PER_RUN:,} requests per run "
+                            "(memory and time)", field="num_prompts")
+        return
+    expected = max(cfg.request_rates) * (cfg.duration_s or 0.0)
+    if expected > MAX_REQUESTS_PER_RUN:
+        raise UserError(f"{cfg.duration_s:g} s at {max(cfg.request_rates):g} req/s is about {expected:,.0f} requests; the "
+                        f"limit is {MAX_REQUESTS_PER_RUN:,} per run (memory and time): shorten the duration or lower "
+                        "the rate", field="duration_s")
+
+
+def _check_context(lengths: LengthTrace, pm: PerfModel) -> None:
+    """Every request must fit the model's context, as a server would require."""
+    ctx = pm.model.max_context_tokens
+    total = lengths.input_tokens.astype(np.int64) + lengths.output_tokens
+    over = total > ctx
+    if over.any():
+        raise UserError(f"{int(over.sum())} request(s) of {lengths.name} need more than {pm.model.name}'s context of "
+                        f"{ctx:,} tokens (the longest: {int(total.max()):,}): filter them out of the dataset, or choose "
+                        "a model with a longer context", field="dataset")
 
 
 def _same_target(field: str, gpu: str, model: str, cfg: BenchConfig) -> None:

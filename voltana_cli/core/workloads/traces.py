@@ -51,6 +51,10 @@ def _read_csv(path: Path, missing_fix: str) -> pd.DataFrame:
         raise UserError(f"cannot read {path} ({exc.strerror}): give a readable CSV file", field="dataset_path") from None
 
 
+#: No model has a context near this: a larger token count is a broken file, not a request (and would overflow).
+MAX_TOKENS = 10_000_000
+
+
 def _numeric_column(df: pd.DataFrame, col: str, path: Path) -> pd.Series:
     """Column ``col`` as numbers; the first bad value is a ``UserError`` naming its row and line."""
     vals = pd.to_numeric(df[col], errors="coerce")
@@ -60,11 +64,12 @@ def _numeric_column(df: pd.DataFrame, col: str, path: Path) -> pd.Series:
     else:
         bad |= vals < 1
         bad |= vals != np.floor(vals)
+        bad |= vals > MAX_TOKENS
     if bad.any():
         row = int(np.flatnonzero(bad.to_numpy())[0])
-        what = "a non-negative number" if col == "arrival_s" else "a whole number >= 1"
+        what = "a non-negative number" if col == "arrival_s" else f"a whole number from 1 to {MAX_TOKENS:,}"
         # Row 1 is the header, so data row i (0-based) is on line i + 2 of the file.
-        raise UserError(f"{path} row {row + 2} (line {row + 2}): column {col} is {df[col].iloc[row]!r}, expected {what}")
+        raise UserError(f"{path} row {row + 2} (line {row + 2}): column {col} is '{df[col].iloc[row]}', expected {what}")
     return vals
 
 

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -155,4 +156,40 @@ def test_inputs_beyond_the_world_are_refused_before_any_work(tmp_path):
         (["--num-prompts", "100000000"], "--num-prompts: 100,000,000 is above the limit"),
     ):
         r = invoke("bench", *args)
+        assert r.exit_code == 2 and msg in r.output and len(r.output.strip().splitlines()) == 1, r.output
+
+
+def test_damaged_predictors_and_profiles_are_one_line(tmp_path):
+    import shutil
+
+    import yaml
+
+    tuned = tmp_path / "tuned.yaml"
+    assert invoke("tune", "--fit-only", "--out", str(tuned)).exit_code == 0
+    doc = yaml.safe_load(tuned.read_text())
+
+    def damaged(name, change):
+        d = yaml.safe_load(yaml.safe_dump(doc))
+        change(d["predictor"])
+        (tmp_path / name).write_text(yaml.safe_dump(d))
+        return str(tmp_path / name)
+
+    cases = [
+        (damaged("list.yaml", lambda p: p["decode"].__setitem__("latency_ms", [1, 2])), "not a list"),
+        (damaged("nan.yaml", lambda p: p["decode"]["latency_ms"][1410][0].__setitem__(0, float("nan"))), "non-finite"),
+        (damaged("neg.yaml", lambda p: p["decode"]["latency_ms"][1410][0].__setitem__(2, -5.0)), "negative KV"),
+    ]
+    for path, msg in cases:
+        r = invoke("bench", "--duration-s", "5", "--predictor", path)
+        assert r.exit_code == 2 and msg in r.output and len(r.output.strip().splitlines()) == 1, r.output
+    shipped = Path(__file__).resolve().parent.parent / "profiles" / "a100-80g-sxm4" / "llama-3.1-8b"
+    binary = tmp_path / "binary"
+    shutil.copytree(shipped, binary)
+    (binary / "metadata.yaml").write_bytes(bytes(range(128, 256)) * 10)
+    clock = tmp_path / "clock"
+    shutil.copytree(shipped, clock)
+    text = (clock / "profile.csv").read_text()
+    (clock / "profile.csv").write_text(text.replace("\nprefill,780,", "\nprefill,781,", 1))
+    for d, msg in ((binary, "not a text file"), (clock, "clock_mhz 781 is not one of the GPU's clocks")):
+        r = invoke("bench", "--duration-s", "5", "--profile", str(d))
         assert r.exit_code == 2 and msg in r.output and len(r.output.strip().splitlines()) == 1, r.output

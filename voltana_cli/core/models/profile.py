@@ -212,6 +212,10 @@ def validate_frame(df: pd.DataFrame, where: str) -> pd.DataFrame:
 def _load_meta(path: Path) -> ProfileMeta:
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a text file (not UTF-8); a profile's metadata is YAML") from None
+    except OSError as exc:
+        raise UserError(f"{path} cannot be read ({exc.strerror or exc})") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" line {mark.line + 1}" if mark is not None else ""
@@ -270,7 +274,20 @@ def load_profile(spec: str | Path) -> Profile:
         raise UserError(f"{csv_path}: the file is empty; it needs a header row {','.join(COLUMNS)}") from None
     raw = raw.replace("", np.nan)
     data = validate_frame(raw, str(csv_path))
+    _check_clocks(data, meta, csv_path)
     return Profile(data, meta, str(d))
+
+
+def _check_clocks(data: pd.DataFrame, meta: ProfileMeta, csv_path: Path) -> None:
+    """Rows must be at clocks the GPU has (when the metadata lists them): a profile is used as the truth."""
+    if not meta.clocks_available_mhz:
+        return
+    bad = ~data["clock_mhz"].isin(meta.clocks_available_mhz)
+    if bad.any():
+        i = int(np.flatnonzero(bad.to_numpy())[0])
+        raise UserError(f"{csv_path} line {i + 2}: clock_mhz {int(data['clock_mhz'].iloc[i])} is not one of the GPU's "
+                        f"clocks listed in {METADATA_YAML} ({meta.clocks_available_mhz[0]}-{meta.clocks_available_mhz[-1]} "
+                        "MHz in its steps)")
 
 
 # ---- writing ------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ Clocks between profiled ones are interpolated linearly in the period 1/f (latenc
 from __future__ import annotations
 
 import bisect
+import math
 from typing import Any
 
 import numpy as np
@@ -193,11 +194,25 @@ def _phase_to_dict(pm: PhaseModel) -> dict[str, Any]:
 
 def _lines_from_dict(raw: Any, nseg: int, width: int, where: str) -> dict[int, list[list[float]]]:
     """Per-clock lines of one table (``where``: its dotted location); every clock needs ``nseg`` x ``width``."""
+    if not isinstance(raw, dict):
+        raise UserError(f"{where} must map each clock (MHz) to its segments, not a {type(raw).__name__}")
     out = {}
     for c, rows in raw.items():
-        if len(rows) != nseg or any(len(r) != width for r in rows):
+        if not isinstance(rows, list) or len(rows) != nseg or any(not isinstance(r, list) or len(r) != width
+                                                                     for r in rows):
             raise UserError(f"{where}.{c} needs {nseg} segments of {width} numbers")
-        out[int(c)] = [[float(v) for v in r] for r in rows]
+        try:
+            clock, lines = int(c), [[float(v) for v in r] for r in rows]
+        except (TypeError, ValueError):
+            raise UserError(f"{where}.{c}: every clock and coefficient must be a number") from None
+        for seg, line in enumerate(lines):
+            # Every coefficient is finite and the KV / sequence / pair terms are >= 0, as the fit bounds them
+            # (the batch or token slope of one segment may be negative: segments meet with free jumps);
+            # anything else is a damaged file that would steer the controller with NaN or negative latencies.
+            if not all(math.isfinite(v) for v in line) or any(v < 0 for v in line[2:]):
+                raise UserError(f"{where}.{c} segment {seg + 1}: {line} has a non-finite coefficient or a negative "
+                                "KV, sequence or pair term; refit with `voltana tune --fit-only`")
+        out[clock] = lines
     return out
 
 

@@ -193,3 +193,22 @@ def test_damaged_predictors_and_profiles_are_one_line(tmp_path):
     for d, msg in ((binary, "not a text file"), (clock, "clock_mhz 781 is not one of the GPU's clocks")):
         r = invoke("bench", "--duration-s", "5", "--profile", str(d))
         assert r.exit_code == 2 and msg in r.output and len(r.output.strip().splitlines()) == 1, r.output
+
+
+def test_profiles_too_thin_to_fit_say_what_they_lack(tmp_path):
+    thin, one = tmp_path / "thin", tmp_path / "one"
+    assert invoke("profile", "--out", str(thin), "--clocks", "1005,1410", "--batch-sizes", "1,2", "--kv-per-request",
+                  "64", "--prefill-tokens", "64,128", "--prefill-seqs", "1", "--repeats", "1").exit_code == 0
+    assert invoke("profile", "--out", str(one), "--batch-sizes", "8", "--kv-per-request", "64",
+                  "--repeats", "2").exit_code == 0
+    for args, msg in (
+        (["--profile", str(thin)], "cover 2 batch size(s) and 1 context length(s); EcoPred needs at least 3 and 2"),
+        (["--profile", str(one)], "cover 1 batch size(s)"),
+        (["--holdout", "0.99"], "--holdout: 0.99 leaves too little to fit on"),
+        (["--seed", "-1"], "--seed: -1 must be a whole number >= 0"),
+    ):
+        r = invoke("tune", "--fit-only", *args)
+        assert r.exit_code == 2 and msg in r.output and len(r.output.strip().splitlines()) == 1, r.output
+    for args, msg in ((["--noise", "nan"], "--noise: nan is out of range"), (["--seed", "-1"], "--seed: -1 must be")):
+        r = invoke("profile", "--out", str(tmp_path / "x"), *args)
+        assert r.exit_code == 2 and msg in r.output and not (tmp_path / "x").exists(), r.output

@@ -55,6 +55,8 @@ class ProfileRequest:
             raise UserError(f"{self.backend!r} is not a backend: use one of {', '.join(BACKENDS)}", field="backend")
         if self.backend != "sim" and self.gpu is not None:
             raise UserError("is for the sim backend; a measuring backend reads the GPU from the device", field="gpu")
+        if self.seed < 0:
+            raise UserError(f"{self.seed} must be a whole number >= 0", field="seed")
 
     def gpu_key(self) -> str:
         """The GPU spec the sim backend models."""

@@ -59,7 +59,7 @@ def run_sim(
     Raises:
         UserError: ``noise`` out of range, a clock the model does not support, or a batch above its maximum.
     """
-    if noise < 0 or noise > MAX_NOISE:
+    if not 0 <= noise <= MAX_NOISE:  # NaN fails this too
         raise UserError(f"{noise} is out of range: use a relative noise between 0 and {MAX_NOISE} (e.g. 0.03 for 3 %)",
                         field="noise")
     for c in plan.clocks_mhz:

@@ -120,16 +120,22 @@ def evaluate(profile: Profile, holdout: float = 0.2, seed: int = 0, compare_gbt:
         UserError: a bad ``holdout`` (field ``holdout``), or a profile EcoPred cannot be fitted on.
     """
     t0 = time.perf_counter()
+    if seed < 0:
+        raise UserError(f"{seed} must be a whole number >= 0", field="seed")
     df = profile.data
+    final, steps = fit_ecopred(profile, seed)  # first: the whole profile must be fittable at all
     mask = holdout_mask(df, holdout, seed)
     train = Profile(df[~mask].reset_index(drop=True), profile.meta, profile.source)
     test = df[mask]
-    pred_train, _ = fit_ecopred(train, seed)
+    try:
+        pred_train, _ = fit_ecopred(train, seed)
+    except UserError as exc:
+        raise UserError(f"{holdout:g} leaves too little to fit on: {exc}; hold out less (e.g. 0.2)",
+                        field="holdout") from None
     acc, eacc = _score(pred_train, test, profile.has_energy)
     families = {CHOSEN_FAMILY: _family_summary(acc)}
     if compare_gbt:
         families["gbt"] = _gbt_summary(df[~mask], test, seed)
-    final, steps = fit_ecopred(profile, seed)
     return FitReport(final, steps, acc, eacc, families, CHOSEN_FAMILY, time.perf_counter() - t0)
 
 

@@ -33,6 +33,8 @@ def fit_ecopred(profile: Profile, seed: int = 0) -> tuple[EcoPred, list[Step]]:
     if dec.empty or pre.empty:
         missing = "decode" if dec.empty else "prefill"
         raise UserError(f"profile {profile.source}: no {missing} rows; EcoPred needs both phases")
+    for phase, rows in (("decode", dec), ("prefill", pre)):
+        _check_fittable(phase, rows, profile.source)
     with_energy = profile.has_energy
     steps = detect_steps(dec)
     dec_edges = segment("decode", dec, [s.after for s in steps])
@@ -52,6 +54,32 @@ def fit_ecopred(profile: Profile, seed: int = 0) -> tuple[EcoPred, list[Step]]:
     pred = EcoPred(fit_phase("decode", dec, dec_edges, {s.after for s in steps}, with_energy),
                    fit_phase("prefill", pre, pre_edges, set(), with_energy), info)
     return pred, steps
+
+
+#: What one clock's rows must span for the fit to identify its terms: decode needs several batch sizes (its
+#: slope, and segments between steps) and two context lengths (the KV term); prefill needs two token counts
+#: and two sequence counts at one of them (the per-sequence and attention-pair terms).
+MIN_DECODE_BATCH_SIZES = 3
+MIN_DISTINCT = 2
+
+
+def _check_fittable(phase: str, rows: pd.DataFrame, source: str) -> None:
+    """Say what a profile lacks, per clock, before the fit fails on it."""
+    for clock, g in rows.groupby("clock_mhz"):
+        if phase == "decode":
+            sizes = g["batch_size"].nunique()
+            ctx = (g["num_tokens"] // g["batch_size"]).nunique()
+            if sizes < MIN_DECODE_BATCH_SIZES or ctx < MIN_DISTINCT:
+                raise UserError(f"profile {source}: at {clock} MHz the decode rows cover {sizes} batch size(s) and "
+                                f"{ctx} context length(s); EcoPred needs at least {MIN_DECODE_BATCH_SIZES} and "
+                                f"{MIN_DISTINCT}: profile more batch sizes and KV lengths (the default plan has both)")
+        else:
+            tokens = g["num_tokens"].nunique()
+            seqs = g.groupby("num_tokens")["batch_size"].nunique().max()
+            if tokens < MIN_DISTINCT or seqs < MIN_DISTINCT:
+                raise UserError(f"profile {source}: at {clock} MHz the prefill rows cover {tokens} token count(s) and "
+                                f"at most {seqs} sequence count(s) per token count; EcoPred needs at least "
+                                f"{MIN_DISTINCT} of each: profile more prefill shapes (the default plan has them)")
 
 
 def _frame_sha256(df: pd.DataFrame) -> str:

@@ -212,3 +212,45 @@ def test_profiles_too_thin_to_fit_say_what_they_lack(tmp_path):
     for args, msg in ((["--noise", "nan"], "--noise: nan is out of range"), (["--seed", "-1"], "--seed: -1 must be")):
         r = invoke("profile", "--out", str(tmp_path / "x"), *args)
         assert r.exit_code == 2 and msg in r.output and not (tmp_path / "x").exists(), r.output
+
+
+@pytest.mark.parametrize("cmd,args,msg", [
+    ("bench", ["--burstiness", "1e-9", "--arrival", "gamma"], "--burstiness: 1e-09 is below 0.01"),
+    ("bench", ["--prefill", "100000"], "--prefill: 100000 prefill instances is above the limit"),
+    ("bench", ["--ecofreq-clocks", "1005,,1410"], "--ecofreq-clocks '1005,,1410'"),
+    ("bench", ["--ecofreq-clocks", ""], "--ecofreq-clocks ''"),
+    ("bench", ["--dataset", "random", "--dataset-path", "x.csv"], "--dataset-path: x.csv is not read by the random"),
+    ("profile", ["--clocks", "1000"], "--clocks: a100-80g-sxm4 does not support 1000 MHz"),
+    ("profile", ["--cooldown-s", "nan"], "--cooldown-s: nan is out of range"),
+    ("profile", ["--min-window-s", "inf"], "--min-window-s: inf is out of range"),
+    ("profile", ["--repeats", "100000"], "--repeats: 100000 is above 1000"),
+    ("profile", ["--prefill-tokens", "10000000"], "--prefill-tokens: 10000000 is above"),
+    ("profile", ["--tp", "0"], "--tp: 0 must be >= 1"),
+    ("profile", ["--batch-sizes", "1,,2"], "--batch-sizes '1,,2'"),
+])
+def test_cases_the_hostile_sweep_found(cmd, args, msg, tmp_path):
+    extra = ["--out", str(tmp_path / "p")] if cmd == "profile" else []
+    r = invoke(cmd, *args, *extra)
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert r.exit_code == 2 and len(lines) == 1 and msg in lines[0], r.output
+
+
+def test_one_request_traces_and_non_tokenizers_are_named(tmp_path):
+    (tmp_path / "one.csv").write_text("input_tokens,output_tokens,arrival_s\n10,5,0\n")
+    r = invoke("bench", "--dataset", "csv", "--dataset-path", str(tmp_path / "one.csv"), "--arrival", "trace")
+    assert r.exit_code == 2 and "--dataset-path: the trace has 1 timestamped request(s)" in r.output, r.output
+    sg = tmp_path / "sg.json"
+    sg.write_text('[{"id": "a", "conversations": [{"from": "human", "value": "hi there"}, {"from": "gpt", "value": "ok"}]}]')
+    (tmp_path / "tok.json").write_text("not a tokenizer")
+    r = invoke("bench", "--dataset", "sharegpt", "--dataset-path", str(sg), "--tokenizer", str(tmp_path / "tok.json"))
+    assert r.exit_code == 2 and "--tokenizer:" in r.output and "is not a Hugging Face tokenizer.json" in r.output, r.output
+
+
+def test_a_value_click_rejects_is_one_line_naming_the_flag(tmp_path):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "voltana_cli", "bench", "--seed", "abc"], capture_output=True, text=True,
+                       cwd=tmp_path, timeout=60)
+    lines = [ln for ln in (r.stdout + r.stderr).splitlines() if ln.strip()]
+    assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: --seed: "), lines

@@ -73,7 +73,7 @@ def test_bench_on_a_profile_with_its_fitted_predictor(small_profile, tmp_path):
     (["profile", "--phases", "warmup"], "--phases: 'warmup' is not a phase"),
     (["profile", "--batch-sizes", "0"], "--batch-sizes: has 0"),
     (["profile", "--batch-sizes", "5000", "--kv-per-request", "16"], "--batch-sizes: 5000 is above the modelled maximum"),
-    (["profile", "--cooldown-s", "-1"], "--cooldown-s: -1.0 is negative"),
+    (["profile", "--cooldown-s", "-1"], "--cooldown-s: -1.0 is out of range"),
     (["profile", "--backend", "torch", "--gpu", "a100-80g-sxm4"], "--gpu: is for the sim backend"),
     (["tune"], "only --fit-only is available"),
     (["tune", "--fit-only", "--profile", "nowhere/none"], "profile 'nowhere/none' not found"),

@@ -51,6 +51,16 @@ def serve() -> None:
     not_yet("serve")
 
 
+def _usage_message(exc: Exception) -> str:
+    """click's message for a bad value, in the one form voltana uses: ``--flag: what is wrong``."""
+    param = getattr(exc, "param", None)
+    opts = [o for o in getattr(param, "opts", []) if o.startswith("--")]
+    message = getattr(exc, "message", None)
+    if opts and message:
+        return f"{opts[0]}: {message}"
+    return str(exc.format_message())  # type: ignore[attr-defined]
+
+
 def _exit_on_signal(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)
 
@@ -76,7 +86,7 @@ def main() -> None:
         if getattr(exc, "exit_code", None) == 2 and hasattr(exc, "format_message"):
             ctx = getattr(exc, "ctx", None)
             hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
-            typer.echo(f"error: {exc.format_message()}{hint}", err=True)
+            typer.echo(f"error: {_usage_message(exc)}{hint}", err=True)
             sys.exit(2)
         raise
     sys.exit(rv if isinstance(rv, int) else 0)

@@ -84,7 +84,7 @@ def bench(
         check_outputs({"json": json_path, "csv": csv_path, "plot": plot_path})
         if plot_path is not None and plot_path.suffix.lower() != ".png":
             raise UserError(f"--plot {plot_path}: give a .png path")
-        clocks = _parse_clocks(ecofreq_clocks) if ecofreq_clocks else None
+        clocks = _parse_clocks(ecofreq_clocks) if ecofreq_clocks is not None else None
         cfg = make_config(
             dataset=dataset, dataset_path=dataset_path, tokenizer=tokenizer, request_rates=rates,
             duration_s=None if num_prompts is not None else duration_s, num_prompts=num_prompts, arrival=arrival,
@@ -120,7 +120,7 @@ def bench(
 
 def _parse_clocks(text: str) -> list[int]:
     try:
-        clocks = [int(x) for x in text.split(",") if x.strip()]
+        clocks = [int(x) for x in text.split(",")]
     except ValueError:
         raise UserError(f"--ecofreq-clocks {text!r}: give MHz values separated by commas, e.g. 1005,1410") from None
     if not clocks:

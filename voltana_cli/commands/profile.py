@@ -42,7 +42,7 @@ def parse_int_list(flag: str, text: str | None) -> list[int] | None:
     if text is None:
         return None
     try:
-        vals = [int(x) for x in text.split(",") if x.strip()]
+        vals = [int(x) for x in text.split(",")]
     except ValueError:
         raise UserError(f"{flag} {text!r}: give whole numbers separated by commas, e.g. 1,8,9,16") from None
     if not vals:

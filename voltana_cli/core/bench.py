@@ -39,6 +39,7 @@ DEFAULT_POLICIES = ["static-max", "static-min", "voltana"]
 #: Size limits checked before any work: a sweep's rates, and the requests one run simulates (each costs about
 #: a kilobyte of Python state; 2 million is ~2 GB and minutes of simulation).
 MAX_SWEEP_RATES = 1000
+MIN_BURSTINESS = 0.01
 MAX_REQUESTS_PER_RUN = 2_000_000
 
 
@@ -133,6 +134,9 @@ class BenchConfig(BaseModel):
     def _burstiness(cls, b: float, info: ValidationInfo) -> float:
         if not (b > 0 and math.isfinite(b)):
             raise ValueError(f"{b} must be a number > 0 (1 = Poisson, < 1 burstier)")
+        if b < MIN_BURSTINESS:
+            raise ValueError(f"{b} is below {MIN_BURSTINESS}: a gamma process that bursty puts almost every request "
+                             "at one instant; use 0.1 for very bursty traffic")
         if b != 1.0 and info.data.get("arrival") != "gamma":
             raise ValueError(f"{b} shapes gamma arrivals only: choose gamma arrivals, or leave it at 1")
         return b

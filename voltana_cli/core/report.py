@@ -40,6 +40,8 @@ def check_writable(path: Path, name: str) -> None:
             raise UserError(f"{path} cannot be written: choose another path", field=field)
         return
     parent = target.parent
+    if parent.exists() and not parent.is_dir():
+        raise UserError(f"{parent} is a file, so {path} cannot be made: choose another path", field=field)
     if not parent.is_dir():
         raise UserError(f"the folder {parent} of {path} does not exist: create it first", field=field)
     if not os.access(parent, os.W_OK):

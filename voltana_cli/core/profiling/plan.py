@@ -24,6 +24,10 @@ MIN_TOKENS_PER_SEQ = 16
 #: How many clocks ``default_clocks`` spreads over the upper half when the spec's step does not fit the
 #: card's clock grid.
 FALLBACK_CLOCK_COUNT = 7
+#: Bounds on a plan (each far above any useful value; beyond them a run is a typo that would never end).
+MAX_REPEATS = 1000
+MAX_WAIT = {"warmup": 1000, "cooldown_s": 3600.0, "min_window_s": 600.0}
+MAX_PREFILL_TOKENS = 1_048_576
 
 
 def default_batch_sizes(max_batch: int = 1024, graph_max: int | None = None) -> list[int]:
@@ -100,9 +104,15 @@ class ProfilePlan:
                 raise UserError(f"has {bad[0]}: every value must be > 0", field=name)
         if self.repeats < 1:
             raise UserError(f"{self.repeats} is below 1: measure each configuration at least once", field="repeats")
+        if self.repeats > MAX_REPEATS:
+            raise UserError(f"{self.repeats} is above {MAX_REPEATS} windows per configuration", field="repeats")
         for name in ("warmup", "cooldown_s", "min_window_s"):
-            if getattr(self, name) < 0:
-                raise UserError(f"{getattr(self, name)} is negative: use 0 or more", field=name)
+            v = getattr(self, name)
+            if not 0 <= v <= MAX_WAIT[name]:  # NaN fails this too
+                raise UserError(f"{v} is out of range: use a number from 0 to {MAX_WAIT[name]:g}", field=name)
+        if max(self.prefill_tokens) > MAX_PREFILL_TOKENS:
+            raise UserError(f"{max(self.prefill_tokens)} is above {MAX_PREFILL_TOKENS:,} tokens in one prefill "
+                            "iteration", field="prefill_tokens")
         if not self.phases:
             raise UserError("is empty: use prefill, decode or both", field="phases")
         bad_phases = [p for p in self.phases if p not in ("prefill", "decode")]

@@ -57,6 +57,9 @@ class ProfileRequest:
             raise UserError("is for the sim backend; a measuring backend reads the GPU from the device", field="gpu")
         if self.seed < 0:
             raise UserError(f"{self.seed} must be a whole number >= 0", field="seed")
+        if self.tp is not None and self.tp < 1:
+            raise UserError(f"{self.tp} must be >= 1 (GPUs per instance); leave it out for the model's default",
+                            field="tp")
 
     def gpu_key(self) -> str:
         """The GPU spec the sim backend models."""

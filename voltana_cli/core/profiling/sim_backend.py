@@ -63,7 +63,10 @@ def run_sim(
         raise UserError(f"{noise} is out of range: use a relative noise between 0 and {MAX_NOISE} (e.g. 0.03 for 3 %)",
                         field="noise")
     for c in plan.clocks_mhz:
-        model.check_clock(c)
+        try:
+            model.check_clock(c)
+        except UserError as exc:
+            raise UserError(exc.problem, field="clocks_mhz") from None
     for clock in plan.clocks_mhz:
         guard.set(clock)
         for r in range(plan.repeats):
@@ -113,7 +116,10 @@ def profile_sim(req: ProfileRequest, hooks: RunHooks, gpu: GpuDevice | None = No
     pm = PerfModel(spec, model, engine, tp=tp)
     clocks = req.clocks_mhz or default_clocks(spec)
     for c in clocks:
-        pm.check_clock(c)
+        try:
+            pm.check_clock(c)
+        except UserError as exc:
+            raise UserError(exc.problem, field="clocks_mhz") from None
     dflt = PlanDefaults(kv_per_request=DEFAULT_KV_PER_REQUEST, prefill_tokens=DEFAULT_PREFILL_TOKENS,
                         prefill_seqs=DEFAULT_PREFILL_SEQS, warmup=0, cooldown_s=0.0, min_window_s=0.0,
                         max_batch=SIM_MAX_BATCH, graph_max=engine.cuda_graph_max_bs)

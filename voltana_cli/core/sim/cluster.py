@@ -34,6 +34,7 @@ from voltana_cli.core.workloads import Workload
 
 _PREFILL_DONE, _DECODE_DONE, _KV_ARRIVE = 0, 1, 2
 _NOISE_CHUNK = 65536
+MAX_INSTANCES = 1024  # per role: far beyond any P/D deployment, and bounds the per-request routing work
 
 
 @dataclass(frozen=True)
@@ -57,10 +58,12 @@ class ClusterConfig:
 
     def validate(self) -> None:
         """Raise ``UserError`` naming the first field out of range."""
-        if self.n_prefill < 1:
-            raise UserError(f"{self.n_prefill} prefill instances: need at least 1", field="n_prefill")
-        if self.n_decode < 1:
-            raise UserError(f"{self.n_decode} decode instances: need at least 1", field="n_decode")
+        for field, n in (("n_prefill", self.n_prefill), ("n_decode", self.n_decode)):
+            role = field.removeprefix("n_")
+            if n < 1:
+                raise UserError(f"{n} {role} instances: need at least 1", field=field)
+            if n > MAX_INSTANCES:
+                raise UserError(f"{n} {role} instances is above the limit of {MAX_INSTANCES} per role", field=field)
         if not self.noise >= 0:
             raise UserError(f"{self.noise} must be a number >= 0", field="noise")
 

@@ -90,7 +90,11 @@ def _trace_times(
     trace_arrivals: np.ndarray | None, rate_rps: float, duration_s: float | None, num_requests: int | None
 ) -> np.ndarray:
     """The trace's timestamps from 0, time-scaled to ``rate_rps``, cut to the window and the count."""
-    if trace_arrivals is None or len(trace_arrivals) < 2:
+    if trace_arrivals is not None and len(trace_arrivals) < 2:
+        raise UserError(f"the trace has {len(trace_arrivals)} timestamped request(s); its own arrivals need at least 2 "
+                        "(their gaps set the time scale): use a longer trace, or another arrival process",
+                        field="dataset_path")
+    if trace_arrivals is None:
         raise UserError(
             "trace arrivals need a dataset with timestamps (azure-conv, azure-code, a csv with arrival_s): "
             "choose such a dataset or another arrival process",

@@ -73,6 +73,9 @@ def load_lengths(req: DatasetRequest, rng: np.random.Generator, n_hint: int) -> 
             exist (``dataset_path``), or the dataset's loader rejects its input.
     """
     loader = DATASETS.get(req.name)
+    if req.name == "random" and req.path is not None:
+        raise UserError(f"{req.path} is not read by the random dataset (it draws lengths): drop it, or choose a "
+                        "dataset that reads files (csv, sharegpt, azure-conv, azure-code)", field="dataset_path")
     if loader is None:
         raise UserError(f"unknown dataset {req.name!r}: use one of {', '.join(sorted(DATASETS))}", field="dataset")
     if req.path is not None and not req.path.exists():

@@ -41,7 +41,12 @@ def _hf_counter(path: Path) -> TokenCounter:
         from tokenizers import Tokenizer
     except ImportError:
         raise UserError("a tokenizer.json needs the 'tokenizers' package: pip install tokenizers", field="tokenizer") from None
-    tok = Tokenizer.from_file(str(path))
+    try:
+        tok = Tokenizer.from_file(str(path))
+    except Exception as exc:  # noqa: BLE001 - the tokenizers library raises a bare Exception for a bad file
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(f"{path} is not a Hugging Face tokenizer.json ({first}): give one, or a quicktok encoding "
+                        "such as llama3", field="tokenizer") from None
 
     def count_hf(texts: list[str]) -> np.ndarray:
         return np.array([len(e.ids) for e in tok.encode_batch(texts, add_special_tokens=False)])

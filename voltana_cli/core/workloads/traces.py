@@ -138,10 +138,11 @@ def read_azure_trace(path: Path, name: str) -> LengthTrace:
     counts = {}
     for col in ("ContextTokens", "GeneratedTokens"):
         num = pd.to_numeric(df[col], errors="coerce")
-        ok = num.notna() & np.isfinite(num) & (num >= 0) & (num == np.floor(num))
+        ok = num.notna() & np.isfinite(num) & (num >= 0) & (num == np.floor(num)) & (num <= MAX_TOKENS)
         if not ok.all():
             bad = int(np.flatnonzero(~ok.to_numpy())[0])
-            raise UserError(f"{path} row {bad + 2}: {col} '{df[col].iloc[bad]}' is not a whole number of tokens >= 0",
+            raise UserError(f"{path} row {bad + 2}: {col} '{df[col].iloc[bad]}' is not a whole number of tokens "
+                            f"from 0 to {MAX_TOKENS:,}",
                             field="dataset_path")
         counts[col] = num.to_numpy(dtype=np.int64)
     inp = counts["ContextTokens"][order]

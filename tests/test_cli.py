@@ -227,6 +227,7 @@ def test_profiles_too_thin_to_fit_say_what_they_lack(tmp_path):
     ("profile", ["--prefill-tokens", "10000000"], "--prefill-tokens: 10000000 is above"),
     ("profile", ["--tp", "0"], "--tp: 0 must be >= 1"),
     ("profile", ["--batch-sizes", "1,,2"], "--batch-sizes '1,,2'"),
+    ("profile", ["--warmup", "5"], "--warmup: 5 is for the measuring backends"),
 ])
 def test_cases_the_hostile_sweep_found(cmd, args, msg, tmp_path):
     extra = ["--out", str(tmp_path / "p")] if cmd == "profile" else []

@@ -124,6 +124,11 @@ def profile_sim(req: ProfileRequest, hooks: RunHooks, gpu: GpuDevice | None = No
                         prefill_seqs=DEFAULT_PREFILL_SEQS, warmup=0, cooldown_s=0.0, min_window_s=0.0,
                         max_batch=SIM_MAX_BATCH, graph_max=engine.cuda_graph_max_bs)
     plan = plan_for(req, clocks, pm.kv_capacity_tokens, dflt)
+    for name in ("warmup", "cooldown_s", "min_window_s"):
+        # A modelled window has no warm-up, cool-down or length to honour: recording one would be a lie.
+        if getattr(req, name):
+            raise UserError(f"{getattr(req, name)} is for the measuring backends (torch, sglang); the sim backend "
+                            "models each window exactly: leave it out", field=name)
     _check_batch(max(plan.batch_sizes), pm)
     device = gpu if gpu is not None else EmulatedGpu(spec)
     if hooks.on_start:

@@ -10,7 +10,7 @@ computed from the log alone, with no per-token Python work.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -97,20 +97,24 @@ class RequestLog:
     def e2e_s(self) -> np.ndarray:
         return self.finish_s - self.arrival_s
 
+    def _runs(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+        """Per stream holding ITLs: its gaps, the requests whose ITLs it holds, and each one's run
+        ``[start, end)`` in it."""
+        cnt = self.gap_count
+        for k, dur in enumerate(self.streams):
+            sel = np.flatnonzero((self.gap_stream == k) & (cnt > 0))
+            if len(sel):
+                s = self.gap_start[sel]
+                yield dur, sel, s, s + cnt[sel]
+
     @cached_property
     def _itl_stats(self) -> tuple[np.ndarray, np.ndarray]:
         n = self.num_requests
         mean = np.full(n, np.nan)
         mx = np.full(n, np.nan)
-        cnt = self.gap_count
-        for k, dur in enumerate(self.streams):
-            sel = np.flatnonzero((self.gap_stream == k) & (cnt > 0))
-            if len(sel) == 0:
-                continue
-            s = self.gap_start[sel]
-            e = s + cnt[sel]
+        for dur, sel, s, e in self._runs():
             c = np.concatenate([[0.0], np.cumsum(dur)])
-            mean[sel] = (c[e] - c[s]) / cnt[sel]
+            mean[sel] = (c[e] - c[s]) / self.gap_count[sel]
             mx[sel] = _segment_max(dur, s, e)
         return mean, mx
 
@@ -134,14 +138,9 @@ class RequestLog:
     def itl_violations(self, slo_itl_s: float) -> np.ndarray:
         """Per request, how many of its ITLs exceed ``slo_itl_s``."""
         v = np.zeros(self.num_requests, dtype=np.int64)
-        cnt = self.gap_count
-        for k, dur in enumerate(self.streams):
-            sel = np.flatnonzero((self.gap_stream == k) & (cnt > 0))
-            if len(sel) == 0:
-                continue
+        for dur, sel, s, e in self._runs():
             c = np.concatenate([[0], np.cumsum(dur > slo_itl_s)])
-            s = self.gap_start[sel]
-            v[sel] = c[s + cnt[sel]] - c[s]
+            v[sel] = c[e] - c[s]
         return v
 
     @classmethod

@@ -55,18 +55,20 @@ def _read_csv(path: Path, missing_fix: str) -> pd.DataFrame:
 MAX_TOKENS = 10_000_000
 
 
+def _as_numbers(column: pd.Series, minimum: float, tokens: bool) -> tuple[pd.Series, int | None]:
+    """``column`` as numbers, and the row of its first value that is not a finite number >= ``minimum``
+    (for ``tokens``: also a whole number up to ``MAX_TOKENS``), or ``None`` when all are."""
+    vals = pd.to_numeric(column, errors="coerce")
+    bad = vals.isna() | ~np.isfinite(vals.to_numpy(dtype=float, na_value=np.nan)) | (vals < minimum)
+    if tokens:
+        bad |= (vals != np.floor(vals)) | (vals > MAX_TOKENS)
+    return vals, (int(np.flatnonzero(bad.to_numpy())[0]) if bad.any() else None)
+
+
 def _numeric_column(df: pd.DataFrame, col: str, path: Path) -> pd.Series:
     """Column ``col`` as numbers; the first bad value is a ``UserError`` naming its row and line."""
-    vals = pd.to_numeric(df[col], errors="coerce")
-    bad = vals.isna() | ~np.isfinite(vals.to_numpy(dtype=float, na_value=np.nan))
-    if col == "arrival_s":
-        bad |= vals < 0
-    else:
-        bad |= vals < 1
-        bad |= vals != np.floor(vals)
-        bad |= vals > MAX_TOKENS
-    if bad.any():
-        row = int(np.flatnonzero(bad.to_numpy())[0])
+    vals, row = _as_numbers(df[col], 0 if col == "arrival_s" else 1, tokens=col != "arrival_s")
+    if row is not None:
         what = "a non-negative number" if col == "arrival_s" else f"a whole number from 1 to {MAX_TOKENS:,}"
         # Row 1 is the header, so data row i (0-based) is on line i + 2 of the file.
         raise UserError(f"{path} row {row + 2} (line {row + 2}): column {col} is '{df[col].iloc[row]}', expected {what}")
@@ -135,15 +137,12 @@ def read_azure_trace(path: Path, name: str) -> LengthTrace:
                         "(e.g. 2023-11-16 18:15:46.6805900)", field="dataset_path") from None
     t = (ts - ts.iloc[0]).dt.total_seconds().to_numpy()
     order = np.argsort(t, kind="stable")
-    counts = {}
+    counts: dict[str, np.ndarray] = {}
     for col in ("ContextTokens", "GeneratedTokens"):
-        num = pd.to_numeric(df[col], errors="coerce")
-        ok = num.notna() & np.isfinite(num) & (num >= 0) & (num == np.floor(num)) & (num <= MAX_TOKENS)
-        if not ok.all():
-            bad = int(np.flatnonzero(~ok.to_numpy())[0])
-            raise UserError(f"{path} row {bad + 2}: {col} '{df[col].iloc[bad]}' is not a whole number of tokens "
-                            f"from 0 to {MAX_TOKENS:,}",
-                            field="dataset_path")
+        num, row = _as_numbers(df[col], 0, tokens=True)
+        if row is not None:
+            raise UserError(f"{path} row {row + 2}: {col} '{df[col].iloc[row]}' is not a whole number of tokens "
+                            f"from 0 to {MAX_TOKENS:,}", field="dataset_path")
         counts[col] = num.to_numpy(dtype=np.int64)
     inp = counts["ContextTokens"][order]
     out = counts["GeneratedTokens"][order]

@@ -7,7 +7,7 @@ real GPU, so the sim backend exercises the clock handling the measuring backends
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -30,6 +30,15 @@ from voltana_cli.core.profiling.request import PlanDefaults, ProfileRequest, Run
 SIM_MAX_BATCH = 1024
 #: The upper bound of ``noise``: beyond it the lognormal factors stop looking like measurement noise.
 MAX_NOISE = 0.5
+
+
+def _check_clocks(model: PerfModel, clocks: Sequence[int]) -> None:
+    """Every clock must be one the model supports; the error is about the profile's ``clocks_mhz``."""
+    for c in clocks:
+        try:
+            model.check_clock(c)
+        except UserError as exc:
+            raise UserError(exc.problem, field="clocks_mhz") from None
 
 
 def run_sim(
@@ -62,11 +71,7 @@ def run_sim(
     if not 0 <= noise <= MAX_NOISE:  # NaN fails this too
         raise UserError(f"{noise} is out of range: use a relative noise between 0 and {MAX_NOISE} (e.g. 0.03 for 3 %)",
                         field="noise")
-    for c in plan.clocks_mhz:
-        try:
-            model.check_clock(c)
-        except UserError as exc:
-            raise UserError(exc.problem, field="clocks_mhz") from None
+    _check_clocks(model, plan.clocks_mhz)
     for clock in plan.clocks_mhz:
         guard.set(clock)
         for r in range(plan.repeats):
@@ -115,11 +120,7 @@ def profile_sim(req: ProfileRequest, hooks: RunHooks, gpu: GpuDevice | None = No
     tp = req.tp or model.default_tp
     pm = PerfModel(spec, model, engine, tp=tp)
     clocks = req.clocks_mhz or default_clocks(spec)
-    for c in clocks:
-        try:
-            pm.check_clock(c)
-        except UserError as exc:
-            raise UserError(exc.problem, field="clocks_mhz") from None
+    _check_clocks(pm, clocks)
     dflt = PlanDefaults(kv_per_request=DEFAULT_KV_PER_REQUEST, prefill_tokens=DEFAULT_PREFILL_TOKENS,
                         prefill_seqs=DEFAULT_PREFILL_SEQS, warmup=0, cooldown_s=0.0, min_window_s=0.0,
                         max_batch=SIM_MAX_BATCH, graph_max=engine.cuda_graph_max_bs)

@@ -19,6 +19,7 @@ def fake_nvml():
         setattr(nv, name, getattr(pynvml, name))
     nv.nvmlDeviceGetHandleByIndex.return_value = "h0"
     nv.nvmlDeviceGetName.return_value = "NVIDIA H100 80GB HBM3"
+    nv.nvmlDeviceGetUUID.return_value = "GPU-8f0e5c2a-0000-0000-0000-000000000001"
     return nv
 
 

@@ -86,16 +86,22 @@ def test_two_outputs_on_one_file_are_refused_before_any_work(tmp_path):
     check_outputs({"json": p, "csv": None, "plot": tmp_path / "x.png"})
 
 
-def test_sigterm_during_a_bench_exits_143_with_no_partial_files(tmp_path):
-    """The CLI turns SIGTERM into SystemExit, so every cleanup runs."""
+@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_during_a_bench_exits_cleanly_with_no_partial_files(tmp_path, sig, code):
+    """The CLI turns SIGTERM into SystemExit and Ctrl-C into one line saying what stopped, so every cleanup
+    runs and nothing is left in the folder."""
     out = tmp_path / "r.json"
     proc = subprocess.Popen([sys.executable, "-m", "voltana_cli", "bench", "--request-rate", "100", "--duration-s",
-                             "3000", "--json", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
+                             "3000", "--json", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path,
+                            # as from a terminal: a background job would start with Ctrl-C ignored
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     time.sleep(4)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert proc.returncode == code, err
     assert b"Traceback" not in err and list(tmp_path.iterdir()) == []
+    if sig == signal.SIGINT:
+        assert err.decode().strip().splitlines()[-1].startswith("interrupted: voltana bench stopped")
 
 
 def test_json_to_dev_stdout_lands_after_the_table_in_a_redirected_file(tmp_path):
@@ -111,3 +117,17 @@ def test_json_to_dev_stdout_lands_after_the_table_in_a_redirected_file(tmp_path)
     assert "voltana bench" in "\n".join(lines[:start]) and lines[-1] == "wrote /dev/stdout"
     assert json.loads("\n".join(lines[start:end + 1]))["config"]["duration_s"] == 5.0
     assert not stat.S_ISLNK(out.lstat().st_mode) and [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+def test_a_dash_is_standard_output_alone_and_the_table_moves_to_stderr(tmp_path):
+    """``--json -`` writes the JSON to standard output, once, at the end, and nothing else goes there (the
+    table and the notes go to standard error), so ``voltana bench --json - | jq`` works; no file is made."""
+    proc = subprocess.run([sys.executable, "-m", "voltana_cli", "bench", "--duration-s", "5", "--policy", "voltana",
+                           "--json", "-"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["config"]["duration_s"] == 5.0
+    assert "voltana bench" in proc.stderr and "wrote" not in proc.stderr and list(tmp_path.iterdir()) == []
+    both = subprocess.run([sys.executable, "-m", "voltana_cli", "bench", "--json", "-", "--csv", "-"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert both.returncode == 2 and both.stderr.strip() == "error: --csv: - is also the json output: give each " \
+                                                            "output its own file"

@@ -61,6 +61,10 @@ def _usage_message(exc: Exception) -> str:
     return str(exc.format_message())  # type: ignore[attr-defined]
 
 
+#: The exit status of a run stopped by Ctrl-C (128 + SIGINT).
+_INTERRUPTED = 130
+
+
 def _exit_on_signal(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)
 
@@ -79,14 +83,21 @@ def main() -> None:
     try:
         rv = app(standalone_mode=False)
     except (typer.Abort, KeyboardInterrupt):
-        typer.echo("aborted", err=True)
-        sys.exit(130)
+        rv = _INTERRUPTED
     except Exception as exc:
         # click's UsageError (typer vendors click in recent releases): match it by shape, not by import.
         if getattr(exc, "exit_code", None) == 2 and hasattr(exc, "format_message"):
             ctx = getattr(exc, "ctx", None)
             hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
-            typer.echo(f"error: {_usage_message(exc)}{hint}", err=True)
+            message = _usage_message(exc)
+            if not message.strip():  # no command at all: the help was shown; say what is missing
+                names = ", ".join(sorted(c.name or (c.callback.__name__ if c.callback else "") for c in app.registered_commands))
+                message = f"no command given: choose one of {names}"
+            typer.echo(f"error: {message}{hint}", err=True)
             sys.exit(2)
         raise
+    if rv == _INTERRUPTED:  # typer turns Ctrl-C inside a command into a return of 130
+        cmd = next((a for a in sys.argv[1:] if not a.startswith("-")), "")
+        typer.echo(f"interrupted: voltana {cmd} stopped; a result it had not written yet was not written (no partial "
+                   "files), and any clock it changed was reset", err=True)
     sys.exit(rv if isinstance(rv, int) else 0)

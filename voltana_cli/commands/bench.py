@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import typer
@@ -24,7 +25,7 @@ from voltana_cli.core.errors import UserError
 from voltana_cli.core.metrics import ITL_RULE
 from voltana_cli.core.models import defaults
 from voltana_cli.core.policy import REGISTRY
-from voltana_cli.core.report import check_outputs, write_csv, write_json, write_sweep_plot
+from voltana_cli.core.report import check_outputs, to_stdout, write_csv, write_json, write_sweep_plot
 from voltana_cli.core.workloads import ARRIVALS, DATASETS
 
 ROUTERS = ", ".join(e.name for e in REGISTRY.routers())
@@ -78,11 +79,13 @@ def bench(
     plot_path: Path | None = typer.Option(None, "--plot", help="Write a PNG of energy and attainment vs rate."),
 ) -> None:
     """Replay a workload on a simulated P/D cluster and report energy and SLO attainment per policy."""
-    console = Console(width=None if sys.stdout.isatty() else 170)
+    # A result sent to standard output (``-``) owns it: the table and the notes go to standard error then.
+    piped = any(to_stdout(p) for p in (json_path, csv_path, plot_path))
+    console = Console(stderr=True) if piped else Console(width=None if sys.stdout.isatty() else 170)
     with user_errors(FLAGS):
         rates = parse_rates(request_rate)
         check_outputs({"json": json_path, "csv": csv_path, "plot": plot_path})
-        if plot_path is not None and plot_path.suffix.lower() != ".png":
+        if plot_path is not None and not to_stdout(plot_path) and plot_path.suffix.lower() != ".png":
             raise UserError(f"--plot {plot_path}: give a .png path")
         clocks = _parse_clocks(ecofreq_clocks) if ecofreq_clocks is not None else None
         cfg = make_config(
@@ -106,16 +109,19 @@ def bench(
                 prog.advance(task)
 
             out = run_bench_full(prepared, progress=step)
+        for note in out.notes:
+            Console(stderr=True).print(f"note: {note}", highlight=False, soft_wrap=True)
         _render(console, out.report)
-        if json_path is not None:
-            write_json(json_path, out.report)
-            console.print(f"wrote {json_path}")
-        if csv_path is not None:
-            write_csv(csv_path, per_request_frame(out.runs))
-            console.print(f"wrote {csv_path}")
-        if plot_path is not None:
-            write_sweep_plot(plot_path, out.report)
-            console.print(f"wrote {plot_path}")
+        writers: list[tuple[Path | None, Callable[[Path], None]]] = [
+            (json_path, lambda p: write_json(p, out.report)),
+            (csv_path, lambda p: write_csv(p, per_request_frame(out.runs))),
+            (plot_path, lambda p: write_sweep_plot(p, out.report)),
+        ]
+        for path, write in writers:
+            if path is not None:
+                write(path)
+                if not to_stdout(path):
+                    console.print(f"wrote {path}")
 
 
 def _parse_clocks(text: str) -> list[int]:

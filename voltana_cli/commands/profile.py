@@ -87,8 +87,8 @@ def profile(
     gpu_index: str | None = typer.Option(None, help="sglang: the server's GPUs on this machine (comma-separated CUDA "
                                          "indices), for NVML energy and clocks."),
     window_tokens: int = typer.Option(32, help="sglang: decode tokens per request in each timed window."),
-    out: Path | None = typer.Option(None, help="Directory for profile.csv + metadata.yaml "
-                                    "(default profiles/<gpu>/<model>)."),
+    out_text: str | None = typer.Option(None, "--out", help="Directory for profile.csv + metadata.yaml "
+                                        "(default profiles/<gpu>/<model>)."),
     force: bool = typer.Option(False, help="Replace a profile already in --out."),
 ) -> None:
     """Measure or model prefill and decode iterations across GPU clocks; write a profile."""
@@ -106,8 +106,10 @@ def profile(
             lock_clocks=lock_clocks, device=device, dtype=dtype, hf_config=hf_config, sglang_url=sglang_url,
             gpu_indices=parse_int_list("--gpu-index", gpu_index), window_tokens=window_tokens,
         )
-        if out is None:
-            out = req.planned_out_dir()
+        if out_text == "":  # an unset shell variable, most likely; not "the current folder"
+            raise UserError("is empty: give the profile's directory, or leave it out for profiles/<gpu>/<model>",
+                            field="out_dir")
+        out = Path(out_text) if out_text is not None else req.planned_out_dir()
         # Fail on an unusable output directory before measuring, which can take hours; a measuring backend's
         # default directory is known only after the run, so until then only the profiles root is checked.
         if out is not None:

@@ -13,7 +13,7 @@ from voltana_cli.commands import user_errors
 from voltana_cli.core.errors import UserError
 from voltana_cli.core.models import defaults
 from voltana_cli.core.profiling import load_profile
-from voltana_cli.core.report import check_outputs, write_json
+from voltana_cli.core.report import check_outputs, to_stdout, write_json
 from voltana_cli.core.tune import FitReport, accuracy_report, evaluate, write_tuned_config
 
 
@@ -30,7 +30,9 @@ def tune(
                                      help="Also score gradient-boosted trees on the same held-out rows."),
 ) -> None:
     """Fit EcoPred latency/energy predictors from a profile; print held-out MAE, MAPE and R² per phase and clock."""
-    console = Console(width=None if sys.stdout.isatty() else 140)
+    # A result sent to standard output (``-``) owns it: the table goes to standard error then.
+    piped = to_stdout(out) or to_stdout(json_path)
+    console = Console(stderr=True) if piped else Console(width=None if sys.stdout.isatty() else 140)
     with user_errors():
         if not fit_only:
             raise UserError("only --fit-only is available in this version: voltana tune --fit-only --profile P "
@@ -41,10 +43,11 @@ def tune(
         render(console, rep, prof.source)
         if out is not None:
             write_tuned_config(out, rep, holdout)
-            console.print(f"wrote {out}")
         if json_path is not None:
             write_json(json_path, accuracy_report(rep, holdout))
-            console.print(f"wrote {json_path}")
+        for path in (out, json_path):
+            if path is not None and not to_stdout(path):
+                console.print(f"wrote {path}")
 
 
 def render(console: Console, rep: FitReport, source: str) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -76,6 +76,15 @@ class BenchConfig(BaseModel):
     random_output_len: int = 128
     profile: str | None = None  # a profile directory (or shipped <gpu>/<model>) as the simulated GPU's truth
     predictor: Path | None = None  # a tuned-config YAML whose EcoPred the controller uses
+
+    @field_validator("tokenizer")
+    @classmethod
+    def _tokenizer(cls, v: str, info: ValidationInfo) -> str:
+        # Only ShareGPT is text; the other datasets already are token counts, so a tokenizer would go unused.
+        if v != "llama3" and info.data.get("dataset") != "sharegpt":
+            raise ValueError(f"{v} counts ShareGPT's text only; the {info.data.get('dataset')} dataset is token "
+                             "counts already: leave it out")
+        return v
 
     @field_validator("request_rates")
     @classmethod
@@ -186,6 +195,7 @@ class RunRecord:
 class BenchOutput:
     report: dict
     runs: list[RunRecord]
+    notes: list[str] = field(default_factory=list)  # what the user should know of the run (also in the report)
 
 
 def make_config(**fields: object) -> BenchConfig:
@@ -299,12 +309,16 @@ def run_bench_full(cfg: BenchConfig | PreparedBench, progress: Callable[[str], N
 
     runs: list[RunRecord] = []
     out_runs: list[dict] = []
+    notes: list[str] = []
     for rate in cfg.request_rates:
         # The same requests and arrivals for every policy at a rate: differences come from the policy.
         wl = _workload(cfg, lengths, arrival, rate)
         if len(wl) == 0:
             raise UserError(f"no request arrives within {cfg.duration_s} s at {rate} req/s: give a longer duration",
                             field="duration_s")
+        short = _short_trace(cfg, arrival, wl, rate)
+        if short:
+            notes.append(short)
         for name in cfg.policies:
             if progress:
                 progress(f"{rate:g} req/s, {name}")
@@ -332,12 +346,12 @@ def run_bench_full(cfg: BenchConfig | PreparedBench, progress: Callable[[str], N
             "itl_rule": ITL_RULE,
             "ecofreq_clocks_mhz": list(ecof.clocks_mhz or pm.gpu.ecofreq_levels_mhz),
             "kv_capacity_tokens_per_decode_instance": pm.kv_capacity_tokens,
-            "workload_notes": list(lengths.notes),
+            "workload_notes": [*lengths.notes, *notes],
             "dataset_name": lengths.name,
         },
         "runs": out_runs,
     }
-    return BenchOutput(report, runs)
+    return BenchOutput(report, runs, notes)
 
 
 def run_bench(cfg: BenchConfig) -> dict:
@@ -365,6 +379,18 @@ def _lengths(cfg: BenchConfig) -> tuple[LengthTrace, str]:
     if arrival == "auto":
         arrival = "trace" if lengths.arrival_s is not None and cfg.dataset != "sharegpt" else "poisson"
     return lengths, arrival
+
+
+def _short_trace(cfg: BenchConfig, arrival: str, wl: Workload, rate: float) -> str | None:
+    """A note when a timestamped trace, scaled to ``rate``, ends well before the duration asked for."""
+    if arrival != "trace" or cfg.num_prompts or cfg.duration_s is None or len(wl) < 2:
+        return None
+    span = float(wl.arrival_s[-1] - wl.arrival_s[0])
+    covered = span + span / (len(wl) - 1)  # the last request's own gap
+    if covered >= 0.95 * cfg.duration_s:
+        return None
+    return (f"at {rate:g} req/s the trace's {len(wl):,} requests cover {covered:.0f} s of the {cfg.duration_s:g} s "
+            "asked: the run is that much shorter (a longer trace, or a lower rate, fills the window)")
 
 
 def _workload(cfg: BenchConfig, lengths: LengthTrace, arrival: str, rate: float) -> Workload:

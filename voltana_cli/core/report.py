@@ -15,6 +15,14 @@ import pandas as pd
 
 from voltana_cli.core.errors import UserError
 
+#: The output path that means standard output.
+STDOUT = "-"
+
+
+def to_stdout(path: Path | str | None) -> bool:
+    """Whether an output path is ``-``, standard output (written once, when the result is complete)."""
+    return path is not None and str(path) == STDOUT
+
 
 def check_writable(path: Path, name: str) -> None:
     """Fail early (before any work) when ``path`` cannot be written.
@@ -32,6 +40,8 @@ def check_writable(path: Path, name: str) -> None:
         UserError: about field ``name``: ``path`` is a directory, or its folder is missing or not writable.
     """
     field = name.lstrip("-").replace("-", "_")
+    if to_stdout(path):
+        return
     target = Path(os.path.realpath(path))
     if target.is_dir():
         raise UserError(f"{path} is a directory: give a file path", field=field)
@@ -59,7 +69,7 @@ def check_outputs(outputs: dict[str, Path | None]) -> None:
         if path is None:
             continue
         check_writable(path, name)
-        key = os.path.realpath(path)
+        key = STDOUT if to_stdout(path) else os.path.realpath(path)
         if key in seen:
             raise UserError(f"{path} is also the {seen[key]} output: give each output its own file", field=name)
         seen[key] = name
@@ -78,7 +88,10 @@ def _file_mode(target: Path) -> int:
 def _in_place(path: Path) -> bool:
     """Whether ``path`` is a stream to append to rather than a file to replace: an existing target that is
     not a regular file (FIFO, terminal, device, pipe), or a file descriptor's name (``/dev/stdout``,
-    ``/dev/fd/N``, ``/proc/...``) even when it leads to a regular file, which its owner keeps writing."""
+    ``/dev/fd/N``, ``/proc/...``) even when it leads to a regular file, which its owner keeps writing; and
+    ``-``, standard output."""
+    if to_stdout(path):
+        return True
     try:
         st = os.stat(path)
     except OSError:
@@ -105,6 +118,16 @@ def _descriptor(path: Path) -> int | None:
 def _append(path: Path, data: bytes) -> None:
     """Append ``data`` to a stream. A descriptor's name is written through that descriptor, sharing its
     offset with everything else this process writes there (reopening ``/dev/stdout`` would not)."""
+    if to_stdout(path):  # through sys.stdout, wherever the caller pointed it
+        sys.stdout.flush()
+        buf = getattr(sys.stdout, "buffer", None)
+        if buf is not None:
+            buf.write(data)
+            buf.flush()
+        else:
+            sys.stdout.write(data.decode("utf-8", "replace"))
+            sys.stdout.flush()
+        return
     fd = _descriptor(path)
     if fd is None:
         with open(path, "ab") as f:

@@ -1,5 +1,6 @@
 """GPU access: one interface (``GpuDevice``), an NVML implementation (``NvmlGpu``), an emulated one
-(``EmulatedGpu``), and the guard every clock change goes through (``ClockGuard``).
+(``EmulatedGpu``), the guard every clock change goes through (``ClockGuard``) and the durable records of
+its locks (``LockStore``).
 
 Importing this package does not import ``pynvml``: only constructing an ``NvmlGpu`` does.
 """
@@ -7,6 +8,7 @@ Importing this package does not import ``pynvml``: only constructing an ``NvmlGp
 from voltana_cli.core.hardware.device import LOCK_HINT, GpuDevice, total_energy_j
 from voltana_cli.core.hardware.emulated import EmulatedGpu
 from voltana_cli.core.hardware.guard import ClockGuard
+from voltana_cli.core.hardware.locks import LockRecord, LockStore, default_lock_dir
 from voltana_cli.core.hardware.nvml import NvmlGpu, import_pynvml, visible_device
 
 __all__ = [
@@ -14,7 +16,10 @@ __all__ = [
     "ClockGuard",
     "EmulatedGpu",
     "GpuDevice",
+    "LockRecord",
+    "LockStore",
     "NvmlGpu",
+    "default_lock_dir",
     "import_pynvml",
     "total_energy_j",
     "visible_device",

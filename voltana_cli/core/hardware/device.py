@@ -18,9 +18,13 @@ LOCK_HINT = (
 
 
 class GpuDevice(Protocol):
-    """What voltana needs of a GPU."""
+    """What voltana needs of a GPU.
+
+    ``uid`` is stable across processes (the NVML UUID on a real card): lock records are keyed by it.
+    """
 
     name: str
+    uid: str
 
     def supported_clocks_mhz(self) -> list[int]: ...
 

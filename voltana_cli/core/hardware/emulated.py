@@ -21,6 +21,7 @@ class EmulatedGpu:
         spec: the GPU it emulates.
         clock: the time source of the energy counter, in seconds.
         idle_power: power in watts at an SM clock in MHz (default: the spec's calibrated idle power).
+        uid: its identity for lock records (default ``emulated:<gpu>``).
     """
 
     def __init__(
@@ -28,9 +29,11 @@ class EmulatedGpu:
         spec: GpuSpec,
         clock: Callable[[], float] = time.monotonic,
         idle_power: Callable[[int], float] | None = None,
+        uid: str | None = None,
     ):
         self.spec = spec
         self.name = spec.display_name
+        self.uid = uid or f"emulated:{spec.name}"
         self._now = clock
         self._idle = idle_power or (lambda f: spec.calibration.static_power_w + spec.calibration.clock_power_w_per_mhz * f)
         self.locked: tuple[int, int] | None = None

@@ -4,17 +4,24 @@ Every lock goes through it, and it resets every GPU it touched when the ``with``
 normally, by an exception, Ctrl-C, SIGTERM or SIGHUP (those two signals are turned into ``SystemExit``
 while the guard is active). It never relies on ``__del__``: a locked clock left behind costs the next user
 of the card performance or energy, so the reset must not wait for garbage collection.
+
+Given a ``LockStore``, the guard also covers what no Python code survives (``kill -9``): it records each
+GPU's lock durably before taking it, resets clocks that a dead owner left locked when it starts, and
+refuses a GPU whose clocks a live voltana process holds (see ``locks``).
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
+from voltana_cli.core.errors import UserError
 from voltana_cli.core.hardware.device import GpuDevice
+from voltana_cli.core.hardware.locks import LockStore, owner_alive
 
 _RESET_SIGNALS = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if s is not None)
 
@@ -30,17 +37,43 @@ class ClockGuard:
         gpus: the GPUs whose clocks ``set`` locks.
         lock: whether ``set`` locks at all.
         on_reset_error: told each reset that failed (the reset of the others goes on).
+        store: where locks are recorded (``None``: not recorded, for cards whose clocks die with the
+            process, like the sim backend's emulated one).
+        on_notice: told of each stale lock found and reset on entry.
     """
 
-    def __init__(self, gpus: list[GpuDevice], lock: bool = True, on_reset_error: Callable[[str], None] | None = None):
+    def __init__(self, gpus: list[GpuDevice], lock: bool = True, on_reset_error: Callable[[str], None] | None = None,
+                 store: LockStore | None = None, on_notice: Callable[[str], None] | None = None):
         self.gpus = gpus
         self.lock = lock
         self.touched: list[GpuDevice] = []
         self._old: dict[int, Any] = {}
         self._on_err = on_reset_error
         self.reset_errors: list[str] = []
+        self.store = store
+        self._on_notice = on_notice
+        self.notices: list[str] = []
+
+    def _take_over(self) -> None:
+        """Reset clocks that a dead owner left locked; refuse GPUs that a live one holds (before any change)."""
+        if self.store is None:
+            return
+        held = [(g, r) for g in self.gpus if (r := self.store.read(g.uid)) is not None and r.pid != os.getpid()]
+        for g, rec in held:
+            if owner_alive(rec):
+                raise UserError(f"the clocks of {g.name} ({g.uid}) are held by voltana {rec.describe()} on "
+                                f"{rec.host}: stop that process first, or use another GPU", field="gpu")
+        for g, rec in held:
+            g.reset_clocks()
+            self.store.remove(g.uid)
+            msg = (f"{g.name}: voltana {rec.describe()} locked its clocks at {rec.clock_mhz} MHz and is gone; "
+                   "the clocks are reset now")
+            self.notices.append(msg)
+            if self._on_notice:
+                self._on_notice(msg)
 
     def __enter__(self) -> ClockGuard:
+        self._take_over()
         # Python only lets the main thread install signal handlers; elsewhere the caller's own handling stands.
         if threading.current_thread() is threading.main_thread():
             for s in _RESET_SIGNALS:
@@ -57,6 +90,8 @@ class ClockGuard:
             return
         for g in self.gpus:
             if g not in self.touched:
+                if self.store is not None:  # durable before the first lock; later changes keep the record
+                    self.store.record(g.uid, g.name, clock_mhz)
                 self.touched.append(g)  # before the call: a half-applied lock is still reset
             g.lock_clocks(clock_mhz, clock_mhz)
 
@@ -65,6 +100,8 @@ class ClockGuard:
         for g in self.touched:
             try:
                 g.reset_clocks()
+                if self.store is not None:
+                    self.store.remove(g.uid)  # kept when the reset failed: the next run retries it
             except Exception as exc:  # noqa: BLE001  (keep resetting the others; report every failure)
                 msg = f"could not reset the clocks of {g.name}: {exc}; run `nvidia-smi -rgc` as root"
                 self.reset_errors.append(msg)

@@ -73,6 +73,8 @@ class NvmlGpu:
             self._h = self._call(f"open GPU {ident}", self._nvml.nvmlDeviceGetHandleByUUID, ident)
         name = self._call("read the GPU name", self._nvml.nvmlDeviceGetName, self._h)
         self.name = name.decode() if isinstance(name, bytes) else str(name)
+        uuid = self._call("read the GPU UUID", self._nvml.nvmlDeviceGetUUID, self._h, missing_ok=True)
+        self.uid = uuid.decode() if isinstance(uuid, bytes) else str(uuid) if uuid is not None else f"{kind}-{ident}"
 
     def _call(self, what: str, fn: Callable[..., Any], *args: Any, missing_ok: bool = False) -> Any:
         nv = self._nvml

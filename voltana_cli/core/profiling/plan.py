@@ -75,7 +75,8 @@ def default_clocks(gpu: GpuSpec) -> list[int]:
 
 @dataclass(frozen=True)
 class ProfilePlan:
-    """What to measure. Decode KV tokens are ``batch * kv_per_request``, capped at ``kv_capacity``.
+    """What to measure. Decode KV tokens are ``batch * kv_per_request``, capped at ``kv_capacity``; no
+    request is longer than ``max_context`` (the model's context, when known).
 
     Raises:
         UserError: on construction, naming the field (``clocks_mhz``, ``batch_sizes``, ``repeats``, ...)
@@ -93,6 +94,7 @@ class ProfilePlan:
     min_window_s: float = 0.0
     phases: tuple[str, ...] = ("prefill", "decode")
     kv_capacity: int | None = None
+    max_context: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("clocks_mhz", "batch_sizes", "kv_per_request", "prefill_tokens", "prefill_seqs"):
@@ -113,6 +115,7 @@ class ProfilePlan:
         if max(self.prefill_tokens) > MAX_PREFILL_TOKENS:
             raise UserError(f"{max(self.prefill_tokens)} is above {MAX_PREFILL_TOKENS:,} tokens in one prefill "
                             "iteration", field="prefill_tokens")
+        self._check_context()
         if not self.phases:
             raise UserError("is empty: use prefill, decode or both", field="phases")
         bad_phases = [p for p in self.phases if p not in ("prefill", "decode")]
@@ -123,6 +126,20 @@ class ProfilePlan:
         if not self.prefill_configs() and "prefill" in self.phases:
             raise UserError("no prefill configuration has as many tokens as sequences: check prefill_tokens and "
                             "prefill_seqs")
+
+    def _check_context(self) -> None:
+        """Refuse requests longer than the model's context: the model would measure what no engine serves."""
+        ctx = self.max_context
+        if ctx is None:
+            return
+        if max(self.kv_per_request) > ctx:
+            raise UserError(f"{max(self.kv_per_request):,} tokens per request is above the model's context of "
+                            f"{ctx:,}", field="kv_per_request")
+        longest = min(self.prefill_seqs)  # a batch's tokens spread over its sequences; one sequence is the longest
+        over = [t for t in self.prefill_tokens if t > ctx * longest]
+        if over and "prefill" in self.phases:
+            raise UserError(f"{over[0]:,} tokens in {longest} sequence(s) is above the model's context of {ctx:,} "
+                            "tokens per sequence: use fewer tokens or more sequences", field="prefill_tokens")
 
     def decode_configs(self) -> list[tuple[int, int]]:
         """(batch size, KV tokens of the batch), deduplicated, in batch order."""
@@ -146,6 +163,8 @@ class ProfilePlan:
         out = []
         for t in sorted(set(self.prefill_tokens)):
             for n in sorted(set(self.prefill_seqs)):
+                if self.max_context is not None and t > n * self.max_context:
+                    continue  # a sequence would outgrow the context
                 if n == 1 or t >= n * MIN_TOKENS_PER_SEQ:
                     out.append((t, n))
         return out

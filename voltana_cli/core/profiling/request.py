@@ -57,6 +57,11 @@ class ProfileRequest:
             raise UserError("is for the sim backend; a measuring backend reads the GPU from the device", field="gpu")
         if self.seed < 0:
             raise UserError(f"{self.seed} must be a whole number >= 0", field="seed")
+        # Options of one backend given to another would be silently unused: say so instead.
+        for name, owner in (("hf_config", "torch"), ("dtype", "torch"), ("gpu_indices", "sglang")):
+            if getattr(self, name) is not None and self.backend != owner:
+                raise UserError(f"is for the {owner} backend; the {self.backend} backend does not read it: leave it "
+                                "out", field=name)
         if self.tp is not None and self.tp < 1:
             raise UserError(f"{self.tp} must be >= 1 (GPUs per instance); leave it out for the model's default",
                             field="tp")
@@ -92,7 +97,8 @@ class PlanDefaults:
     graph_max: int | None = None  # the engine's largest CUDA-graph batch, when known
 
 
-def plan_for(req: ProfileRequest, clocks: list[int], kv_capacity: int | None, dflt: PlanDefaults) -> ProfilePlan:
+def plan_for(req: ProfileRequest, clocks: list[int], kv_capacity: int | None, dflt: PlanDefaults,
+             max_context: int | None = None) -> ProfilePlan:
     """The plan a request asks for, the backend's defaults filling what it leaves open.
 
     Args:
@@ -100,6 +106,7 @@ def plan_for(req: ProfileRequest, clocks: list[int], kv_capacity: int | None, df
         clocks: the clocks to profile (the backend chose them: the request's, or its defaults).
         kv_capacity: KV tokens the device holds, capping decode configurations (``None``: no cap).
         dflt: the backend's defaults.
+        max_context: the model's context in tokens, when known (no profiled request is longer).
 
     Raises:
         UserError: the plan is invalid (see ``ProfilePlan``).
@@ -116,6 +123,7 @@ def plan_for(req: ProfileRequest, clocks: list[int], kv_capacity: int | None, df
         min_window_s=dflt.min_window_s if req.min_window_s is None else req.min_window_s,
         phases=req.phases,
         kv_capacity=kv_capacity,
+        max_context=max_context,
     )
 
 

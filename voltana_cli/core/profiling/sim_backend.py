@@ -124,7 +124,7 @@ def profile_sim(req: ProfileRequest, hooks: RunHooks, gpu: GpuDevice | None = No
     dflt = PlanDefaults(kv_per_request=DEFAULT_KV_PER_REQUEST, prefill_tokens=DEFAULT_PREFILL_TOKENS,
                         prefill_seqs=DEFAULT_PREFILL_SEQS, warmup=0, cooldown_s=0.0, min_window_s=0.0,
                         max_batch=SIM_MAX_BATCH, graph_max=engine.cuda_graph_max_bs)
-    plan = plan_for(req, clocks, pm.kv_capacity_tokens, dflt)
+    plan = plan_for(req, clocks, pm.kv_capacity_tokens, dflt, max_context=model.max_context_tokens)
     for name in ("warmup", "cooldown_s", "min_window_s"):
         # A modelled window has no warm-up, cool-down or length to honour: recording one would be a lie.
         if getattr(req, name):

@@ -22,7 +22,7 @@ from typing import Any
 
 from voltana_cli import __version__
 from voltana_cli.core.errors import UserError
-from voltana_cli.core.hardware import ClockGuard, GpuDevice, NvmlGpu
+from voltana_cli.core.hardware import ClockGuard, GpuDevice, LockStore, NvmlGpu, default_lock_dir
 from voltana_cli.core.models.profile import Profile, ProfileMeta, Protocol, make_frame, now_iso, validate_frame, window_row
 from voltana_cli.core.models.specs import ModelSpec, model_spec
 from voltana_cli.core.profiling.measured import gpu_clocks, gpu_key_for, warn_if_no_energy
@@ -285,13 +285,15 @@ def profile_torch(req: ProfileRequest, hooks: RunHooks) -> Profile:
     if on_gpu:
         free, _ = torch.cuda.mem_get_info(runner.device)
         kv_cap = int(free * KV_MEMORY_SHARE / max(runner.kv_bytes_per_token(), 1))
-    plan = plan_for(req, clocks, kv_cap, GPU_DEFAULTS if on_gpu else CPU_DEFAULTS)
+    plan = plan_for(req, clocks, kv_cap, GPU_DEFAULTS if on_gpu else CPU_DEFAULTS,
+                    max_context=getattr(hf_cfg, "max_position_embeddings", None))
     timer = Timer(gpus=gpus, min_window_s=plan.min_window_s, warmup=plan.warmup, sync=runner.sync)
     labels = SeenClocks(record=on_gpu and not req.lock_clocks)
     if hooks.on_start:
         hooks.on_start(plan.windows)
     rows: list[dict] = []
-    with ClockGuard(gpus, lock=req.lock_clocks, on_reset_error=hooks.warn) as guard:
+    store = LockStore(default_lock_dir()) if on_gpu else None  # a real card's lock outlives a kill -9
+    with ClockGuard(gpus, lock=req.lock_clocks, on_reset_error=hooks.warn, store=store, on_notice=hooks.warn) as guard:
         rows.extend(run_torch(plan, runner, guard, timer, labels, hooks.on_window, time.sleep))
     if not on_gpu:
         note = "CPU run: clock_mhz is the CPU's reported clock; no energy counter (energy_j and power_w empty)"

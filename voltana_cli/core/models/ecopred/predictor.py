@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from voltana_cli.core.errors import UserError
+from voltana_cli.core.models.analytical import prefill_pairs
 from voltana_cli.core.models.ecopred.fit import PhaseModel
 from voltana_cli.core.models.ecopred.phase_features import PHASE_FEATURES
 
@@ -231,4 +232,25 @@ def _phase_from_dict(d: dict[str, Any], name: str, where: str) -> PhaseModel:
         raise UserError(f"{where}: malformed {name!r} section ({exc.__class__.__name__}: {exc})") from None
     if edges != sorted(set(edges)):
         raise UserError(f"{where}: {name}.segments must ascend without repeats")
+    for table, unit, lines in (("latency_ms", "ms", lat), ("energy_j", "J", en or {})):
+        _check_positive(name, edges, lines, f"{where}: {name}.{table}", unit)
     return PhaseModel(name, edges, lat, en)
+
+
+def _check_positive(phase: str, edges: list[int], lines: dict[int, list[list[float]]], where: str, unit: str) -> None:
+    """Refuse a table that predicts a time or energy <= 0 at a segment's edges (the last, open segment: its
+    start), for the plainest shape there: decode with one KV token per request, prefill of one sequence.
+    Coefficients may be negative one by one (a segment's slope, its intercept); a prediction may not. (The
+    open end is not checked: a measured profile's last slope may fall, and far beyond the profiled sizes
+    the line is an extrapolation whatever its sign.)"""
+    for seg, lo in enumerate(edges):
+        for x in (lo, edges[seg + 1] - 1) if seg + 1 < len(edges) else (lo,):
+            x = max(x, 1)
+            feats = [x, x] if phase == "decode" else [x, 1, float(prefill_pairs(np.array([x]), np.array([1]))[0])]
+            for c, segs in lines.items():
+                v = segs[seg][0] + sum(k * f for k, f in zip(segs[seg][1:], feats, strict=True))
+                if not v > 0:
+                    what = "a batch of" if phase == "decode" else "a prefill of"
+                    raise UserError(f"{where}.{c} segment {seg + 1}: predicts {v:.3g} {unit} for {what} {x} "
+                                    f"{'request(s)' if phase == 'decode' else 'token(s)'}; a predictor must predict "
+                                    "more than 0: refit with `voltana tune --fit-only`")

@@ -21,7 +21,6 @@ import contextlib
 import io
 import json
 import math
-import os
 import shutil
 import signal
 import sys
@@ -376,9 +375,3 @@ def test_any_rate_text_parses_to_finite_positive_rates_or_one_user_error(text: s
         return
     assert rates and all(math.isfinite(r) and r > 0 for r in rates) and len(rates) <= 1000
 
-
-if __name__ == "__main__":  # print the per-class, per-command counts
-    for cls, per in counts().items():
-        print(f"{cls:9s}", ", ".join(f"{c} {n}" for c, n in sorted(per.items())), f"(total {sum(per.values())})")
-    print("rows", len(ROWS))
-    os.sys.exit(0)

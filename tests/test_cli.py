@@ -55,7 +55,7 @@ def test_other_datasets_run(tmp_path):
         assert r.exit_code == 0, (args, r.output)
 
 
-@pytest.mark.parametrize("cmd", ["tune", "serve"])
+@pytest.mark.parametrize("cmd", ["serve"])
 def test_later_commands_do_not_pretend(cmd):
     r = invoke(cmd)
     assert r.exit_code == 2 and "later version" in r.output

@@ -92,7 +92,7 @@ def _make_files(d: Path) -> dict[str, Path]:
     f["adir"] = d / "adir"
     f["adir"].mkdir()
     # Predictors: one good fit, then damaged copies.
-    good = d / "tuned.yaml"
+    good = f["tuned.yaml"] = d / "tuned.yaml"
     r = runner.invoke(app, ["tune", "--fit-only", "--out", str(good)])
     assert r.exit_code == 0, r.output
     doc = yaml.safe_load(good.read_text())
@@ -262,7 +262,19 @@ ROWS: dict[str, Row] = {
                                   "--tokenizer: gpt2 counts ShareGPT's text only"),
     "profile-warmup-sim": Row("messages", "profile", ["--warmup", "5"], "--warmup: 5 is for the measuring backends"),
     "profile-backend": Row("messages", "profile", ["--backend", "cuda"], "--backend: "),
-    "tune-no-fit-only": Row("messages", "tune", [], "later version"),
+    "tune-no-out": Row("messages", "tune", [], "--out: give the tuned config's path"),
+    "tune-target": Row("numbers", "tune", _o("--out", "{out}/t.yaml", "--target-attainment", "nan"),
+                       "--target-attainment: nan is outside (0, 1]"),
+    "tune-storage": Row("messages", "tune", _o("--out", "{out}/t.yaml", "--storage", "redis://x"),
+                        "--storage: 'redis://x' is not a study storage"),
+    "tune-trials": Row("numbers", "tune", _o("--out", "{out}/t.yaml", "--trials", "0"), "--trials: 0 must be >= 1"),
+    "tune-rates": Row("numbers", "tune", _o("--out", "{out}/t.yaml", "--request-rate", "0"),
+                      "--request-rate: 0 must be a number > 0"),
+    "tune-profile-missing": Row("files", "tune", _o("--out", "{out}/t.yaml", "--profile", "{out}/nope"), "not found"),
+    "tune-world": Row("world", "tune", _o("--out", "{out}/t.yaml", "--request-rate", "1e9"), "--duration-s: "),
+    "bench-tuned-missing": Row("files", "bench", ["--tuned", "/no/such/tuned.yaml"], "--tuned: "),
+    "bench-tuned-fit-only": Row("files", "bench", _p("tuned.yaml", "--tuned"), "--tuned: "),
+    "bench-tuned-policy": Row("messages", "bench", ["--policy", "voltana-tuned"], "needs a tuned config"),
     "no-command": Row("messages", "", [], "no command given: choose one of bench, profile, serve, tune"),
 }
 

@@ -122,14 +122,26 @@ def test_policy_registry_names_and_errors(a100_8b):
 
 
 def test_every_registered_name_builds_and_help_lists_it(a100_8b):
-    ctx = policy_context(a100_8b)
+    from dataclasses import replace
+
+    from voltana_cli.core.policy.feedback import TunedPolicy
+
+    pm = a100_8b
+    tuned = TunedPolicy.default_for(tuple(pm.clocks), pm.gpu.ecofreq_levels_mhz)
+    ctx = replace(policy_context(pm), tuned=tuned,
+                  predictor=ModelPredictor(pm, 0.05, np.random.default_rng(0), list(pm.clocks)))
     help_text = REGISTRY.help_text()
+    obs = Observation(0.0, 1, 64, truth_s=lambda c: 0.1 * 1410 / c)  # the oracle reads a truth
     for entry in REGISTRY.controllers():
         name = entry.usage.replace("<MHz>", "1200")
         assert entry.usage in help_text
         for router in REGISTRY.routers():
+            if entry.searched:  # found by search in the world that runs it, never built from knobs
+                with pytest.raises(UserError, match="found by a search"):
+                    build_policy(f"{name}+{router.name}", ctx)
+                continue
             pol = build_policy(f"{name}+{router.name}", ctx)
-            assert pol.make_prefill_controller().decide(Observation(0.0, 1, 64)) in a100_8b.clocks
+            assert pol.make_prefill_controller().decide(obs) in pm.clocks
             assert f"+{router.name}" in help_text
 
 

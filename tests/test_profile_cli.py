@@ -44,7 +44,7 @@ def test_tune_fit_only_json_and_tuned_yaml(small_profile, tmp_path):
             assert 0 < figs["mape_pct"] < 10
     assert any(s["after_batch"] == 128 for s in acc["steps"])
     doc = yaml.safe_load(y.read_text())
-    assert doc["schema"] == "voltana.tuned/1" and doc["predictor"]["schema"] == "voltana.ecopred/1"
+    assert doc["schema"] == "voltana.tuned/2" and doc["predictor"]["schema"] == "voltana.ecopred/1"
     assert load_predictor(y).clocks_mhz == [1005, 1410]
     assert "MAPE %" in r.output and "decode steps found" in r.output
 
@@ -75,7 +75,7 @@ def test_bench_on_a_profile_with_its_fitted_predictor(small_profile, tmp_path):
     (["profile", "--batch-sizes", "5000", "--kv-per-request", "16"], "--batch-sizes: 5000 is above the modelled maximum"),
     (["profile", "--cooldown-s", "-1"], "--cooldown-s: -1.0 is out of range"),
     (["profile", "--backend", "torch", "--gpu", "a100-80g-sxm4"], "--gpu: is for the sim backend"),
-    (["tune"], "only --fit-only is available"),
+    (["tune"], "--out: give the tuned config's path"),
     (["tune", "--fit-only", "--profile", "nowhere/none"], "profile 'nowhere/none' not found"),
     (["tune", "--fit-only", "--holdout", "1.5"], "--holdout: 1.5"),
     (["bench", "--profile", "h100-80g-sxm/llama-3.1-8b"], "--profile: it is for h100-80g-sxm x llama-3.1-8b"),

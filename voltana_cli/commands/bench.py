@@ -35,6 +35,7 @@ FLAGS = {
     "request_rates": "--request-rate", "n_prefill": "--prefill", "n_decode": "--decode", "policies": "--policy",
     "ecofreq_clocks_mhz": "--ecofreq-clocks", "json": "--json", "csv": "--csv", "plot": "--plot",
     "workload": "--request-rate/--duration-s/--num-prompts", "profile": "--profile", "predictor": "--predictor",
+    "tuned": "--tuned",
 }
 
 
@@ -74,6 +75,8 @@ def bench(
                                        "GPU's ground truth instead of the analytical model."),
     predictor: Path | None = typer.Option(None, help="EcoFreq predicts with the EcoPred in this tuned config "
                                           "(`voltana tune --fit-only --out`) instead of the model with --prediction-error."),
+    tuned: Path | None = typer.Option(None, help="A tuned config from `voltana tune`: adds the voltana-tuned policy "
+                                      "with its knobs (and its predictor, when it has one)."),
     json_path: Path | None = typer.Option(None, "--json", help="Write the report as JSON here."),
     csv_path: Path | None = typer.Option(None, "--csv", help="Write one row per request per run here."),
     plot_path: Path | None = typer.Option(None, "--plot", help="Write a PNG of energy and attainment vs rate."),
@@ -93,7 +96,7 @@ def bench(
             duration_s=None if num_prompts is not None else duration_s, num_prompts=num_prompts, arrival=arrival,
             burstiness=burstiness, seed=seed,
             gpu=gpu, model=model, tp=tp, n_prefill=prefill, n_decode=decode,
-            policies=list(policy) if policy else list(DEFAULT_POLICIES), prefill_router=prefill_router,
+            policies=_policies(policy, tuned), prefill_router=prefill_router, tuned=tuned,
             slo_ttft_ms=slo_ttft_ms,
             slo_itl_ms=slo_itl_ms, ecofreq_margin=ecofreq_margin, ecofreq_clocks_mhz=clocks,
             prediction_error=prediction_error, noise=noise, profile=profile, predictor=predictor,
@@ -122,6 +125,14 @@ def bench(
                 write(path)
                 if not to_stdout(path):
                     console.print(f"wrote {path}")
+
+
+def _policies(given: list[str] | None, tuned: Path | None) -> list[str]:
+    """The policies to run: the given ones, else the defaults; ``--tuned`` adds ``voltana-tuned``."""
+    names = list(given) if given else list(DEFAULT_POLICIES)
+    if tuned is not None and not any(n.split("+")[0] == "voltana-tuned" for n in names):
+        names.append("voltana-tuned")
+    return names
 
 
 def _parse_clocks(text: str) -> list[int]:

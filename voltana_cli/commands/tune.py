@@ -1,53 +1,210 @@
-"""``voltana tune``: fit EcoPred from a profile and report its held-out accuracy (``--fit-only``)."""
+"""``voltana tune``: choose the feedback controller's and router's knobs by simulation (the default), or fit
+EcoPred from a profile and report its held-out accuracy (``--fit-only``)."""
 
 from __future__ import annotations
 
+import hashlib
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from voltana_cli import __version__
 from voltana_cli.commands import user_errors
+from voltana_cli.core.bench import make_config, parse_rates, prepare_bench
 from voltana_cli.core.errors import UserError
 from voltana_cli.core.models import defaults
 from voltana_cli.core.profiling import load_profile
 from voltana_cli.core.report import check_outputs, to_stdout, write_json
-from voltana_cli.core.tune import FitReport, accuracy_report, evaluate, write_tuned_config
+from voltana_cli.core.tune import (
+    FitReport,
+    TuneOutcome,
+    TuneSpec,
+    accuracy_report,
+    evaluate,
+    policy_to_dict,
+    run_tune,
+    table_rows,
+    tune_document,
+    write_document,
+    write_tuned_config,
+)
+from voltana_cli.core.workloads import ARRIVALS, DATASETS
+
+FLAGS = {"request_rates": "--request-rate", "n_prefill": "--prefill", "n_decode": "--decode", "json": "--json",
+         "out": "--out", "target_attainment": "--target-attainment", "heldout_seeds": "--seeds",
+         "train_seeds": "--train-seeds", "profile": "--profile"}
 
 
 def tune(
-    fit_only: bool = typer.Option(False, "--fit-only", help="Fit the predictors and report their accuracy; no "
-                                  "controller/router tuning (which arrives in a later version)."),
-    profile_path: str = typer.Option(f"{defaults().gpu}/{defaults().model}", "--profile",
-                                     help="Profile directory (profile.csv + metadata.yaml) or a shipped <gpu>/<model>."),
-    out: Path | None = typer.Option(None, help="Write the fitted predictor to this tuned-config YAML."),
-    json_path: Path | None = typer.Option(None, "--json", help="Write the accuracy figures as JSON here."),
-    holdout: float = typer.Option(0.2, help="Fraction of configurations held out to measure accuracy."),
-    seed: int = typer.Option(0, help="Seed of the held-out split."),
+    fit_only: bool = typer.Option(False, "--fit-only", help="Only fit EcoPred from the profile and report its held-out "
+                                  "accuracy (no controller or router tuning)."),
+    profile_path: str | None = typer.Option(None, "--profile", help="Profile directory (profile.csv + metadata.yaml) "
+                                            "or a shipped <gpu>/<model>: the simulated GPU's truth, and EcoPred is "
+                                            "fitted from it. Default: the analytical model of --gpu x --model "
+                                            f"(--fit-only: {defaults().gpu}/{defaults().model})."),
+    gpu: str = typer.Option(defaults().gpu, help="GPU spec, without --profile."),
+    model: str = typer.Option(defaults().model, help="Model spec, without --profile."),
+    tp: int | None = typer.Option(None, help="Tensor parallelism per instance (default: the model's)."),
+    prefill: int = typer.Option(2, help="Prefill instances."),
+    decode: int = typer.Option(2, help="Decode instances."),
+    dataset: str = typer.Option("sharegpt", help=f"Workload: {', '.join(sorted(DATASETS))} (as bench)."),
+    dataset_path: Path | None = typer.Option(None, help="File for the dataset (as bench)."),
+    arrival: str = typer.Option("auto", help=f"Arrival process: auto, {', '.join(ARRIVALS)} (as bench)."),
+    burstiness: float = typer.Option(1.0, help="Gamma arrivals' shape (as bench)."),
+    duration_s: float = typer.Option(60.0, help="Seconds of arrivals per simulated run."),
+    num_prompts: int | None = typer.Option(None, help="Requests per run instead of a duration."),
+    request_rate: str = typer.Option("50:100:10", help="The rates to serve: START:STOP:STEP or one rate."),
+    slo_ttft_ms: float = typer.Option(800.0, help="TTFT SLO (ms)."),
+    slo_itl_ms: float = typer.Option(50.0, help="ITL SLO (ms)."),
+    target_attainment: float = typer.Option(0.99, help="Joint SLO attainment asked at every rate (0-1]; a rate "
+                                            "static-max cannot serve that well asks for what static-max keeps."),
+    trials: int = typer.Option(40, help="Search trials (this worker's share of the study)."),
+    seeds: int = typer.Option(2, "--seeds", help="Held-out traffic seeds the result is validated on."),
+    train_seeds: int = typer.Option(1, help="Traffic seeds each trial is scored on."),
+    seed: int = typer.Option(0, help="Seed of the search and the traffic (the same seed repeats a tune)."),
+    storage: str | None = typer.Option(None, help="Study storage shared by workers: sqlite:///FILE.db, "
+                                       "postgresql://..., mysql://... or journal:FILE (default: in memory)."),
+    study_name: str | None = typer.Option(None, help="Study name in --storage (an existing one is resumed)."),
+    jobs: int = typer.Option(1, help="Local worker processes sharing the search."),
+    prediction_error: float = typer.Option(0.05, help="The analytical predictor's error, without --profile."),
+    noise: float = typer.Option(0.02, help="Simulated GPU's per-iteration timing noise (lognormal sigma)."),
+    out: Path | None = typer.Option(None, help="The tuned config to write (YAML; --fit-only: the predictor)."),
+    json_path: Path | None = typer.Option(None, "--json", help="Write the validation runs (bench schema) or, with "
+                                          "--fit-only, the accuracy figures here."),
+    holdout: float = typer.Option(0.2, help="--fit-only: fraction of configurations held out."),
     compare_gbt: bool = typer.Option(True, "--compare-gbt/--no-compare-gbt",
-                                     help="Also score gradient-boosted trees on the same held-out rows."),
+                                     help="--fit-only: also score gradient-boosted trees on the same held-out rows."),
 ) -> None:
-    """Fit EcoPred latency/energy predictors from a profile; print held-out MAE, MAPE and R² per phase and clock."""
-    # A result sent to standard output (``-``) owns it: the table goes to standard error then.
+    """Tune the feedback controller and router by simulation (or, with --fit-only, fit EcoPred)."""
     piped = to_stdout(out) or to_stdout(json_path)
-    console = Console(stderr=True) if piped else Console(width=None if sys.stdout.isatty() else 140)
-    with user_errors():
-        if not fit_only:
-            raise UserError("only --fit-only is available in this version: voltana tune --fit-only --profile P "
-                            "[--out tuned.yaml]; controller and router auto-tuning arrive in a later version")
+    console = Console(stderr=True) if piped else Console(width=None if sys.stdout.isatty() else 160)
+    with user_errors(FLAGS):
         check_outputs({"out": out, "json": json_path})
-        prof = load_profile(profile_path)
-        rep = evaluate(prof, holdout=holdout, seed=seed, compare_gbt=compare_gbt)
-        render(console, rep, prof.source)
-        if out is not None:
-            write_tuned_config(out, rep, holdout)
+        if fit_only:
+            _fit_only(console, profile_path or f"{defaults().gpu}/{defaults().model}", out, json_path, holdout, seed,
+                      compare_gbt)
+            return
+        if out is None:
+            raise UserError("give the tuned config's path (e.g. --out tuned.yaml)", field="out")
+        spec = TuneSpec(parse_rates(request_rate), target_attainment, trials, seed, train_seeds, seeds, storage,
+                        study_name, jobs)
+        spec.check()
+        cfg = make_config(dataset=dataset, dataset_path=dataset_path, request_rates=spec.rates,
+                          duration_s=None if num_prompts is not None else duration_s, num_prompts=num_prompts,
+                          arrival=arrival, burstiness=burstiness, seed=seed, gpu=gpu, model=model, tp=tp,
+                          n_prefill=prefill, n_decode=decode, policies=["static-max"], slo_ttft_ms=slo_ttft_ms,
+                          slo_itl_ms=slo_itl_ms, prediction_error=prediction_error, noise=noise,
+                          profile=profile_path)
+        fit = None
+        if profile_path is not None:
+            prof = load_profile(profile_path)
+            cfg = make_config(**{**cfg.model_dump(), "gpu": prof.meta.gpu, "model": prof.meta.model})
+            fit = (evaluate(prof, holdout=holdout, seed=seed, compare_gbt=False), holdout)
+        prep = prepare_bench(cfg)
+        if fit is not None:
+            prep.scenario.fitted = fit[0].predictor
+        t0 = time.perf_counter()
+        outcome = _run_with_progress(prep.scenario, spec)
+        elapsed = time.perf_counter() - t0
+        render_tune(console, outcome, cfg.model_dump(), elapsed)
+        prov = _provenance(cfg.model_dump(), prep.model.tp, spec, profile_path, elapsed)
+        if outcome.study.tuned is None:
+            raise UserError(f"no trial met every rate's requirement in {outcome.study.trials} trials: give more "
+                            "--trials, fewer or lower rates, or a lower --target-attainment; nothing was written")
+        write_document(out, tune_document(outcome.study.tuned, prov, _validation(outcome), fit))
         if json_path is not None:
-            write_json(json_path, accuracy_report(rep, holdout))
+            write_json(json_path, {"voltana_version": __version__, "config": prov, "runs": outcome.runs})
         for path in (out, json_path):
             if path is not None and not to_stdout(path):
                 console.print(f"wrote {path}")
+
+
+def _fit_only(console: Console, profile_path: str, out: Path | None, json_path: Path | None, holdout: float,
+              seed: int, compare_gbt: bool) -> None:
+    prof = load_profile(profile_path)
+    rep = evaluate(prof, holdout=holdout, seed=seed, compare_gbt=compare_gbt)
+    render(console, rep, prof.source)
+    if out is not None:
+        write_tuned_config(out, rep, holdout)
+    if json_path is not None:
+        write_json(json_path, accuracy_report(rep, holdout))
+    for path in (out, json_path):
+        if path is not None and not to_stdout(path):
+            console.print(f"wrote {path}")
+
+
+def _run_with_progress(scn: Any, spec: TuneSpec) -> TuneOutcome:
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=Console(stderr=True), transient=True) as prog:
+        task = prog.add_task("tuning", total=spec.trials)
+
+        def on_trial(done: int, best: float | None) -> None:
+            best_txt = "none feasible yet" if best is None else f"best feasible energy {100 * best:.1f} % of static-max"
+            prog.update(task, completed=min(done, spec.trials), description=f"tuning: {best_txt}")
+
+        def step(label: str) -> None:
+            prog.update(task, description=label)
+
+        return run_tune(scn, spec, progress=step, on_trial=on_trial)
+
+
+def _provenance(cfg: dict[str, Any], tp: int, spec: TuneSpec, profile_path: str | None, elapsed: float) -> dict[str, Any]:
+    digest = None
+    if profile_path is not None:
+        prof = load_profile(profile_path)
+        digest = "sha256:" + hashlib.sha256(Path(prof.source, "profile.csv").read_bytes()).hexdigest()
+    return {
+        "voltana_version": __version__, "gpu": cfg["gpu"], "model": cfg["model"], "tp": tp,
+        "layout": f"{cfg['n_prefill']}P{cfg['n_decode']}D", "profile": profile_path, "profile_digest": digest,
+        "workload": {k: (str(cfg[k]) if k == "dataset_path" and cfg[k] is not None else cfg[k])
+                     for k in ("dataset", "dataset_path", "arrival", "burstiness", "duration_s", "num_prompts")},
+        "slo_ttft_ms": cfg["slo_ttft_ms"], "slo_itl_ms": cfg["slo_itl_ms"], "target_attainment": spec.target,
+        "request_rates": spec.rates, "seed": spec.seed, "trials": spec.trials, "jobs": spec.jobs,
+        "train_seeds": spec.training, "heldout_seeds": spec.heldout, "heldout_rate": spec.heldout_rate(),
+        "storage": spec.storage, "study_name": spec.study_name, "predictor": "EcoPred fitted from the profile"
+        if profile_path else f"analytical model with ±{cfg['prediction_error']:g} error",
+        "noise": cfg["noise"], "tune_seconds": round(elapsed, 1),
+    }
+
+
+def _validation(outcome: TuneOutcome) -> dict[str, Any]:
+    rows = table_rows(outcome)
+    return {
+        "heldout_rate": outcome.heldout_rate,
+        "trials": outcome.study.trials, "feasible_trials": outcome.study.feasible,
+        "search_value": outcome.study.value,
+        "rows": [{k: r[k] for k in ("request_rate", "policy", "energy_j", "saving_vs_static_max", "both",
+                                    "requirement", "meets", "static_best_pair")} for r in rows],
+    }
+
+
+def render_tune(console: Console, outcome: TuneOutcome, cfg: dict[str, Any], elapsed: float) -> None:
+    """The before/after table per rate (means over the held-out seeds) and the knobs chosen."""
+    st = outcome.study
+    console.print(f"[bold]voltana tune[/] {cfg['n_prefill']}P{cfg['n_decode']}D {cfg['gpu']} x {cfg['model']}: "
+                  f"{st.trials} trials ({st.feasible} feasible) in {elapsed:.0f} s; validated on held-out seeds"
+                  + (f" and the held-out rate {outcome.heldout_rate:g} req/s" if outcome.heldout_rate else ""))
+    table = Table()
+    for col in ("req/s", "policy", "energy (J)", "saving vs static-max", "TTFT att", "ITL att", "both att",
+                "required", "meets", "note"):
+        table.add_column(col, justify="left" if col in ("policy", "note") else "right")
+    for r in table_rows(outcome):
+        note = "yardstick (reads the truth)" if r["yardstick"] else (r["static_best_pair"] or "")
+        if r["request_rate"] in outcome.infeasible_rates and r["policy"] == "static-max":
+            note = "below target even at max clock: requirement = static-max's - 1 pt"
+        table.add_row(f"{r['request_rate']:g}", r["policy"], f"{r['energy_j']:,.0f}",
+                      f"{100 * r['saving_vs_static_max']:.1f} %", f"{100 * r['ttft']:.1f} %", f"{100 * r['itl']:.1f} %",
+                      f"{100 * r['both']:.1f} %", f"{100 * r['requirement']:.1f} %", "yes" if r["meets"] else "NO",
+                      note)
+    console.print(table)
+    if st.tuned is not None:
+        console.print(f"tuned knobs: {policy_to_dict(st.tuned)}", soft_wrap=True)
 
 
 def render(console: Console, rep: FitReport, source: str) -> None:

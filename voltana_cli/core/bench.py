@@ -20,7 +20,6 @@ from voltana_cli.core.errors import UserError, validation_problem
 from voltana_cli.core.metrics import ITL_RULE, RequestLog, request_frame, summarize
 from voltana_cli.core.models import (
     InstanceModel,
-    ModelPredictor,
     PerfModel,
     ProfileModel,
     defaults,
@@ -30,10 +29,10 @@ from voltana_cli.core.models import (
 )
 from voltana_cli.core.models.ecopred import EcoPred
 from voltana_cli.core.models.profile import load_profile
-from voltana_cli.core.policy import REGISTRY, EcoFreqParams, Policy, PolicyContext, Predictor
-from voltana_cli.core.sim import ClusterConfig, simulate
-from voltana_cli.core.tune import load_predictor
-from voltana_cli.core.workloads import DatasetRequest, LengthTrace, Workload, build_workload, load_lengths
+from voltana_cli.core.policy import REGISTRY, EcoFreqParams
+from voltana_cli.core.sim import ClusterConfig
+from voltana_cli.core.tune import Scenario, find_static_best, load_predictor, load_tuned, requirement_for
+from voltana_cli.core.workloads import DatasetRequest, LengthTrace, Workload, load_lengths
 
 DEFAULT_POLICIES = ["static-max", "static-min", "voltana"]
 #: Size limits checked before any work: a sweep's rates, and the requests one run simulates (each costs about
@@ -76,6 +75,7 @@ class BenchConfig(BaseModel):
     random_output_len: int = 128
     profile: str | None = None  # a profile directory (or shipped <gpu>/<model>) as the simulated GPU's truth
     predictor: Path | None = None  # a tuned-config YAML whose EcoPred the controller uses
+    tuned: Path | None = None  # a tuned config from `voltana tune`: adds voltana-tuned with its knobs
 
     @field_validator("tokenizer")
     @classmethod
@@ -219,6 +219,7 @@ class PreparedBench:
     ecofreq: EcoFreqParams
     lengths: LengthTrace
     arrival: str
+    scenario: Scenario
 
 
 def prepare_bench(cfg: BenchConfig) -> PreparedBench:
@@ -235,6 +236,16 @@ def prepare_bench(cfg: BenchConfig) -> PreparedBench:
     if cfg.predictor is not None:
         predictor = load_predictor(cfg.predictor)
         _same_target("predictor", str(predictor.info.get("gpu")), str(predictor.info.get("model")), cfg)
+    tuned = None
+    if cfg.tuned is not None:
+        tc = load_tuned(cfg.tuned)
+        if tc.policy is None:
+            raise UserError(f"{cfg.tuned} has no policy section (it is a --fit-only predictor): give it as the "
+                            "predictor, or write a tuned config with `voltana tune`", field="tuned")
+        _same_target("tuned", str(tc.provenance.get("gpu")), str(tc.provenance.get("model")), cfg)
+        tuned = tc.policy
+        if predictor is None and tc.predictor is not None:
+            predictor = tc.predictor  # the knobs were tuned with this predictor
     cluster = ClusterConfig(n_prefill=cfg.n_prefill, n_decode=cfg.n_decode, noise=cfg.noise,
                             chunked_prefill_tokens=cfg.chunked_prefill_tokens)
     cluster.validate()
@@ -246,12 +257,17 @@ def prepare_bench(cfg: BenchConfig) -> PreparedBench:
         if c not in pm.clocks:
             raise UserError(f"{c} MHz is not a supported clock of {pm.gpu.name}; use one of {pm.clocks[0]}-"
                             f"{pm.clocks[-1]} MHz in steps of {pm.gpu.sm_clock_mhz.step}", field="ecofreq_clocks_mhz")
-    for name in cfg.policies:
-        _build(name, cfg, pm, ecof, predictor)
     _check_size(cfg)
     lengths, arrival = _lengths(cfg)
+    scenario = Scenario(pm, truth, cluster, lengths, arrival, duration_s=cfg.duration_s, num_prompts=cfg.num_prompts,
+                        burstiness=cfg.burstiness, slo_ttft_s=cfg.slo_ttft_ms / 1e3, slo_itl_s=cfg.slo_itl_ms / 1e3,
+                        prediction_error=cfg.prediction_error, ecofreq=ecof, tile=cfg.tile or pm.engine.gemm_tile,
+                        prefill_router=cfg.prefill_router, fitted=predictor, tuned=tuned)
+    for name in cfg.policies:
+        if not REGISTRY.entry(name).searched:
+            scenario.policy(name, cfg.seed)  # every name builds before any run
     _check_context(lengths, pm)
-    return PreparedBench(cfg, pm, truth, predictor, cluster, ecof, lengths, arrival)
+    return PreparedBench(cfg, pm, truth, predictor, cluster, ecof, lengths, arrival, scenario)
 
 
 def _check_size(cfg: BenchConfig) -> None:
@@ -285,26 +301,10 @@ def _same_target(field: str, gpu: str, model: str, cfg: BenchConfig) -> None:
                         f"{gpu} and model {model}, or give a matching {field}", field=field)
 
 
-def _build(name: str, cfg: BenchConfig, pm: PerfModel, ecof: EcoFreqParams, fitted: EcoPred | None) -> Policy:
-    """Policy ``name`` from the registry, with a fresh predictor: the fitted EcoPred, or the analytical model
-    with a fixed error per (phase, clock) drawn from the bench's seed for the EcoFreq levels."""
-    levels = ecof.clocks_mhz or pm.gpu.ecofreq_levels_mhz
-    predictor: Predictor
-    if fitted is not None:
-        predictor = fitted
-    else:
-        predictor = ModelPredictor(pm, cfg.prediction_error, np.random.default_rng([cfg.seed, 2]), list(levels))
-    ctx = PolicyContext(tuple(pm.clocks), tuple(pm.gpu.ecofreq_levels_mhz), cfg.slo_ttft_ms / 1e3,
-                        cfg.slo_itl_ms / 1e3, predictor, cfg.tile or pm.engine.gemm_tile, ecof, cfg.prefill_router,
-                        cfg.seed)
-    return REGISTRY.build(name, ctx)
-
-
 def run_bench_full(cfg: BenchConfig | PreparedBench, progress: Callable[[str], None] | None = None) -> BenchOutput:
     """Run every (rate, policy) of ``cfg``; returns the report and the raw results."""
     prep = cfg if isinstance(cfg, PreparedBench) else prepare_bench(cfg)
-    cfg, pm, cluster, ecof, lengths, arrival = (
-        prep.cfg, prep.model, prep.cluster, prep.ecofreq, prep.lengths, prep.arrival)
+    cfg, pm, ecof, lengths, arrival = prep.cfg, prep.model, prep.ecofreq, prep.lengths, prep.arrival
     tp = pm.tp
 
     runs: list[RunRecord] = []
@@ -312,7 +312,7 @@ def run_bench_full(cfg: BenchConfig | PreparedBench, progress: Callable[[str], N
     notes: list[str] = []
     for rate in cfg.request_rates:
         # The same requests and arrivals for every policy at a rate: differences come from the policy.
-        wl = _workload(cfg, lengths, arrival, rate)
+        wl = prep.scenario.workload(rate, cfg.seed)
         if len(wl) == 0:
             raise UserError(f"no request arrives within {cfg.duration_s} s at {rate} req/s: give a longer duration",
                             field="duration_s")
@@ -322,8 +322,7 @@ def run_bench_full(cfg: BenchConfig | PreparedBench, progress: Callable[[str], N
         for name in cfg.policies:
             if progress:
                 progress(f"{rate:g} req/s, {name}")
-            policy = _build(name, cfg, pm, ecof, prep.predictor)
-            res = simulate(wl, prep.truth, policy, cluster, np.random.default_rng([cfg.seed, 3]))
+            res = prep.scenario.simulate(_resolve(prep, name, rate), wl, cfg.seed)
             s = summarize(res, cfg.slo_ttft_ms / 1e3, cfg.slo_itl_ms / 1e3).as_dict()
             runs.append(RunRecord(rate, name, res, s))
             out_runs.append({"request_rate": rate, "policy": name, **s})
@@ -335,7 +334,8 @@ def run_bench_full(cfg: BenchConfig | PreparedBench, progress: Callable[[str], N
     report = {
         "voltana_version": __version__,
         "config": {
-            **cfg.model_dump(mode="json"),
+            # ``tuned`` is echoed only when given: a run without it keeps the JSON it had before the option.
+            **cfg.model_dump(mode="json", exclude={"tuned"} if cfg.tuned is None else None),
             "tp": tp,
             "arrival": arrival,
             "backend": "sim",
@@ -381,6 +381,20 @@ def _lengths(cfg: BenchConfig) -> tuple[LengthTrace, str]:
     return lengths, arrival
 
 
+#: The joint attainment static-best must reach in bench (tune takes its own target).
+BENCH_TARGET = 0.99
+
+
+def _resolve(prep: PreparedBench, name: str, rate: float) -> str:
+    """The policy a name runs as at ``rate``: a searched one (static-best) becomes what its search found."""
+    if not REGISTRY.entry(name).searched:
+        return name
+    base = prep.scenario.run("static-max", rate, prep.cfg.seed)
+    req = requirement_for(base["attainment"]["both"], BENCH_TARGET)
+    found = find_static_best(prep.scenario, rate, [prep.cfg.seed], req)
+    return found.best.name if found.best else "static-max"
+
+
 def _short_trace(cfg: BenchConfig, arrival: str, wl: Workload, rate: float) -> str | None:
     """A note when a timestamped trace, scaled to ``rate``, ends well before the duration asked for."""
     if arrival != "trace" or cfg.num_prompts or cfg.duration_s is None or len(wl) < 2:
@@ -393,16 +407,6 @@ def _short_trace(cfg: BenchConfig, arrival: str, wl: Workload, rate: float) -> s
             "asked: the run is that much shorter (a longer trace, or a lower rate, fills the window)")
 
 
-def _workload(cfg: BenchConfig, lengths: LengthTrace, arrival: str, rate: float) -> Workload:
-    # The same requests and arrivals for every policy at a rate: differences come from the policy.
-    return build_workload(
-        lengths, arrival, rate, np.random.default_rng([cfg.seed, 1]),
-        duration_s=None if cfg.num_prompts else cfg.duration_s, num_requests=cfg.num_prompts,
-        burstiness=cfg.burstiness,
-    )
-
-
 def workload_of(cfg: BenchConfig, rate: float) -> Workload:
     """The workload ``run_bench`` simulates at ``rate`` (for tests and notebooks)."""
-    lengths, arrival = _lengths(cfg)
-    return _workload(cfg, lengths, arrival, rate)
+    return prepare_bench(cfg).scenario.workload(rate, cfg.seed)

@@ -9,6 +9,7 @@ it served), so a feedback controller needs no second path to its measurements.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -33,6 +34,10 @@ class Observation:
         last_num_tokens: that iteration's token count (as ``num_tokens``).
         recent_ttft_s: prefill: the TTFT of the latest request this instance prefilled that got its first
             token (0: none yet).
+        queued_tokens: prefill: tokens queued behind this batch (what a controller plans over).
+        queued_oldest_wait_s: prefill: how long the oldest of those has waited.
+        truth_s: the world's true latency of this very iteration at a clock (its noise draw included); set
+            only for a controller that declares ``reads_truth`` (the oracle, a yardstick), ``None`` otherwise.
     """
 
     now_s: float
@@ -46,6 +51,9 @@ class Observation:
     last_batch_size: int = 0
     last_num_tokens: int = 0
     recent_ttft_s: float = 0.0
+    queued_tokens: int = 0
+    queued_oldest_wait_s: float = 0.0
+    truth_s: Callable[[int], float] | None = None
 
 
 class FrequencyController(Protocol):
@@ -131,6 +139,7 @@ class EcoFreqController:
         self.phase = phase
         self.predictor = predictor
         self.levels = sorted(set(clocks_mhz))
+        self._lower = tuple(self.levels[:-1])  # the levels the rule may pick below the top one
         self.max_clock = self.levels[-1]
         self.min_clock = self.levels[0]
         self.slo_s = slo_s
@@ -145,31 +154,31 @@ class EcoFreqController:
         self._is_decode = phase == "decode"
 
     def _rule(self, obs: Observation) -> int:
-        if self.overload_rps is not None and obs.rate_rps > self.overload_rps:
+        if obs.queued > 0 or (self.overload_rps is not None and obs.rate_rps > self.overload_rps):
             return self.max_clock
-        if obs.queued > 0:
-            return self.max_clock
-        pred = self.predictor
         if self._is_decode:
             budget = self.target_s
-            for c in self.levels[:-1]:
-                if pred.decode_s(obs.batch_size, obs.num_tokens, c) <= budget:
+            decode_s = self.predictor.decode_s
+            for c in self._lower:
+                if decode_s(obs.batch_size, obs.num_tokens, c) <= budget:
                     return c
         else:
             budget = self.target_s - obs.oldest_wait_s
-            for c in self.levels[:-1]:
-                if pred.prefill_s(obs.num_tokens, obs.batch_size, c) <= budget:
+            prefill_s = self.predictor.prefill_s
+            for c in self._lower:
+                if prefill_s(obs.num_tokens, obs.batch_size, c) <= budget:
                     return c
         return self.max_clock
 
     def decide(self, obs: Observation) -> int:
         want = self._rule(obs)
         cur = self.current
+        if want == cur:
+            return want
         if want < cur and obs.now_s - self._since < self.min_hold_s:
             return cur
-        if want != cur:
-            self.current = want
-            self._since = obs.now_s
+        self.current = want
+        self._since = obs.now_s
         return want
 
     def on_idle_timeout(self) -> None:

@@ -15,6 +15,9 @@ from dataclasses import dataclass, field
 
 from voltana_cli.core.errors import UserError
 from voltana_cli.core.policy.controller import EcoFreqController, FrequencyController, StaticController
+from voltana_cli.core.policy.feedback import FeedbackController, FeedbackParams, TunedPolicy
+from voltana_cli.core.policy.oracle import OracleController
+from voltana_cli.core.policy.predictive import PredictiveRouter
 from voltana_cli.core.policy.predictor import Predictor
 from voltana_cli.core.policy.router import LeastLoadedRouter, RandomRouter, RoundRobinRouter, Router, TileAwareRouter
 
@@ -53,6 +56,7 @@ class PolicyContext:
         prefill_router: the registered router that picks each request's prefill instance (``random``: as
             the paper's reference load balancer does for every policy).
         seed: seeds the routers that draw (``random``); the same seed gives every policy the same draws.
+        tuned: the tuned knobs ``voltana-tuned`` runs with (``None``: none given).
     """
 
     clocks_mhz: tuple[int, ...]
@@ -64,6 +68,11 @@ class PolicyContext:
     ecofreq: EcoFreqParams = field(default_factory=EcoFreqParams)
     prefill_router: str = "random"
     seed: int = 0
+    tuned: TunedPolicy | None = None
+
+    def feedback(self) -> TunedPolicy:
+        """The feedback knobs in force: the tuned ones, else the untuned default for these clocks."""
+        return self.tuned or TunedPolicy.default_for(self.clocks_mhz, self.levels)
 
     def check_clock(self, clock_mhz: int, what: str) -> int:
         """``clock_mhz`` if the instances can run at it, else a ``UserError`` naming the valid range."""
@@ -102,6 +111,11 @@ class ControllerEntry:
         argument: what the ``:`` argument is (``"MHz"``), or ``None`` when the entry takes none.
         default_router: the decode router used when the name has no ``+router``.
         params: the parameter type the entry reads from the context (documentation and tooling).
+        clocks: the clocks its predictor must know (``None``: the EcoFreq levels).
+        yardstick: it reads the world's ground truth (the oracle); reports flag it, live worlds refuse it.
+        searched: it is not built from knobs but found by a search in the world that runs it (static-best:
+            the pair of static clocks with the least energy that meets the rate's requirement); ``build``
+            then refuses, and the world resolves the name to the policy its search found.
     """
 
     name: str
@@ -110,6 +124,9 @@ class ControllerEntry:
     argument: str | None = None
     default_router: str = "round-robin"
     params: type | None = None
+    clocks: Callable[[PolicyContext], list[int]] | None = None
+    yardstick: bool = False
+    searched: bool = False
 
     @property
     def usage(self) -> str:
@@ -179,6 +196,18 @@ class PolicyRegistry:
                             field="policies")
         return entry, (arg if colon else None), router
 
+    def entry(self, name: str) -> ControllerEntry:
+        """The controller entry of policy ``name`` (an unknown name fails listing the valid ones)."""
+        return self.parse(name)[0]
+
+    def predictor_clocks(self, name: str, ctx: PolicyContext) -> list[int]:
+        """The clocks a predictor for policy ``name`` must cover (its router's included)."""
+        entry, _, router = self.parse(name)
+        clocks = set(entry.clocks(ctx) if entry.clocks else ctx.levels)
+        if router.name in ("predictive", "tuned"):
+            clocks |= set(ctx.feedback().decode.levels(ctx.clocks_mhz))
+        return sorted(clocks)
+
     def build(self, name: str, ctx: PolicyContext) -> Policy:
         """Build policy ``name`` for ``ctx``; an unknown name or an unsupported clock fails with the valid ones."""
         entry, arg, router = self.parse(name)
@@ -208,12 +237,23 @@ def _static_min(ctx: PolicyContext, arg: str | None) -> tuple[ControllerFactory,
 
 
 def _static_clock(ctx: PolicyContext, arg: str | None) -> tuple[ControllerFactory, ControllerFactory]:
+    """``static:<MHz>`` for both roles, or ``static:<prefill MHz>/<decode MHz>``."""
     try:
-        clock = int(arg or "")
+        clocks = [int(x) for x in (arg or "").split("/")]
+        if len(clocks) not in (1, 2):
+            raise ValueError
     except ValueError:
-        raise UserError(f"policy 'static:{arg}': write a static clock as static:<MHz>, e.g. "
-                        f"static:{ctx.levels[0]}", field="policies") from None
-    return _static(ctx.check_clock(clock, f"static:{arg}"))
+        raise UserError(f"policy 'static:{arg}': write a static clock as static:<MHz> or static:<prefill>/<decode>, "
+                        f"e.g. static:{ctx.levels[0]}", field="policies") from None
+    pre, dec = (ctx.check_clock(c, f"static:{arg}") for c in (clocks[0], clocks[-1]))
+
+    def make_pre() -> FrequencyController:
+        return StaticController(pre)
+
+    def make_dec() -> FrequencyController:
+        return StaticController(dec)
+
+    return make_pre, make_dec
 
 
 def _ecofreq(ctx: PolicyContext, arg: str | None) -> tuple[ControllerFactory, ControllerFactory]:
@@ -238,6 +278,67 @@ def _ecofreq(ctx: PolicyContext, arg: str | None) -> tuple[ControllerFactory, Co
     return make("prefill", ctx.slo_ttft_s), make("decode", ctx.slo_itl_s)
 
 
+def _feedback(ctx: PolicyContext, tuned: TunedPolicy) -> tuple[ControllerFactory, ControllerFactory]:
+    predictor, clocks = ctx.predictor, ctx.clocks_mhz
+    prepare = getattr(predictor, "prepare", None)
+    if prepare is not None:
+        prepare(tuned.clocks(clocks))  # a fitted predictor fails now if a level is outside its range
+
+    def make(phase: str, slo_s: float, params: FeedbackParams) -> ControllerFactory:
+        def new() -> FrequencyController:
+            return FeedbackController(phase, predictor, clocks, slo_s, params)
+
+        return new
+
+    try:
+        tuned.prefill.check()
+        tuned.decode.check()
+    except ValueError as exc:
+        raise UserError(str(exc), field="tuned") from None
+    return make("prefill", ctx.slo_ttft_s, tuned.prefill), make("decode", ctx.slo_itl_s, tuned.decode)
+
+
+def _feedback_default(ctx: PolicyContext, arg: str | None) -> tuple[ControllerFactory, ControllerFactory]:
+    return _feedback(ctx, TunedPolicy.default_for(ctx.clocks_mhz, ctx.levels))
+
+
+def _tuned(ctx: PolicyContext, arg: str | None) -> tuple[ControllerFactory, ControllerFactory]:
+    if ctx.tuned is None:
+        raise UserError("policy 'voltana-tuned' needs a tuned config: write one with `voltana tune`, then give it",
+                        field="tuned")
+    return _feedback(ctx, ctx.tuned)
+
+
+def _oracle(ctx: PolicyContext, arg: str | None) -> tuple[ControllerFactory, ControllerFactory]:
+    levels = ctx.feedback().clocks(ctx.clocks_mhz)
+
+    def make(phase: str, slo_s: float) -> ControllerFactory:
+        def new() -> FrequencyController:
+            return OracleController(phase, levels, slo_s)
+
+        return new
+
+    return make("prefill", ctx.slo_ttft_s), make("decode", ctx.slo_itl_s)
+
+
+def _searched(ctx: PolicyContext, arg: str | None) -> tuple[ControllerFactory, ControllerFactory]:
+    raise UserError("static-best is found by a search over static clock pairs, which the bench and tune run; "
+                    "it cannot be built from knobs", field="policies")
+
+
+def _predictive(ctx: PolicyContext) -> Router:
+    fb = ctx.feedback()
+    return PredictiveRouter(ctx.predictor, fb.decode.levels(ctx.clocks_mhz), ctx.slo_itl_s, fb.router_headroom)
+
+
+def _tuned_router(ctx: PolicyContext) -> Router:
+    name = ctx.feedback().router
+    if name == "tuned" or name not in {e.name for e in REGISTRY.routers()}:
+        raise UserError(f"the tuned config's router {name!r} is not a router: use one of "
+                        f"{', '.join(e.name for e in REGISTRY.routers() if e.name != 'tuned')}", field="tuned")
+    return next(e for e in REGISTRY.routers() if e.name == name).build(ctx)
+
+
 REGISTRY = PolicyRegistry()
 """The one registry of policies; worlds add their own entries to it."""
 
@@ -249,6 +350,18 @@ for _entry in (
                     "with the margin; queued work forces the top level", _ecofreq, params=EcoFreqParams),
     ControllerEntry("voltana", "ecofreq with the tile-aware decode router (the paper's full system)", _ecofreq,
                     default_router="tile-aware", params=EcoFreqParams),
+    ControllerEntry("feedback", "closed loop: the cheapest clock that fits a budget corrected from observed "
+                    "latencies, prefill planned over its queue (untuned defaults)", _feedback_default,
+                    default_router="predictive", params=FeedbackParams,
+                    clocks=lambda ctx: ctx.feedback().clocks(ctx.clocks_mhz)),
+    ControllerEntry("voltana-tuned", "the feedback controller and router with the knobs of a tuned config", _tuned,
+                    default_router="tuned", params=TunedPolicy,
+                    clocks=lambda ctx: ctx.feedback().clocks(ctx.clocks_mhz)),
+    ControllerEntry("static-best", "one static clock for prefill and one for decode: the pair with the least energy "
+                    "that meets the rate's requirement, found by search", _searched, searched=True),
+    ControllerEntry("oracle", "yardstick: per iteration the lowest clock whose TRUE latency meets the SLO (reads "
+                    "the simulator's ground truth)", _oracle, default_router="predictive", yardstick=True,
+                    clocks=lambda ctx: ctx.feedback().clocks(ctx.clocks_mhz)),
 ):
     REGISTRY.add_controller(_entry)
 for _router in (
@@ -257,6 +370,9 @@ for _router in (
                 lambda ctx: TileAwareRouter(ctx.tile)),
     RouterEntry("least-loaded", "the instance with the fewest queued tokens", lambda ctx: LeastLoadedRouter()),
     RouterEntry("random", "a seeded uniformly random instance", lambda ctx: RandomRouter(ctx.seed)),
+    RouterEntry("predictive", "what-if on each decode instance: the least marginal predicted energy that keeps "
+                "the ITL SLO", _predictive),
+    RouterEntry("tuned", "the router a tuned config chose", _tuned_router),
 ):
     REGISTRY.add_router(_router)
 

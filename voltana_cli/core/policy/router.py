@@ -19,6 +19,7 @@ class InstanceView:
     num_requests: int  # running + queued
     queued_tokens: int  # prefill: tokens waiting; decode: KV tokens of running + queued requests
     clock_mhz: int
+    kv_tokens: int = 0  # decode: KV of the running requests plus the prompts of those waiting or in flight
 
 
 class Router(Protocol):
@@ -53,10 +54,10 @@ class RandomRouter:
         self._state = seed & self._MASK
 
     def choose(self, input_tokens: int, views: Sequence[InstanceView]) -> int:
-        mask = self._MASK
-        z = self._state = (self._state + 0x9E3779B97F4A7C15) & mask
-        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
-        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+        # splitmix64; the mask is written out (2**64 - 1): a literal is cheaper than an attribute here.
+        z = self._state = (self._state + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
         return views[(z ^ (z >> 31)) % len(views)].index
 
 
@@ -64,7 +65,10 @@ class LeastLoadedRouter:
     """The instance with the fewest queued tokens (ties: fewest requests, then lowest index)."""
 
     def choose(self, input_tokens: int, views: Sequence[InstanceView]) -> int:
-        best = min(views, key=lambda v: (v.queued_tokens, v.num_requests, v.index))
+        best = views[0]
+        for v in views:
+            if (v.queued_tokens, v.num_requests, v.index) < (best.queued_tokens, best.num_requests, best.index):
+                best = v
         return best.index
 
 
@@ -87,10 +91,27 @@ class TileAwareRouter:
 
     def choose(self, input_tokens: int, views: Sequence[InstanceView]) -> int:
         tile = self.tile
-        if all(v.num_requests < tile for v in views):
-            return min(views, key=lambda v: (v.clock_mhz, v.num_requests, v.index)).index
-        ordered = sorted(views, key=lambda v: (-(-v.num_requests // tile), -v.num_requests, v.index))
-        for v in ordered:
-            if v.num_requests == 0 or v.num_requests % tile:
-                return v.index
-        return min(views, key=lambda v: (v.num_requests, v.index)).index
+        for v in views:
+            if v.num_requests >= tile:
+                break
+        else:  # every instance is below the tile: the lowest (clock, count, index)
+            low = views[0]
+            for v in views:
+                if (v.clock_mhz, v.num_requests, v.index) < (low.clock_mhz, low.num_requests, low.index):
+                    low = v
+            return low.index
+        # The first in (tiles in use, -count, index) order that can absorb the request without opening a tile.
+        best, best_key = None, None
+        for v in views:
+            n = v.num_requests
+            if n == 0 or n % tile:
+                key = (-(-n // tile), -n, v.index)
+                if best_key is None or key < best_key:
+                    best, best_key = v, key
+        if best is not None:
+            return best.index
+        least = views[0]  # all sit on a boundary: the least loaded opens a tile
+        for v in views:
+            if (v.num_requests, v.index) < (least.num_requests, least.index):
+                least = v
+        return least.index

@@ -19,8 +19,11 @@ same seed, same result.
 
 from __future__ import annotations
 
+import gc
 import heapq
+import itertools
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -69,12 +72,20 @@ class ClusterConfig:
 
 
 class NoiseStream:
-    """The ground truth's per-iteration noise factors, drawn in chunks from the run's generator."""
+    """The ground truth's per-iteration noise factors, drawn in chunks from the run's generator.
+
+    Calling the stream gives the next factor; ``next`` does the same at the cost of a C call (an
+    ``itertools.chain`` over the chunks), for the simulator's inner loop. The first chunk is drawn at once.
+    """
 
     def __init__(self, rng: np.random.Generator, sigma: float):
         self._rng, self._sigma = rng, sigma
-        self._buf = self._refill()
-        self._pos = 0
+        self.next: Callable[[], float] = itertools.chain.from_iterable(self._chunks(self._refill())).__next__
+
+    def _chunks(self, first: list[float]) -> Iterator[list[float]]:
+        yield first
+        while True:
+            yield self._refill()
 
     def _refill(self) -> list[float]:
         s = self._sigma
@@ -83,12 +94,7 @@ class NoiseStream:
         return [1.0] * _NOISE_CHUNK
 
     def __call__(self) -> float:
-        if self._pos >= _NOISE_CHUNK:
-            self._buf = self._refill()
-            self._pos = 0
-        f = self._buf[self._pos]
-        self._pos += 1
-        return f
+        return self.next()
 
 
 def _check_workload(workload: Workload, model: InstanceModel) -> None:
@@ -122,7 +128,7 @@ class _Cluster:
         noise = NoiseStream(rng, cluster.noise)
         t0 = self.requests.arrival_s[0]
         rec = cluster.record_timeline
-        common = (costs, self.requests, self.outcomes, noise, switch_s, t0, rec)
+        common = (costs, self.requests, self.outcomes, noise.next, switch_s, t0, rec)
         overlap = model.engine.prefill_overlap_schedule
         self.prefills = [PrefillInstance(i, policy.make_prefill_controller(), *common, overlap=overlap)
                          for i in range(cluster.n_prefill)]
@@ -132,9 +138,12 @@ class _Cluster:
             model.check_clock(c)
         self.router = policy.decode_router
         self.prefill_router = policy.prefill_router
+        self.prefill_views = [x.view() for x in self.prefills]  # kept current by the instances
+        self.decode_views = [x.view() for x in self.decodes]
         self.model = model
         self.heap: list[tuple[float, int, int, int]] = []
-        self.seq = 0
+        self.seq = 0  # events pushed on the heap so far (ties at one time pop in push order)
+        self._transfer: dict[int, float] = {}
         self.events = 0
 
     def _first_token(self, rid: int, now: float) -> None:
@@ -156,13 +165,10 @@ class _Cluster:
     def _arrive(self, rid: int, now: float) -> None:
         # Like SGLang's P/D routers, pick both instances when the request arrives: the decode instance counts
         # it as routed (in flight) from now on, through its prefill and its KV transfer.
-        prefills, decodes = self.prefills, self.decodes
         n_in = self.requests.input_tokens[rid]
-        best = self.prefill_router.choose(n_in, [x.view() for x in prefills])
-        d = self.router.choose(n_in, [x.view() for x in decodes])
-        self.prefill_of[rid] = best
-        self.decode_of[rid] = d
-        dec = decodes[d]
+        self.prefill_of[rid] = self.prefill_router.choose(n_in, self.prefill_views)
+        d = self.decode_of[rid] = self.router.choose(n_in, self.decode_views)
+        dec = self.decodes[d]
         dec.route(rid)
         if not dec.busy:  # an idle decode instance pre-allocates at once (a scheduler pass with no batch)
             self._start_decode(d, now)
@@ -175,13 +181,26 @@ class _Cluster:
         if not inst.busy:
             self._start_prefill(p, now)
 
+    def _transfer_s(self, tokens: int) -> float:
+        """The ground truth's KV transfer time, memoised per input length (a pure function of it)."""
+        t = self._transfer.get(tokens)
+        if t is None:
+            t = self._transfer[tokens] = self.model.kv_transfer_s(tokens)
+        return t
+
     def _prefill_done(self, p: int, now: float) -> None:
         inst = self.prefills[p]
-        inp = self.requests.input_tokens
-        heap, transfer_s = self.heap, self.model.kv_transfer_s
-        for rid in inst.finish(now):
-            self.seq += 1
-            heapq.heappush(heap, (now + transfer_s(inp[rid]), self.seq, _KV_ARRIVE, rid))
+        done = inst.finish(now)
+        if done:
+            inp, heap, transfer = self.requests.input_tokens, self.heap, self._transfer
+            seq = self.seq
+            for rid in done:
+                t = transfer.get(inp[rid])
+                if t is None:
+                    t = self._transfer_s(inp[rid])
+                seq += 1
+                heapq.heappush(heap, (now + t, seq, _KV_ARRIVE, rid))
+            self.seq = seq
         if inst.queue:  # has_work(), inlined
             self._start_prefill(p, now)
 
@@ -199,37 +218,46 @@ class _Cluster:
             self._start_decode(d, now)
 
     def run(self) -> None:
-        """Process every event until the last request finishes."""
-        arrivals = self.requests.arrival_s
-        n = len(arrivals)
+        """Process every event until the last request finishes.
+
+        Arrivals come from the sorted arrival list (an event at the same time as an arrival goes first);
+        everything else from the heap. Python's cyclic garbage collector is paused meanwhile: the loop makes
+        many short-lived containers and no reference cycles, so its passes would only cost time.
+        """
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            self.events = self._loop()
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+
+    def _loop(self) -> int:
+        """The event loop of ``run``; returns the number of events processed."""
         heap = self.heap
+        pop = heapq.heappop
         handlers = (self._prefill_done, self._decode_done, self._kv_arrive)
+        arrive = self._arrive
         last_t = -math.inf
-        ai = 0
-        inf = math.inf
-        events = 0
-        while True:
-            na = arrivals[ai] if ai < n else inf
-            if heap and heap[0][0] <= na:
-                now, _, kind, x = heapq.heappop(heap)
+        arrivals = self.requests.arrival_s
+        # Each arrival, after the heap's events up to its time; then (at infinity) the heap's remaining ones.
+        for rid, at in itertools.chain(enumerate(arrivals), ((-1, math.inf),)):
+            while heap and heap[0][0] <= at:
+                now, _, kind, x = pop(heap)
                 if now < last_t:  # pragma: no cover - an invariant, tested
                     raise RuntimeError("simulation time went backwards")
                 last_t = now
-                events += 1
                 handlers[kind](x, now)
-            elif ai < n:
-                last_t = na
-                events += 1
-                ai += 1
-                self._arrive(ai - 1, na)
-            else:
-                break
-        self.events = events
+            if rid >= 0:
+                last_t = at
+                arrive(rid, at)
+        # The heap is empty: every event pushed on it was processed, besides each arrival.
+        return len(arrivals) + self.seq
 
     def log(self, workload: Workload) -> RequestLog:
         """The run's request log (closing every instance's idle time at the last completion)."""
         o = self.outcomes
-        finish = np.array(o.finish_s)
+        finish = _array(o.finish_s, float)
         stuck = np.flatnonzero(np.isnan(finish))
         if len(stuck):  # pragma: no cover - an invariant of the scheduler, tested
             raise RuntimeError(f"{len(stuck)} requests never finished (first: {int(stuck[0])})")
@@ -237,17 +265,23 @@ class _Cluster:
         for inst in (*self.prefills, *self.decodes):
             inst.end_idle(end)
         out = workload.output_tokens.astype(np.int64)
-        decode_of = np.array(self.decode_of)
+        decode_of = _array(self.decode_of, np.int64)
         return RequestLog(
             arrival_s=workload.arrival_s.astype(float), input_tokens=workload.input_tokens.astype(np.int64),
-            output_tokens=out, first_token_s=np.array(o.first_token_s), finish_s=finish,
-            prefill_instance=np.array(self.prefill_of), decode_instance=decode_of, gap_stream=decode_of,
-            gap_start=np.array(o.first_iter), gap_count=np.maximum(out - 1, 0),
-            streams=[np.asarray(d.durations, dtype=float) for d in self.decodes],
-            stream_weights=[np.asarray(d.batches, dtype=float) for d in self.decodes],
+            output_tokens=out, first_token_s=_array(o.first_token_s, float), finish_s=finish,
+            prefill_instance=_array(self.prefill_of, np.int64), decode_instance=decode_of, gap_stream=decode_of,
+            gap_start=_array(o.first_iter, np.int64), gap_count=np.maximum(out - 1, 0),
+            streams=[_array(d.durations, float) for d in self.decodes],
+            stream_weights=[_array(d.batches, float) for d in self.decodes],
             instances=[inst.record for inst in (*self.prefills, *self.decodes)],
             start_s=float(workload.arrival_s[0]), end_s=end, events=self.events,
         )
+
+
+def _array(values: list, dtype: type) -> np.ndarray:
+    """A list of Python numbers as a new 1-d array of ``dtype`` (``fromiter``: faster than ``np.array`` on a
+    long list)."""
+    return np.fromiter(values, dtype, len(values))
 
 
 def simulate(workload: Workload, model: InstanceModel, policy: Policy, cluster: ClusterConfig,

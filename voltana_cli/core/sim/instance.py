@@ -16,17 +16,21 @@ wall-clock engine appends to as requests come in; outcomes go to a ``RequestLog`
 
 from __future__ import annotations
 
-import heapq
 import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import islice
+from math import exp
+from types import FunctionType
+from typing import Any
 
 from voltana_cli.core.metrics import InstanceRecord
 from voltana_cli.core.models import InstanceModel
 from voltana_cli.core.policy import FrequencyController, InstanceView, Observation
 
 RATE_TAU_S = 1.0  # time constant of the per-instance arrival-rate estimate given to controllers
+_RATE_STEP = 1.0 / RATE_TAU_S  # what one arrival adds to the estimate
 
 
 @dataclass
@@ -62,22 +66,23 @@ class CostCache:
     def __init__(self, model: InstanceModel, prefill_budget: int):
         self.model = model
         self.budget = prefill_budget
-        self._dec: dict[int, tuple[list[float], list[float], float, float]] = {}
-        self._pre: dict[int, tuple[list[float], list[float], float, float, float, float]] = {}
+        # The tables built so far by clock; an instance reads these first (one dict lookup per iteration).
+        self.decode_tables: dict[int, tuple[list[float], list[float], float, float]] = {}
+        self.prefill_tables: dict[int, tuple[list[float], list[float], float, float, float, float]] = {}
         self._idle: dict[int, float] = {}
 
     def decode(self, clock: int) -> tuple[list[float], list[float], float, float]:
-        t = self._dec.get(clock)
+        t = self.decode_tables.get(clock)
         if t is None:
             tb = self.model.decode_table(clock)
-            t = self._dec[clock] = (tb.t0, tb.e0, tb.t_kv, tb.e_kv)
+            t = self.decode_tables[clock] = (tb.t0, tb.e0, tb.t_kv, tb.e_kv)
         return t
 
     def prefill(self, clock: int) -> tuple[list[float], list[float], float, float, float, float]:
-        t = self._pre.get(clock)
+        t = self.prefill_tables.get(clock)
         if t is None:
             tb = self.model.prefill_table(clock, self.budget)
-            t = self._pre[clock] = (tb.tg, tb.eg, tb.t_seq, tb.e_seq, tb.t_pair, tb.e_pair)
+            t = self.prefill_tables[clock] = (tb.tg, tb.eg, tb.t_seq, tb.e_seq, tb.t_pair, tb.e_pair)
         return t
 
     def idle_w(self, clock: int) -> float:
@@ -108,6 +113,7 @@ class Instance:
                  record_timeline: bool = False):
         self.role, self.index = role, index
         self.controller = controller
+        self._reads_truth = bool(getattr(controller, "reads_truth", False))  # only a yardstick reads the truth
         self.costs = costs
         self.requests, self.outcomes = requests, outcomes
         self.noise = noise
@@ -123,9 +129,18 @@ class Instance:
         self.last_clock = 0
         self.last_batch = 0
         self.last_tokens = 0
-        self._view = InstanceView(index, 0, 0, self.clock)
+        self._view = InstanceView(index, 0, 0, self.clock)  # kept current by every change it shows
         self.durations: list[float] = []  # every iteration's duration (s), in order
         self.batches: list[int] = []  # and its batch size (decode: the requests that got a token from it)
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        # Each role runs its own copy of the shared cycle. CPython specialises attribute lookups per code
+        # object and per class; one copy shared by both roles would see both classes at every site (their
+        # iterations interleave) and keep falling back to the generic, slower lookups.
+        super().__init_subclass__(**kwargs)
+        for name in _PER_ROLE:
+            if name not in cls.__dict__:
+                setattr(cls, name, _copy_function(getattr(Instance, name)))
 
     # ---- what a role defines ------------------------------------------------------------------------
     def form(self, now: float) -> Observation | None:
@@ -143,7 +158,7 @@ class Instance:
     # ---- shared accounting ---------------------------------------------------------------------------
     def rate_at(self, now: float) -> float:
         """The arrival-rate estimate decayed to ``now``."""
-        return self.rate * math.exp((self.rate_t - now) / RATE_TAU_S)
+        return self.rate * exp((self.rate_t - now) / RATE_TAU_S)
 
     def account_idle(self, now: float) -> int:
         """Charge idle power from the end of the last iteration to ``now``; returns the clock held now."""
@@ -163,7 +178,7 @@ class Instance:
         rec.idle_energy_j += costs.idle_w(low) * (gap - to)
         if self.record_timeline and low != clock:
             rec.timeline.append((self.last_s + to, low))
-        self.clock = low
+        self.clock = self._view.clock_mhz = low
         return low
 
     def start(self, now: float) -> float | None:
@@ -174,38 +189,62 @@ class Instance:
             self.busy = False
             self.last_s = now
             return None
+        f = self.noise()  # drawn before the decision: the oracle's truth includes it (one draw either way)
+        if self._reads_truth:
+            obs.truth_s = lambda c: (self.cost(c) if c == cur else self._blend(cur, c))[0] * f
         new = self.controller.decide(obs)
-        dt, de = self.cost(new)
-        rec = self.record
-        if new != cur:
-            rec.clock_switches += 1
-            dt_old, de_old = self.cost(cur)
-            x = self.switch_s if self.switch_s < dt_old else dt_old
-            frac = x / dt_old
-            dt = x + (1.0 - frac) * dt
-            de = de_old * frac + de * (1.0 - frac)
-            if self.record_timeline:
-                rec.timeline.append((now + x, new))
-            self.clock = new
-        f = self.noise()
+        dt, de = self.cost(new) if new == cur else self._switch(now, cur, new)
         dt *= f
         de *= f
+        rec = self.record
         rec.busy_energy_j += de
         rec.busy_s += dt
         rec.iterations += 1
         cb = rec.clock_busy_s
         cb[new] = cb.get(new, 0.0) + dt
         self.busy = True
-        self.last_latency_s, self.last_clock = dt, new
-        self.last_batch, self.last_tokens = obs.batch_size, obs.num_tokens
+        batch = obs.batch_size
+        self.last_latency_s, self.last_clock, self.last_batch, self.last_tokens = dt, new, batch, obs.num_tokens
         self.durations.append(dt)
-        self.batches.append(obs.batch_size)
+        self.batches.append(batch)
         return dt
+
+    def _switch(self, now: float, cur: int, new: int) -> tuple[float, float]:
+        """Switch from ``cur`` to ``new`` at the start of the formed iteration: it runs at ``cur`` until the
+        switch lands (or throughout, if it ends first). Returns its latency and energy before noise."""
+        rec = self.record
+        rec.clock_switches += 1
+        dt, de = self._blend(cur, new)
+        if self.record_timeline:
+            rec.timeline.append((now + min(self.switch_s, self.cost(cur)[0]), new))
+        self.clock = self._view.clock_mhz = new
+        return dt, de
+
+    def _blend(self, cur: int, new: int) -> tuple[float, float]:
+        """Latency and energy of the formed iteration when the clock moves from ``cur`` to ``new`` at its start."""
+        dt, de = self.cost(new)
+        dt_old, de_old = self.cost(cur)
+        x = self.switch_s if self.switch_s < dt_old else dt_old
+        frac = x / dt_old
+        return x + (1.0 - frac) * dt, de_old * frac + de * (1.0 - frac)
 
     def end_idle(self, now: float) -> None:
         """Close the run at ``now``: charge the idle time since the last iteration."""
         self.account_idle(now)
         self.last_s = now
+
+
+_PER_ROLE = ("start", "_switch", "account_idle", "rate_at")  # the shared methods on the per-iteration path
+
+
+def _copy_function(f: Callable[..., Any]) -> Callable[..., Any]:
+    """A new function with the same behaviour as ``f`` and its own code object (so its own inline caches)."""
+    if not isinstance(f, FunctionType):
+        raise TypeError(f"{f!r} is not a plain function")
+    g = FunctionType(f.__code__.replace(), f.__globals__, f.__name__, f.__defaults__, f.__closure__)
+    g.__doc__, g.__qualname__, g.__kwdefaults__ = f.__doc__, f.__qualname__, f.__kwdefaults__
+    g.__annotations__ = f.__annotations__
+    return g
 
 
 class PrefillInstance(Instance):
@@ -236,17 +275,18 @@ class PrefillInstance(Instance):
 
     def view(self) -> InstanceView:
         """What a router may know of this instance now: queued requests and tokens, and the clock (one view
-        object per instance, refreshed on each call: a router reads it during its call only)."""
-        v = self._view
-        v.num_requests, v.queued_tokens, v.clock_mhz = len(self.queue), self.queued_tokens, self.clock
-        return v
+        object per instance, kept current as the instance changes: a router reads it during its call only)."""
+        return self._view
 
     def submit(self, rid: int, now: float) -> None:
         """A request arrives at this instance."""
         n = self.requests.input_tokens[rid]
         self.queue.append([rid, n, 0])
         self.queued_tokens += n
-        self.rate = self.rate * math.exp((self.rate_t - now) / RATE_TAU_S) + 1.0 / RATE_TAU_S
+        v = self._view
+        v.num_requests += 1
+        v.queued_tokens += n
+        self.rate = self.rate * exp((self.rate_t - now) / RATE_TAU_S) + _RATE_STEP
         self.rate_t = now
 
     def has_work(self) -> bool:
@@ -264,9 +304,7 @@ class PrefillInstance(Instance):
         # Under overlap, the batch was fixed when the previous iteration started: only the entries queued
         # then may join it (none queued then: the batch is formed now, from everything).
         limit = self._visible if self.overlap and self._visible > 0 else len(q)
-        for i, item in enumerate(q):
-            if i >= limit:
-                break
+        for item in islice(q, limit):
             c = item[1] if item[1] < left else left
             off = item[2]
             pairs += c * (off + (c + 1) * 0.5)
@@ -278,11 +316,15 @@ class PrefillInstance(Instance):
         nseq = len(chunks)
         self._tokens, self._seqs, self._pairs = tokens, nseq, pairs
         self._visible = len(q)
-        return Observation(now, nseq, tokens, len(q) - nseq, now - self.requests.arrival_s[q[0][0]], self.rate_at(now),
-                           self.last_latency_s, self.last_clock, self.last_batch, self.last_tokens, self.recent_ttft_s)
+        # The work behind this batch: the rest of a request it only chunks, then every later request.
+        behind = nseq - 1 if q[nseq - 1][1] > chunks[-1] else nseq
+        arrival = self.requests.arrival_s
+        return Observation(now, nseq, tokens, len(q) - nseq, now - arrival[q[0][0]], self.rate_at(now),
+                           self.last_latency_s, self.last_clock, self.last_batch, self.last_tokens, self.recent_ttft_s,
+                           self.queued_tokens - tokens, now - arrival[q[behind][0]] if behind < len(q) else 0.0)
 
     def cost(self, clock: int) -> tuple[float, float]:
-        tg, eg, ts, es, tp, ep = self.costs.prefill(clock)
+        tg, eg, ts, es, tp, ep = self.costs.prefill_tables.get(clock) or self.costs.prefill(clock)
         t, n, p = self._tokens, self._seqs, self._pairs
         return tg[t] + n * ts + p * tp, eg[t] + n * es + p * ep
 
@@ -294,11 +336,13 @@ class PrefillInstance(Instance):
             item = q[0]
             item[1] -= c
             item[2] += c
-            self.queued_tokens -= c
             if item[1] == 0:
                 q.popleft()
                 done.append(item[0])
+        self.queued_tokens -= self._tokens
         self._visible -= len(done)
+        v = self._view
+        v.num_requests, v.queued_tokens = len(q), self.queued_tokens
         self.busy = False
         self.last_s = now
         return done
@@ -337,24 +381,25 @@ class DecodeInstance(Instance):
         self.waiting: deque[int] = deque()
         self.waiting_tokens = 0
         self.inflight = 0  # routed here, KV cache not arrived yet (pre-allocating, in prefill or in transit)
-        self._running: list[tuple[int, int]] = []  # heap of (index of its last iteration, request id)
+        self._ends: dict[int, list[int]] = {}  # iteration index -> the running requests it delivers the last token of
         self.batch = 0
         self.kv_tokens = 0
         self.reserved = 0  # input + output tokens of the running requests
         self.iteration = 0
 
     def view(self) -> InstanceView:
-        """What a router may know of this instance now (one view object per instance, refreshed on each
-        call: a router reads it during its call only)."""
-        v = self._view
-        v.num_requests = self.batch + len(self.waiting) + self.inflight
-        v.queued_tokens, v.clock_mhz = self.reserved + self.waiting_tokens, self.clock
-        return v
+        """What a router may know of this instance now: requests running, waiting and in flight to it, their
+        reserved tokens (input + output), and the clock. One view object per instance, kept current as the
+        instance changes (a router reads it during its call only)."""
+        return self._view
 
     def route(self, rid: int) -> None:
         """Request ``rid`` was routed here: it waits for its KV to be pre-allocated."""
         self.inflight += 1
         self.prealloc.append(rid)
+        v = self._view
+        v.num_requests += 1
+        v.kv_tokens += self.requests.input_tokens[rid]  # its prompt's KV is coming
 
     def preallocate(self, now: float) -> None:
         """Allocate input KV to the head of the pre-allocation queue while it fits (see the class docstring)."""
@@ -365,16 +410,21 @@ class DecodeInstance(Instance):
         free = self.capacity - self.kv_tokens - self.allocated_tokens
         active = self.batch + self.allocated
         m = self.margin
+        released: list[int] = []
+        n_tokens = 0
         while q:
             n = inp[q[0]]
             if active and free - m * active < n + m:
                 break
-            rid = q.popleft()
-            self.allocated += 1
-            self.allocated_tokens += n
+            released.append(q.popleft())
+            n_tokens += n
             free -= n
             active += 1
-            if self.on_preallocated is not None:
+        self.allocated += len(released)
+        self.allocated_tokens += n_tokens
+        # Released after the pass's bookkeeping, in queue order.
+        if self.on_preallocated is not None:
+            for rid in released:
                 self.on_preallocated(rid, now)
 
     def submit(self, rid: int, now: float) -> None:
@@ -382,64 +432,98 @@ class DecodeInstance(Instance):
         r = self.requests
         self.inflight -= 1
         self.waiting.append(rid)
-        self.waiting_tokens += r.input_tokens[rid] + r.output_tokens[rid]
-        self.rate = self.rate * math.exp((self.rate_t - now) / RATE_TAU_S) + 1.0 / RATE_TAU_S
+        need = r.input_tokens[rid] + r.output_tokens[rid]
+        self.waiting_tokens += need
+        self._view.queued_tokens += need  # it was counted in the view's requests since it was routed
+        self.rate = self.rate * exp((self.rate_t - now) / RATE_TAU_S) + _RATE_STEP
         self.rate_t = now
 
     def has_work(self) -> bool:
         return self.batch > 0 or bool(self.waiting) or bool(self.prealloc)
 
     def _admit(self, now: float) -> None:
-        w, r, o = self.waiting, self.requests, self.outcomes
+        w = self.waiting
+        r, o = self.requests, self.outcomes
         inp, out = r.input_tokens, r.output_tokens
+        first_token, first_iter = o.first_token_s, o.first_iter
         it = self.iteration
+        ends = self._ends
+        batch, kv, reserved = self.batch, self.kv_tokens, self.reserved
+        cap, max_batch = self.capacity, self.max_batch
+        admitted: list[int] = []
+        need_total = inp_total = 0
         while w:
             rid = w[0]
-            need = inp[rid] + out[rid]
-            if (self.reserved + need > self.capacity and self.batch > 0) or self.batch >= self.max_batch:
+            n_in, n_out = inp[rid], out[rid]
+            need = n_in + n_out
+            if (reserved + need > cap and batch > 0) or batch >= max_batch:
                 break
             w.popleft()
-            self.waiting_tokens -= need
-            self.allocated -= 1
-            self.allocated_tokens -= inp[rid]
-            o.first_token_s[rid] = now
-            if self.on_first_token is not None:
-                self.on_first_token(rid, now)
-            if out[rid] <= 1:
+            admitted.append(rid)
+            need_total += need
+            inp_total += n_in
+            first_token[rid] = now
+            if n_out <= 1:  # its only token was the first: it leaves at once
                 o.finish_s[rid] = now
+                v = self._view
+                v.num_requests -= 1
+                v.queued_tokens -= need
+                v.kv_tokens -= n_in
                 continue
-            o.first_iter[rid] = it
-            self.batch += 1
-            self.kv_tokens += inp[rid]
-            self.reserved += need
-            heapq.heappush(self._running, (it + out[rid] - 2, rid))
+            first_iter[rid] = it
+            batch += 1
+            kv += n_in
+            reserved += need
+            last = it + n_out - 2  # the iteration that delivers its last token
+            if last in ends:
+                ends[last].append(rid)
+            else:
+                ends[last] = [rid]
+        self.batch, self.kv_tokens, self.reserved = batch, kv, reserved
+        self.waiting_tokens -= need_total
+        self.allocated -= len(admitted)
+        self.allocated_tokens -= inp_total
+        # First tokens are announced after the pass's bookkeeping, in admission order.
+        if self.on_first_token is not None:
+            for rid in admitted:
+                self.on_first_token(rid, now)
 
     def form(self, now: float) -> Observation | None:
-        self.preallocate(now)
-        self._admit(now)
+        if self.prealloc:
+            self.preallocate(now)
+        if self.waiting:
+            self._admit(now)
         if self.batch == 0:
             return None
         return Observation(now, self.batch, self.kv_tokens, len(self.waiting), 0.0, self.rate_at(now),
                            self.last_latency_s, self.last_clock, self.last_batch, self.last_tokens)
 
     def cost(self, clock: int) -> tuple[float, float]:
-        t0, e0, tk, ek = self.costs.decode(clock)
+        t0, e0, tk, ek = self.costs.decode_tables.get(clock) or self.costs.decode(clock)
         b, k = self.batch, self.kv_tokens
         return t0[b] + k * tk, e0[b] + k * ek
 
     def finish(self, now: float) -> None:
         """The running iteration ended at ``now``: every running request got a token; some completed."""
         it = self.iteration
-        run = self._running
-        r = self.requests
         self.kv_tokens += self.batch
-        while run and run[0][0] == it:
-            _, rid = heapq.heappop(run)
-            self.outcomes.finish_s[rid] = now
-            n = r.input_tokens[rid] + r.output_tokens[rid]
-            self.batch -= 1
-            self.kv_tokens -= n - 1
-            self.reserved -= n
+        self._view.kv_tokens += self.batch
+        done = self._ends.pop(it, None)
+        if done is not None:
+            r, fin = self.requests, self.outcomes.finish_s
+            inp, out = r.input_tokens, r.output_tokens
+            tokens = 0
+            for rid in done:
+                fin[rid] = now
+                tokens += inp[rid] + out[rid]
+            # Each frees its reservation (input + output tokens) and its KV: its input and all but its last token.
+            self.batch -= len(done)
+            self.kv_tokens -= tokens - len(done)
+            self.reserved -= tokens
+            v = self._view
+            v.num_requests -= len(done)
+            v.queued_tokens -= tokens
+            v.kv_tokens -= tokens - len(done)
         self.iteration = it + 1
         self.busy = False
         self.last_s = now

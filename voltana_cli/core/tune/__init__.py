@@ -1,21 +1,31 @@
-"""Tuning from a profile: fit EcoPred, measure it on held-out configurations (next to gradient-boosted trees),
-and read and write the tuned-config file (``voltana.tuned/1``) that carries the predictor.
+"""Tuning: fit EcoPred from a profile, and choose the feedback controller's and router's knobs by simulation.
 
+- ``scenario``: ``Scenario``, the one simulated world bench and tune run policies in;
+- ``static_best``: ``find_static_best``, the static prefill/decode clock pair with the least energy that
+  meets a rate's requirement (``requirement_for``);
+- ``search``: ``run_study``, the Optuna search (constrained TPE, shared storage, local workers);
+- ``run``: ``run_tune`` (requirements, search, validation on held-out traffic), ``TuneSpec``, ``table_rows``;
 - ``fitonly``: ``evaluate`` -> ``FitReport``, ``holdout_mask``, the GBT comparison;
-- ``tuned_file``: ``accuracy_report`` (the ``--json`` document), ``tuned_document``, ``write_tuned_config``,
-  ``load_predictor``.
-
-Controller and router auto-tuning arrive in a later version.
+- ``tuned_file``: the tuned-config file (``voltana.tuned/2``) and its one loader, ``load_tuned``.
 """
 
 from voltana_cli.core.tune.fitonly import CHOSEN_FAMILY, FitReport, evaluate, gbt_features, holdout_mask
+from voltana_cli.core.tune.run import TuneOutcome, TuneSpec, run_tune, table_rows
+from voltana_cli.core.tune.scenario import Scenario
+from voltana_cli.core.tune.search import StudyResult, run_study, storage_for
+from voltana_cli.core.tune.static_best import StaticBest, find_static_best, requirement_for
 from voltana_cli.core.tune.tuned_file import (
     TUNED_HEADER,
     TUNED_SCHEMA,
+    TunedConfig,
     accuracy_report,
     load_predictor,
+    load_tuned,
+    policy_to_dict,
+    tune_document,
     tuned_config_text,
     tuned_document,
+    write_document,
     write_tuned_config,
 )
 
@@ -24,12 +34,28 @@ __all__ = [
     "TUNED_HEADER",
     "TUNED_SCHEMA",
     "FitReport",
+    "Scenario",
+    "StaticBest",
+    "StudyResult",
+    "TuneOutcome",
+    "TuneSpec",
+    "TunedConfig",
     "accuracy_report",
     "evaluate",
+    "find_static_best",
     "gbt_features",
     "holdout_mask",
     "load_predictor",
+    "load_tuned",
+    "policy_to_dict",
+    "requirement_for",
+    "run_study",
+    "run_tune",
+    "storage_for",
+    "table_rows",
+    "tune_document",
     "tuned_config_text",
     "tuned_document",
+    "write_document",
     "write_tuned_config",
 ]

@@ -1,0 +1,70 @@
+"""The tune must-show table: ``voltana tune`` on a setup, then per rate on held-out seeds whether
+``voltana-tuned`` meets the requirement, spends no more than the paper's policy and static-best, and is
+within 10 % of the oracle.
+
+    python benchmarks/tune_table.py                          # 2P2D A100-80G-SXM4, Llama-3.1-8B, 50..100 req/s
+    python benchmarks/tune_table.py --gpu h100-80g-sxm       # the same pair on H100
+    python benchmarks/tune_table.py --model qwen3-32b --rates 15:30:5
+
+Prints the table, the wall time of the tune, and one line per check; exits 1 when a check fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from voltana_cli.core.bench import BenchConfig, parse_rates, prepare_bench
+from voltana_cli.core.tune.run import TuneSpec, run_tune, table_rows
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--gpu", default="a100-80g-sxm4")
+    ap.add_argument("--model", default="llama-3.1-8b")
+    ap.add_argument("--rates", default="50:100:10")
+    ap.add_argument("--duration-s", type=float, default=60.0)
+    ap.add_argument("--trials", type=int, default=40)
+    ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--jobs", type=int, default=1)
+    a = ap.parse_args()
+    rates = parse_rates(a.rates)
+    cfg = BenchConfig(request_rates=rates, duration_s=a.duration_s, gpu=a.gpu, model=a.model, policies=["static-max"],
+                      seed=a.seed)
+    scn = prepare_bench(cfg).scenario
+    t0 = time.perf_counter()
+    out = run_tune(scn, TuneSpec(rates, trials=a.trials, seed=a.seed, heldout_seeds=a.seeds, jobs=a.jobs))
+    wall = time.perf_counter() - t0
+    rows = table_rows(out)
+    by = {(r["request_rate"], r["policy"]): r for r in rows}
+    print(f"{a.gpu} x {a.model}, 2P2D, sharegpt, TTFT 800 ms, ITL 50 ms; {out.study.trials} trials "
+          f"({out.study.feasible} feasible), tune wall time {wall:.0f} s; held-out seeds, held-out rate "
+          f"{out.heldout_rate}")
+    print(f"{'req/s':>6} {'policy':14} {'energy J':>10} {'saving':>8} {'TTFT':>7} {'ITL':>7} {'both':>7} {'req':>7}")
+    for r in sorted(rows, key=lambda r: (r["request_rate"], r["policy"])):
+        print(f"{r['request_rate']:6g} {r['policy']:14} {r['energy_j']:10,.0f} {100 * r['saving_vs_static_max']:7.1f}% "
+              f"{100 * r['ttft']:6.1f}% {100 * r['itl']:6.1f}% {100 * r['both']:6.1f}% {100 * r['requirement']:6.1f}%"
+              + (f"  {r['static_best_pair']}" if r["static_best_pair"] else ""))
+    ok = True
+    for rate in sorted({r["request_rate"] for r in rows}):
+        t = by.get((rate, "voltana-tuned"))
+        if t is None:
+            print(f"{rate:g}: no tuned policy (no feasible trial)")
+            ok = False
+            continue
+        checks = {
+            "meets requirement": t["meets"],
+            "<= voltana": t["energy_j"] <= by[(rate, "voltana")]["energy_j"] * 1.0005,
+            "<= static-best": t["energy_j"] <= by[(rate, "static-best")]["energy_j"] * 1.0005,
+            "within 10 % of oracle": t["energy_j"] <= by[(rate, "oracle")]["energy_j"] * 1.10,
+        }
+        ok &= all(checks.values())
+        print(f"{rate:g} req/s: " + ", ".join(f"{k} {'ok' if v else 'MISS'}" for k, v in checks.items())
+              + f" (tuned/oracle {t['energy_j'] / by[(rate, 'oracle')]['energy_j']:.3f})")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,220 @@
+"""The feedback controller, the predictive router and the oracle, as pure objects on hand-built states."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from voltana_cli.core.policy import InstanceView, Observation
+from voltana_cli.core.policy.feedback import FeedbackController, FeedbackParams
+from voltana_cli.core.policy.oracle import OracleController
+from voltana_cli.core.policy.predictive import PredictiveRouter
+
+CLOCKS = tuple(range(1005, 1411, 15))
+
+
+class Linear:
+    """Latency ∝ work / clock; energy ∝ work × (static + clock²), so the least energy is not at the lowest
+    clock. ``scale`` biases every prediction (a predictor that is wrong by a constant factor)."""
+
+    has_energy = True
+
+    def __init__(self, scale: float = 1.0):
+        self.scale = scale
+
+    def decode_s(self, batch: int, kv_tokens: int, clock_mhz: int) -> float:
+        return self.scale * (0.004 + 0.0001 * batch + 2e-8 * kv_tokens) * 1410 / clock_mhz
+
+    def prefill_s(self, tokens: int, num_seqs: int, clock_mhz: int) -> float:
+        return self.scale * (0.01 + 0.00007 * tokens + 0.001 * num_seqs) * 1410 / clock_mhz
+
+    def _j(self, t: float, clock: int) -> float:
+        return t * (120 + 1.2e-4 * clock ** 2)
+
+    def decode_j(self, batch: int, kv_tokens: int, clock_mhz: int) -> float:
+        return self._j(self.decode_s(batch, kv_tokens, clock_mhz), clock_mhz)
+
+    def prefill_j(self, tokens: int, num_seqs: int, clock_mhz: int) -> float:
+        return self._j(self.prefill_s(tokens, num_seqs, clock_mhz), clock_mhz)
+
+
+class LatencyOnly(Linear):
+    has_energy = False
+
+
+def decode_obs(now: float, batch: int, kv: int, last: float = 0.0, clock: int = 0) -> Observation:
+    return Observation(now, batch, kv, last_latency_s=last, last_clock_mhz=clock, last_batch_size=batch,
+                       last_num_tokens=kv)
+
+
+def run_decode(ctl: FeedbackController, truth: Linear, batch: int, kv: int, n: int = 400) -> list[int]:
+    """Drive a decode controller at constant load against a 'true' GPU; returns the clocks chosen."""
+    now, last, clock, seen = 0.0, 0.0, 0, []
+    for _ in range(n):
+        clock = ctl.decide(decode_obs(now, batch, kv, last, clock))
+        last = truth.decode_s(batch, kv, clock)
+        now += last
+        seen.append(clock)
+    return seen
+
+
+@pytest.mark.parametrize("bias", [0.8, 1.25])
+def test_a_biased_predictor_is_corrected_from_measurements(bias):
+    """The predictor is off by a constant factor; after the loop settles, observed latency sits at the target
+    (within the gap between two clocks) instead of bias x target."""
+    truth = Linear()
+    ctl = FeedbackController("decode", LatencyOnly(bias), CLOCKS, 0.05, FeedbackParams(headroom=0.1, ki=0.0, kp=0.0))
+    clocks = run_decode(ctl, truth, 300, 300 * 800)
+    assert ctl.bias == pytest.approx(1 / bias, rel=0.02)
+    settled = [truth.decode_s(300, 300 * 800, c) for c in clocks[-100:]]
+    assert max(settled) <= 0.045 * 1.001  # never above the target once corrected
+    assert min(settled) >= 0.045 * (1410 - 45) / 1410 * 0.97  # and no more than a couple of clock steps below
+
+
+def test_error_sign_moves_the_budget():
+    """Observed latencies below the target raise the budget (lower clocks); above it, lower the budget."""
+    p = FeedbackParams(headroom=0.1, kp=0.5, ki=0.1)
+    fast = FeedbackController("decode", LatencyOnly(), CLOCKS, 0.05, p)
+    slow = FeedbackController("decode", LatencyOnly(), CLOCKS, 0.05, p)
+    for i in range(50):
+        fast.decide(decode_obs(i * 0.02, 8, 8000, last=0.02, clock=1410))
+        slow.decide(decode_obs(i * 0.06, 8, 8000, last=0.06, clock=1410))
+    assert fast.correction > 0 > slow.correction
+    assert fast.integral > 0 > slow.integral
+
+
+def test_anti_windup_bounds_the_integral_and_the_correction():
+    p = FeedbackParams(kp=1.0, ki=1.0, integral_limit=0.7, max_correction=0.4)
+    ctl = FeedbackController("decode", LatencyOnly(), CLOCKS, 0.05, p)
+    for i in range(5000):  # a long overload
+        ctl.decide(decode_obs(i * 0.5, 512, 512 * 4000, last=0.5, clock=1410))
+    assert ctl.integral == -0.7 and ctl.correction == -0.4
+    # Recovery is as quick as the bound allows: the integral does not carry 5000 iterations of error.
+    for i in range(30):
+        ctl.decide(decode_obs(3000 + i * 0.005, 8, 800, last=0.005, clock=1410))
+    assert ctl.correction > 0
+
+
+def test_no_flapping_under_constant_load():
+    truth = Linear()
+    for params in (FeedbackParams(), FeedbackParams(kp=1.0, ki=0.3, hysteresis=0.0, dwell_s=0.0)):
+        ctl = FeedbackController("decode", Linear(), CLOCKS, 0.05, params)
+        clocks = run_decode(ctl, truth, 300, 300 * 800, n=2000)[-1000:]
+        changes = sum(a != b for a, b in zip(clocks, clocks[1:], strict=False))
+        # A limit cycle between two neighbouring clocks is how a discrete actuator holds a mean; it must be
+        # slow (at most one change per 10 iterations) and between neighbours only.
+        assert changes <= 100, changes
+        assert max(clocks) - min(clocks) <= 2 * (CLOCKS[1] - CLOCKS[0])
+
+
+@settings(max_examples=80, deadline=None)
+@given(batch=st.integers(1, 600), kv=st.integers(0, 400_000), more=st.integers(1, 200), extra_kv=st.integers(0, 50_000),
+       energy=st.booleans())
+def test_the_clock_never_falls_when_decode_load_rises(batch, kv, more, extra_kv, energy):
+    pred = Linear() if energy else LatencyOnly()
+    a = FeedbackController("decode", pred, CLOCKS, 0.05)
+    b = FeedbackController("decode", pred, CLOCKS, 0.05)
+    low = a.decide(decode_obs(0.0, batch, kv))
+    high = b.decide(decode_obs(0.0, batch + more, kv + extra_kv))
+    assert high >= low
+
+
+@settings(max_examples=80, deadline=None)
+@given(tokens=st.integers(1, 8192), wait=st.floats(0, 0.7), queued=st.integers(0, 30_000), more_wait=st.floats(0, 0.3))
+def test_the_prefill_clock_never_falls_when_waiting_or_queued_work_grows(tokens, wait, queued, more_wait):
+    ctl = [FeedbackController("prefill", LatencyOnly(), CLOCKS, 0.8) for _ in range(3)]
+    base = Observation(0.0, 1, tokens, queued=3, oldest_wait_s=wait, queued_tokens=queued, queued_oldest_wait_s=wait)
+    c0 = ctl[0].decide(base)
+    c1 = ctl[1].decide(Observation(0.0, 1, tokens, queued=3, oldest_wait_s=wait + more_wait, queued_tokens=queued,
+                                   queued_oldest_wait_s=wait + more_wait))
+    c2 = ctl[2].decide(Observation(0.0, 1, tokens, queued=4, oldest_wait_s=wait, queued_tokens=queued + 2048,
+                                   queued_oldest_wait_s=wait))
+    assert c1 >= c0 and c2 >= c0
+
+
+def test_prefill_plans_over_its_queue():
+    """A small batch alone fits the lowest clock; with a long queue behind it, the clock rises just enough
+    for the queue to drain in time, and an empty queue leaves it low."""
+    alone = FeedbackController("prefill", LatencyOnly(), CLOCKS, 0.8).decide(Observation(0.0, 1, 512))
+    busy = FeedbackController("prefill", LatencyOnly(), CLOCKS, 0.8).decide(
+        Observation(0.0, 1, 512, queued=6, queued_tokens=7000, queued_oldest_wait_s=0.1))
+    assert alone == CLOCKS[0] and CLOCKS[0] < busy <= CLOCKS[-1]
+    pred = LatencyOnly()
+    assert (pred.prefill_s(512, 1, busy) + pred.prefill_s(7000, 6, busy)) * 1.0 <= 0.8 * 0.9 - 0.1
+
+
+def test_energy_aware_choice_is_not_always_the_lowest_clock():
+    """With static power in the energy model the cheapest fitting clock can be above the lowest."""
+    class Static(Linear):
+        def _j(self, t, clock):
+            return t * (400 + 1e-5 * clock ** 2)  # static power dominates: finishing faster is cheaper
+
+    got = FeedbackController("decode", Static(), CLOCKS, 0.05).decide(decode_obs(0.0, 8, 8000))
+    assert got == CLOCKS[-1]
+    got = FeedbackController("decode", Linear(), CLOCKS, 0.05).decide(decode_obs(0.0, 8, 8000))
+    assert got < CLOCKS[-1]
+
+
+def test_levels_floor_step_and_top():
+    p = FeedbackParams(floor_mhz=1100, step=7)
+    assert p.levels(CLOCKS) == [1110, 1215, 1320, 1410]
+    assert FeedbackParams(floor_mhz=5000).levels(CLOCKS) == [1410]
+    with pytest.raises(ValueError, match="headroom"):
+        FeedbackParams(headroom=1.5).check()
+    with pytest.raises(ValueError, match="kp"):
+        FeedbackParams(kp=float("nan")).check()
+
+
+# --- the predictive router's what-if ------------------------------------------------------------------
+def view(i: int, n: int, kv: int) -> InstanceView:
+    return InstanceView(i, n, kv, 1005, kv)
+
+
+def test_router_packs_onto_a_running_instance_while_the_budget_holds():
+    r = PredictiveRouter(Linear(), CLOCKS, 0.05)
+    assert r.choose(500, [view(0, 0, 0), view(1, 20, 20_000)]) == 1  # an empty instance costs a whole iteration
+
+
+def test_router_spreads_when_one_more_request_would_break_the_budget():
+    r = PredictiveRouter(Linear(), CLOCKS, 0.05)
+    pred = Linear()
+    full = 341  # the batch at which the top clock still just keeps the budget
+    assert pred.decode_s(full, full * 1000, 1410) <= 0.045 < pred.decode_s(full + 1, (full + 1) * 1000 + 500, 1410)
+    assert r.choose(500, [view(0, full, full * 1000), view(1, 40, 40_000)]) == 1
+
+
+def test_router_avoids_a_step_in_the_predictor():
+    class Step(Linear):
+        def decode_s(self, batch, kv, clock):
+            return super().decode_s(batch, kv, clock) * (1.3 if batch > 128 else 1.0)
+
+    r = PredictiveRouter(Step(), CLOCKS, 0.05)
+    # Instance 0 sits on the step (128 -> 129 costs 30 %); instance 1 has room below it.
+    assert r.choose(100, [view(0, 128, 128 * 200), view(1, 100, 100 * 200)]) == 1
+
+
+def test_router_when_no_instance_can_keep_the_budget_takes_the_least_loaded():
+    r = PredictiveRouter(Linear(), CLOCKS, 0.001)
+    assert r.choose(100, [view(0, 50, 5000), view(1, 10, 1000), view(2, 30, 3000)]) == 1
+
+
+# --- the oracle --------------------------------------------------------------------------------------
+@settings(max_examples=60, deadline=None)
+@given(base=st.floats(0.001, 0.2), noise=st.floats(0.8, 1.25), wait=st.floats(0, 0.5))
+def test_the_oracle_never_misses_a_budget_the_top_clock_meets(base, noise, wait):
+    truth = lambda c: base * noise * 1410 / c  # noqa: E731
+    for phase, slo in (("decode", 0.05), ("prefill", 0.8)):
+        o = OracleController(phase, CLOCKS, slo)
+        obs = Observation(0.0, 4, 4000, oldest_wait_s=wait if phase == "prefill" else 0.0, truth_s=truth)
+        c = o.decide(obs)
+        budget = slo - obs.oldest_wait_s
+        if truth(1410) <= budget:
+            assert truth(c) <= budget and (c == CLOCKS[0] or truth(CLOCKS[CLOCKS.index(c) - 1]) > budget)
+        else:
+            assert c == 1410
+
+
+def test_the_oracle_refuses_a_world_without_truth():
+    with pytest.raises(RuntimeError, match="ground truth"):
+        OracleController("decode", CLOCKS, 0.05).decide(Observation(0.0, 1, 10))

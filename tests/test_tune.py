@@ -1,0 +1,138 @@
+"""``voltana tune``: the static-best search, the tuned-config file, and a tiny end-to-end tune through the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from voltana_cli.cli import app
+from voltana_cli.core.bench import BenchConfig, prepare_bench
+from voltana_cli.core.errors import UserError
+from voltana_cli.core.policy.feedback import FeedbackParams, TunedPolicy
+from voltana_cli.core.tune.search import storage_for
+from voltana_cli.core.tune.static_best import clock_grid, find_static_best, requirement_for
+from voltana_cli.core.tune.tuned_file import (
+    load_predictor,
+    load_tuned,
+    policy_from_dict,
+    policy_to_dict,
+    tune_document,
+    write_document,
+)
+
+runner = CliRunner()
+
+
+def scenario(rate: float = 40.0, duration: float = 20.0):
+    return prepare_bench(BenchConfig(request_rates=[rate], duration_s=duration, policies=["static-max"])).scenario
+
+
+def test_clock_grid_steps_down_from_the_top():
+    grid = clock_grid(tuple(range(210, 1411, 15)))
+    assert grid[0] == 1410 and all(a - b >= 99 for a, b in zip(grid, grid[1:], strict=False))
+    assert grid[-1] >= 0.35 * 1410
+
+
+def test_static_best_meets_the_requirement_with_less_energy_than_static_max():
+    scn = scenario()
+    base = scn.run("static-max", 40.0, 0)
+    req = requirement_for(base["attainment"]["both"], 0.99)
+    found = find_static_best(scn, 40.0, [0], req)
+    assert found.best is not None and found.best.attainment >= req
+    assert found.best.energy_j < base["energy_j"]["total"]
+    # Nothing it tried that met the requirement was cheaper than what it chose.
+    assert all(r.energy_j >= found.best.energy_j for r in found.tried if r.attainment >= req)
+    # The pair is chosen per role: the names run as static:<prefill>/<decode>.
+    again = scn.run(found.best.name, 40.0, 0)
+    assert again["energy_j"]["total"] == pytest.approx(found.best.energy_j)
+
+
+def test_requirement_is_the_target_or_what_static_max_keeps():
+    assert requirement_for(1.0, 0.99) == pytest.approx(0.98)
+    assert requirement_for(0.6, 0.99) == pytest.approx(0.59)
+
+
+def tuned_example() -> TunedPolicy:
+    return TunedPolicy(FeedbackParams(headroom=0.2, kp=0.4, floor_mhz=900, step=7),
+                       FeedbackParams(headroom=-0.05, ki=0.1, floor_mhz=810), "tile-aware", 0.15)
+
+
+def test_the_tuned_file_round_trips(tmp_path):
+    path = tmp_path / "t.yaml"
+    prov = {"gpu": "a100-80g-sxm4", "model": "llama-3.1-8b", "seed": 3}
+    write_document(path, tune_document(tuned_example(), prov, {"rows": []}))
+    back = load_tuned(path)
+    assert back.policy == tuned_example() and back.predictor is None and back.provenance["seed"] == 3
+    assert back.schema == "voltana.tuned/2" and path.read_text().startswith("# voltana tuned config")
+    assert policy_from_dict(policy_to_dict(tuned_example()), "x") == tuned_example()
+    with pytest.raises(UserError, match="has no predictor section"):
+        load_predictor(path)
+
+
+@pytest.mark.parametrize("change,msg", [
+    (lambda d: d.__setitem__("schema", "voltana.tuned/9"), "is not 'voltana.tuned/2'"),
+    (lambda d: d["policy"]["decode"].__setitem__("gain", 1), "policy.decode.gain is not a knob"),
+    (lambda d: d["policy"]["prefill"].__setitem__("headroom", 3.0), "headroom 3.0 must be in"),
+    (lambda d: d["policy"].__setitem__("decode", [1]), "policy.decode is missing or not a mapping"),
+    (lambda d: d["policy"].__setitem__("router_headroom", "x"), "router_headroom a number"),
+    (lambda d: (d.pop("policy"), d.pop("validation")), "neither a predictor nor a policy"),
+])
+def test_bad_tuned_files_are_one_line(tmp_path, change, msg):
+    doc = tune_document(tuned_example(), {"gpu": "a100-80g-sxm4", "model": "llama-3.1-8b"}, {})
+    change(doc)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(UserError, match=msg):
+        load_tuned(path)
+
+
+def test_bench_refuses_a_tuned_file_of_another_gpu(tmp_path):
+    path = tmp_path / "t.yaml"
+    write_document(path, tune_document(tuned_example(), {"gpu": "h100-80g-sxm", "model": "llama-3.1-8b"}, {}))
+    r = runner.invoke(app, ["bench", "--tuned", str(path), "--duration-s", "5"])
+    assert r.exit_code == 2 and "--tuned: it is for h100-80g-sxm x llama-3.1-8b" in r.output, r.output
+
+
+def test_unknown_storage_schemes_are_refused():
+    with pytest.raises(UserError, match="is not a study storage"):
+        storage_for("redis://localhost/0")
+    with pytest.raises(UserError, match="is not a study storage"):
+        storage_for("tuned.db")
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--target-attainment", "1.5"], "--target-attainment: 1.5 is outside (0, 1]"),
+    (["--target-attainment", "0"], "--target-attainment: 0.0 is outside (0, 1]"),
+    (["--storage", "ftp://x"], "--storage: 'ftp://x' is not a study storage"),
+    (["--trials", "0"], "--trials: 0 must be >= 1"),
+    (["--seeds", "0"], "--seeds: 0 must be >= 1"),
+])
+def test_tune_bad_input_is_one_line(args, msg, tmp_path):
+    r = runner.invoke(app, ["tune", "--out", str(tmp_path / "t.yaml"), *args])
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert r.exit_code == 2 and len(lines) == 1 and msg in lines[0], r.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_tiny_tune_end_to_end_then_bench_loads_it(tmp_path):
+    out, js = tmp_path / "tuned.yaml", tmp_path / "tune.json"
+    r = runner.invoke(app, ["tune", "--request-rate", "30:40:10", "--duration-s", "15", "--trials", "6", "--seeds",
+                            "1", "--out", str(out), "--json", str(js)], env={"COLUMNS": "200"})
+    assert r.exit_code == 0, r.output
+    cfg = load_tuned(out)
+    assert cfg.policy is not None and cfg.provenance["gpu"] == "a100-80g-sxm4" and cfg.provenance["trials"] == 6
+    runs = json.loads(js.read_text())["runs"]
+    policies = {x["policy"] for x in runs}
+    assert policies == {"static-max", "static-best", "voltana", "voltana-tuned", "oracle"}
+    assert {x["request_rate"] for x in runs} == {30.0, 35.0, 40.0}  # 35: the held-out rate
+    assert all(x["seed"] >= 1000 for x in runs)  # validated on held-out traffic only
+    for name in ("voltana-tuned", "oracle", "static-best"):
+        assert name in r.output
+    b = runner.invoke(app, ["bench", "--tuned", str(out), "--request-rate", "30", "--duration-s", "10", "--policy",
+                            "static-max", "--json", str(tmp_path / "b.json")])
+    assert b.exit_code == 0, b.output
+    assert [x["policy"] for x in json.loads((tmp_path / "b.json").read_text())["runs"]] == ["static-max",
+                                                                                          "voltana-tuned"]

@@ -1,0 +1,239 @@
+"""A feedback frequency controller: per iteration, the clock that costs least while the iteration fits a
+latency budget that the instance's own observed latencies correct online.
+
+EcoFreq (``controller.EcoFreqController``) trusts its predictor open-loop and reads a target fixed by hand
+(``slo * (1 + margin)``); it forces the top clock whenever work is queued. This controller closes the loop
+twice, and plans over the queue:
+
+1. **Predictor correction (inner loop).** Each iteration it compares the previous iteration's measured
+   latency with what the predictor said for that very shape and clock; an exponentially weighted mean of
+   the ratio scales every prediction. A biased predictor (EcoPred fitted on another day, the analytical
+   model's ±5 %) is corrected within a few iterations. (GreenLLM's decode controller pairs a fast
+   latency-tracking loop with a slower SLO loop in the same way, arXiv 2508.16449.)
+2. **SLO loop (outer loop).** The budget is ``target * (1 + u)`` with ``target = slo * (1 - headroom)``
+   and ``u`` a PI law on the relative SLO error over a short window: decode reads the inter-token
+   latencies its requests just saw; prefill reads the TTFTs of the requests it just served. Because clocks
+   are discrete, the chosen clock usually runs faster than the budget; the integral term spends that slack
+   (the budget rises until the observed mean sits at the target), and withdraws it as soon as observed
+   latencies climb. The integral is clamped (anti-windup) and the correction is bounded, so a long idle
+   period or an overload cannot wind it up.
+3. **Queue planning (prefill).** A prefill iteration must serve its own oldest request in time *and* leave
+   time for the work queued behind it: the clock must fit ``budget - oldest_wait`` for this batch and
+   ``budget - queued_oldest_wait`` for this batch plus the queued tokens, at the same clock. (BiScale plans
+   prefill clocks over the queue with model-predictive control; this is its one-step form, which needs no
+   arrival forecast.) EcoFreq's "queued work forces the top clock" becomes a consequence rather than a rule:
+   the top clock is chosen only when nothing lower can drain the queue in time.
+
+Among the clocks that fit, it takes the one with the least predicted energy when the predictor has an
+energy model (the least energy is not always at the lowest clock: static power is paid per second), else
+the lowest. Lowering waits ``dwell_s`` after the last change and needs a ``hysteresis`` fraction of slack
+(no flapping under constant load); raising is immediate. The clock never falls when the iteration grows
+(more requests, tokens or waiting), because every prediction is monotone in them.
+
+Pure: no clocks are read, no time is slept, nothing is imported from the worlds. The same object runs in
+the simulator and, later, in the live sidecar, fed by ``Observation``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from voltana_cli.core.policy.controller import Observation
+from voltana_cli.core.policy.predictor import Predictor
+
+
+@dataclass(frozen=True)
+class FeedbackParams:
+    """The knobs of one phase's feedback controller (what ``voltana tune`` searches).
+
+    Attributes:
+        headroom: the target is ``slo * (1 - headroom)``; negative values aim above the SLO (the ITL rule
+            is a per-request mean, so single iterations may exceed it).
+        kp: proportional gain on the relative SLO error.
+        ki: integral gain (per iteration) on the relative SLO error.
+        window: iterations in the error's moving mean (and the predictor correction's time constant).
+        integral_limit: anti-windup bound on the integral state, in units of relative error.
+        max_correction: the budget stays within ``target * (1 ± max_correction)``.
+        floor_mhz: the lowest clock the controller uses (low clocks can cost more energy per token).
+        step: use every ``step``-th supported clock from ``floor_mhz`` up (the top clock always).
+        dwell_s: minimum time at a clock before lowering it.
+        hysteresis: a lower clock must fit ``budget * (1 - hysteresis)`` to be taken.
+        idle_timeout_s: idle time after which the instance drops to its lowest clock.
+    """
+
+    headroom: float = 0.1
+    kp: float = 0.3
+    ki: float = 0.05
+    window: int = 16
+    integral_limit: float = 2.0
+    max_correction: float = 0.5
+    floor_mhz: int = 0
+    step: int = 1
+    dwell_s: float = 0.05
+    hysteresis: float = 0.03
+    idle_timeout_s: float = 5.0
+
+    def levels(self, clocks_mhz: tuple[int, ...]) -> list[int]:
+        """The clocks this controller chooses among, ascending: every ``step``-th from ``floor_mhz``, and the top."""
+        usable = [c for c in sorted(clocks_mhz) if c >= self.floor_mhz] or [max(clocks_mhz)]
+        chosen = usable[:: max(1, self.step)]
+        if chosen[-1] != usable[-1]:
+            chosen.append(usable[-1])
+        return chosen
+
+    def check(self) -> None:
+        """Refuse knobs no controller can run with (``ValueError`` naming the knob)."""
+        for name in ("kp", "ki", "integral_limit", "max_correction", "dwell_s", "hysteresis", "idle_timeout_s"):
+            v = getattr(self, name)
+            if not v >= 0 or v != v or v == float("inf") and name != "idle_timeout_s":
+                raise ValueError(f"feedback {name} {v} must be a finite number >= 0")
+        if not -1.0 < self.headroom < 1.0:
+            raise ValueError(f"feedback headroom {self.headroom} must be in (-1, 1)")
+        if self.window < 1 or self.step < 1:
+            raise ValueError("feedback window and step must be >= 1")
+        if self.max_correction >= 1 or self.hysteresis >= 1:
+            raise ValueError("feedback max_correction and hysteresis must be < 1")
+
+
+class FeedbackController:
+    """The feedback controller of one phase (see the module docstring).
+
+    Args:
+        phase: ``"prefill"`` or ``"decode"``.
+        predictor: latency (and, when it has ``decode_j``/``prefill_j``, energy) predictor.
+        clocks_mhz: the supported clocks; ``params`` picks the levels among them.
+        slo_s: TTFT SLO for prefill, ITL SLO for decode.
+        params: the knobs.
+    """
+
+    def __init__(self, phase: str, predictor: Predictor, clocks_mhz: tuple[int, ...], slo_s: float,
+                 params: FeedbackParams | None = None):
+        if phase not in ("prefill", "decode"):
+            raise ValueError(f"phase must be prefill or decode, not {phase!r}")
+        p = params or FeedbackParams()
+        p.check()
+        self.phase, self.predictor, self.params, self.slo_s = phase, predictor, p, slo_s
+        self.levels = p.levels(clocks_mhz)
+        self.max_clock, self.min_clock = self.levels[-1], self.levels[0]
+        self.target_s = slo_s * (1.0 - p.headroom)
+        self.idle_timeout_s = p.idle_timeout_s
+        self.idle_clock_mhz = self.min_clock
+        self.current = self.min_clock
+        self._since = -1e18
+        self._alpha = 2.0 / (p.window + 1.0)
+        self.bias = 1.0  # measured / predicted, smoothed
+        self.observed_s = self.target_s  # smoothed observed latency (decode: ITL; prefill: TTFT)
+        self.integral = 0.0
+        self.correction = 0.0
+        self._last_ttft = 0.0
+        self._is_decode = phase == "decode"
+        self._energy = getattr(predictor, "decode_j" if self._is_decode else "prefill_j", None)
+        if self._energy is not None and not getattr(predictor, "has_energy", True):
+            self._energy = None
+
+    # --- the loops ------------------------------------------------------------------------------------
+    def _predict(self, batch: int, tokens: int, clock: int) -> float:
+        if self._is_decode:
+            return self.predictor.decode_s(batch, tokens, clock)
+        return self.predictor.prefill_s(tokens, batch, clock)
+
+    def _learn(self, obs: Observation) -> None:
+        """Update the predictor correction and the SLO loop from what the previous iteration measured."""
+        a = self._alpha
+        if obs.last_latency_s > 0 and obs.last_clock_mhz in self.levels:
+            pred = self._predict(obs.last_batch_size, obs.last_num_tokens, obs.last_clock_mhz)
+            if pred > 0:
+                ratio = min(max(obs.last_latency_s / pred, 0.5), 2.0)  # one outlier must not swing it
+                self.bias += a * (ratio - self.bias)
+        if self._is_decode:
+            sample = obs.last_latency_s
+        else:
+            sample = obs.recent_ttft_s if obs.recent_ttft_s != self._last_ttft else 0.0
+            self._last_ttft = obs.recent_ttft_s
+        if sample <= 0:
+            return
+        self.observed_s += a * (sample - self.observed_s)
+        p = self.params
+        err = (self.target_s - self.observed_s) / self.slo_s  # > 0: running faster than needed
+        self.integral = min(max(self.integral + err, -p.integral_limit), p.integral_limit)
+        u = p.kp * err + p.ki * self.integral
+        self.correction = min(max(u, -p.max_correction), p.max_correction)
+
+    # --- the decision ---------------------------------------------------------------------------------
+    def _fits(self, obs: Observation, clock: int, budget: float) -> bool:
+        b = self.bias
+        if self._is_decode:
+            return b * self.predictor.decode_s(obs.batch_size, obs.num_tokens, clock) <= budget
+        this = b * self.predictor.prefill_s(obs.num_tokens, obs.batch_size, clock)
+        if this > budget - obs.oldest_wait_s:
+            return False
+        if obs.queued_tokens <= 0:
+            return True
+        behind = b * self.predictor.prefill_s(obs.queued_tokens, max(obs.queued, 1), clock)
+        return this + behind <= budget - obs.queued_oldest_wait_s
+
+    def _cost(self, obs: Observation, clock: int) -> float:
+        if self._energy is None:
+            return float(clock)
+        if self._is_decode:
+            return float(self._energy(obs.batch_size, obs.num_tokens, clock))
+        return float(self._energy(obs.num_tokens, obs.batch_size, clock))
+
+    def _want(self, obs: Observation) -> int:
+        budget = self.target_s * (1.0 + self.correction)
+        best, best_cost = self.max_clock, float("inf")
+        for c in self.levels:
+            slack = budget * (1.0 - self.params.hysteresis) if c < self.current else budget
+            if self._fits(obs, c, slack):
+                cost = self._cost(obs, c)
+                if cost < best_cost:
+                    best, best_cost = c, cost
+                if self._energy is None:
+                    break  # the lowest fitting clock
+        return best
+
+    def decide(self, obs: Observation) -> int:
+        self._learn(obs)
+        want = self._want(obs)
+        cur = self.current
+        if want < cur and obs.now_s - self._since < self.params.dwell_s:
+            return cur
+        if want != cur:
+            self.current = want
+            self._since = obs.now_s
+        return want
+
+    def on_idle_timeout(self) -> None:
+        """Idle for ``idle_timeout_s``: drop to the lowest clock and forget the queue's transient."""
+        self.current = self.min_clock
+        self.integral = 0.0
+        self.correction = 0.0
+        self.observed_s = self.target_s
+
+
+@dataclass(frozen=True)
+class TunedPolicy:
+    """What ``voltana tune`` chooses: a feedback controller's knobs per phase and the decode router.
+
+    Attributes:
+        prefill: the prefill controllers' knobs.
+        decode: the decode controllers' knobs.
+        router: the registered decode router (``predictive``, ``tile-aware``, ...).
+        router_headroom: the predictive router's ITL budget is ``slo * (1 - router_headroom)``.
+    """
+
+    prefill: FeedbackParams = FeedbackParams()
+    decode: FeedbackParams = FeedbackParams()
+    router: str = "predictive"
+    router_headroom: float = 0.1
+
+    @classmethod
+    def default_for(cls, clocks_mhz: tuple[int, ...], levels_mhz: tuple[int, ...]) -> TunedPolicy:
+        """The untuned default: clocks from the lowest EcoFreq level up, about 100 MHz apart."""
+        spacing = (clocks_mhz[1] - clocks_mhz[0]) if len(clocks_mhz) > 1 else 100
+        params = FeedbackParams(floor_mhz=min(levels_mhz), step=max(1, round(100 / max(spacing, 1))))
+        return cls(prefill=params, decode=params)
+
+    def clocks(self, clocks_mhz: tuple[int, ...]) -> list[int]:
+        """Every clock either phase may choose (what a predictor must know)."""
+        return sorted(set(self.prefill.levels(clocks_mhz)) | set(self.decode.levels(clocks_mhz)))

@@ -1,0 +1,174 @@
+"""``voltana tune`` as a library call: requirements, the search, and validation on held-out traffic.
+
+1. Each rate's requirement from static-max on the training seeds: joint attainment
+   ``>= min(target, static-max's) - 1 point`` (``static_best.requirement_for``).
+2. The search (``search.run_study``) over the feedback controller's and router's knobs on those seeds.
+3. Validation on held-out seeds (never seen by the search) at every rate and at a held-out rate inside the
+   range: static-max, static-best (searched on the held-out seeds themselves: the strongest hand-made
+   baseline), the paper's policy (``voltana``), ``voltana-tuned`` and the oracle (a yardstick).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from voltana_cli.core.errors import UserError
+from voltana_cli.core.policy.feedback import TunedPolicy
+from voltana_cli.core.tune.scenario import Scenario
+from voltana_cli.core.tune.search import Requirement, StudyResult, run_study
+from voltana_cli.core.tune.static_best import find_static_best, requirement_for
+
+#: The policies validation compares, in report order (``static-best`` and ``colocated`` are searched).
+REPORT_POLICIES = ("static-max", "static-best", "voltana", "voltana-tuned", "oracle")
+#: Seeds of held-out traffic start here, far from the training seeds (``seed``, ``seed + 1``, ...).
+HELDOUT_OFFSET = 1000
+
+
+@dataclass
+class TuneSpec:
+    """What to tune for and how hard to search.
+
+    Attributes:
+        rates: the request rates the knobs must serve.
+        target: the joint attainment asked at every rate (0-1].
+        trials: the search's trial budget.
+        seed: seeds the search, the training traffic and (offset) the held-out traffic.
+        train_seeds: traffic seeds each trial is scored on.
+        heldout_seeds: traffic seeds of the validation.
+        storage: the study storage URL (``None``: in memory).
+        study_name: the study's name (resumes it).
+        jobs: local worker processes.
+    """
+
+    rates: list[float]
+    target: float = 0.99
+    trials: int = 40
+    seed: int = 0
+    train_seeds: int = 1
+    heldout_seeds: int = 2
+    storage: str | None = None
+    study_name: str | None = None
+    jobs: int = 1
+
+    def check(self) -> None:
+        if not 0 < self.target <= 1:
+            raise UserError(f"{self.target} is outside (0, 1]: give a joint attainment such as 0.99",
+                            field="target_attainment")
+        for name in ("trials", "train_seeds", "heldout_seeds", "jobs"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{getattr(self, name)} must be >= 1", field=name)
+        if self.seed < 0:
+            raise UserError(f"{self.seed} must be a whole number >= 0", field="seed")
+
+    @property
+    def training(self) -> list[int]:
+        return [self.seed + i for i in range(self.train_seeds)]
+
+    @property
+    def heldout(self) -> list[int]:
+        return [self.seed + HELDOUT_OFFSET + i for i in range(self.heldout_seeds)]
+
+    def heldout_rate(self) -> float | None:
+        """A rate inside the range that the search never saw (between the two middle rates)."""
+        rs = sorted(set(self.rates))
+        if len(rs) < 2:
+            return None
+        mid = len(rs) // 2
+        return round((rs[mid - 1] + rs[mid]) / 2, 6)
+
+
+@dataclass
+class TuneOutcome:
+    """Everything the command reports and writes."""
+
+    study: StudyResult
+    requirements: list[Requirement]
+    runs: list[dict[str, Any]]  # validation: one per (rate, policy, seed), bench summary plus keys
+    static_best: dict[float, str | None]
+    heldout_rate: float | None
+    infeasible_rates: list[float] = field(default_factory=list)
+
+
+def requirements(scn: Scenario, rates: list[float], seeds: list[int], target: float,
+                 progress: Callable[[str], None] | None = None) -> list[Requirement]:
+    """Each rate's requirement from static-max on ``seeds``."""
+    out = []
+    for r in rates:
+        if progress:
+            progress(f"static-max at {r:g} req/s")
+        runs = [scn.run("static-max", r, s) for s in seeds]
+        att = sum(x["attainment"]["both"] for x in runs) / len(runs)
+        e = sum(x["energy_j"]["total"] for x in runs) / len(runs)
+        out.append(Requirement(r, requirement_for(att, target), e, att))
+    return out
+
+
+def validate(scn: Scenario, tuned: TunedPolicy | None, rates: list[float], seeds: list[int], target: float,
+             progress: Callable[[str], None] | None = None) -> tuple[list[dict[str, Any]], dict[float, str | None]]:
+    """Every report policy at every rate on ``seeds``; returns the runs and static-best's pair per rate."""
+    runs: list[dict[str, Any]] = []
+    best_pairs: dict[float, str | None] = {}
+    for rate in rates:
+        base = [scn.run("static-max", rate, s) for s in seeds]
+        req = requirement_for(sum(x["attainment"]["both"] for x in base) / len(base), target)
+        sb = find_static_best(scn, rate, seeds, req, progress)
+        best_pairs[rate] = sb.best.name if sb.best else None
+        for name in REPORT_POLICIES:
+            if name == "voltana-tuned" and tuned is None:
+                continue
+            if progress:
+                progress(f"{name} at {rate:g} req/s")
+            for i, s in enumerate(seeds):
+                if name == "static-max":
+                    summary = base[i]
+                elif name == "static-best":
+                    summary = scn.run(sb.best.name if sb.best else "static-max", rate, s)
+                else:
+                    summary = scn.run(name, rate, s, tuned if name == "voltana-tuned" else None)
+                runs.append({"request_rate": rate, "policy": name, "seed": s, "requirement": req,
+                             "static_best_pair": best_pairs[rate] if name == "static-best" else None,
+                             "yardstick": name == "oracle", **summary,
+                             "saving_vs_static_max": 1 - summary["energy_j"]["total"] / base[i]["energy_j"]["total"]})
+    return runs, best_pairs
+
+
+def run_tune(scn: Scenario, spec: TuneSpec, progress: Callable[[str], None] | None = None,
+             on_trial: Callable[[int, float | None], None] | None = None) -> TuneOutcome:
+    """Requirements, search, validation (see the module docstring)."""
+    spec.check()
+    reqs = requirements(scn, spec.rates, spec.training, spec.target, progress)
+    if all(r.static_max_attainment <= 0 for r in reqs):
+        raise UserError("no policy serves any request within the SLOs at these rates (static-max attains 0 %): "
+                        "lower the rates or loosen the SLOs", field="request_rates")
+    study = run_study(scn, reqs, spec.training, spec.trials, spec.seed, spec.storage, spec.study_name, spec.jobs,
+                      on_trial)
+    held = spec.heldout_rate()
+    rates = sorted({*spec.rates, *([held] if held is not None else [])})
+    runs, pairs = validate(scn, study.tuned, rates, spec.heldout, spec.target, progress)
+    infeasible = [r.rate for r in reqs if r.static_max_attainment < spec.target]
+    return TuneOutcome(study, reqs, runs, pairs, held, infeasible)
+
+
+def table_rows(outcome: TuneOutcome) -> list[dict[str, Any]]:
+    """The before/after table: per rate and policy the means over the held-out seeds."""
+    rows: dict[tuple[float, str], list[dict[str, Any]]] = {}
+    for r in outcome.runs:
+        rows.setdefault((r["request_rate"], r["policy"]), []).append(r)
+    out = []
+    for (rate, policy), rs in rows.items():
+        n = len(rs)
+
+        def mean(get: Callable[[dict[str, Any]], float], rs: list[dict[str, Any]] = rs, n: int = n) -> float:
+            return sum(get(x) for x in rs) / n
+
+        out.append({
+            "request_rate": rate, "policy": policy, "energy_j": mean(lambda x: x["energy_j"]["total"]),
+            "saving_vs_static_max": mean(lambda x: x["saving_vs_static_max"]),
+            "ttft": mean(lambda x: x["attainment"]["ttft"]), "itl": mean(lambda x: x["attainment"]["itl"]),
+            "both": mean(lambda x: x["attainment"]["both"]), "requirement": rs[0]["requirement"],
+            "meets": mean(lambda x: x["attainment"]["both"]) >= rs[0]["requirement"] - 1e-9,
+            "static_best_pair": rs[0]["static_best_pair"], "yardstick": rs[0]["yardstick"],
+        })
+    return out

@@ -1,0 +1,248 @@
+"""The tune search: the feedback controller's and router's knobs, chosen by simulation with Optuna.
+
+Objective: the mean over the rates of the run's energy relative to static-max's at that rate (so every
+rate weighs the same). Constraint, per rate: joint attainment >= the rate's requirement
+(``static_best.requirement_for``); Optuna's constrained TPE keeps the search among feasible knobs and the
+best trial is the feasible one with the least energy. A trial is scored from the most loaded rate down and
+stops at the first rate that misses its requirement by more than 2 points (the rest cannot rescue it): the
+trial is recorded as infeasible at the cost of one or two runs instead of all of them.
+
+Many workers share one study through Optuna's storage (``--storage``: ``sqlite:///file.db``, a
+PostgreSQL/MySQL URL, or ``journal:PATH`` for a journal file on a shared disk): ``--jobs J`` starts J local
+worker processes; ``voltana tune`` on other hosts with the same storage and study name joins the same
+search. No queue of our own: Optuna hands out the trials.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from voltana_cli.core.errors import UserError
+from voltana_cli.core.policy.feedback import FeedbackParams, TunedPolicy
+from voltana_cli.core.tune.scenario import Scenario
+from voltana_cli.core.tune.static_best import clock_grid
+
+#: The routers the search chooses among (the registry's, minus those that ignore load).
+ROUTERS = ("predictive", "tile-aware", "least-loaded")
+#: Storage URL schemes Optuna serves (SQLAlchemy's) and the journal file form.
+STORAGE_SCHEMES = ("sqlite", "postgresql", "mysql", "journal")
+#: A trial stops at the first rate that misses its requirement by more than this.
+STOP_MARGIN = 0.02
+
+
+def import_optuna() -> Any:
+    """Optuna, imported on first use (``voltana tune`` needs it; bench does not)."""
+    try:
+        import optuna
+    except ImportError:
+        raise UserError("voltana tune needs Optuna: pip install optuna (it is a dependency of voltana; the "
+                        "install may be incomplete)") from None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna
+
+
+def storage_for(url: str | None) -> Any:
+    """An Optuna storage for ``url`` (``None``: in memory); an unknown scheme is one line naming the valid."""
+    if url is None:
+        return None
+    scheme = url.split(":", 1)[0].split("+", 1)[0]
+    if scheme not in STORAGE_SCHEMES or ":" not in url:
+        raise UserError(f"{url!r} is not a study storage: use sqlite:///FILE.db, postgresql://..., mysql://... or "
+                        "journal:FILE", field="storage")
+    optuna = import_optuna()
+    if scheme == "journal":
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        return JournalStorage(JournalFileBackend(url.split(":", 1)[1]))
+    try:
+        return optuna.storages.RDBStorage(url)
+    except Exception as exc:  # noqa: BLE001  (SQLAlchemy's many errors: a bad URL, a missing driver, no server)
+        raise UserError(f"cannot open the study storage {url!r}: {exc.__class__.__name__}: "
+                        f"{str(exc).splitlines()[0][:160]}", field="storage") from None
+
+
+@dataclass
+class Requirement:
+    """What a rate asks of every policy: joint attainment and static-max's energy (the normaliser)."""
+
+    rate: float
+    attainment: float
+    static_max_energy_j: float
+    static_max_attainment: float
+
+
+def suggest(trial: Any, clocks: tuple[int, ...], levels: tuple[int, ...]) -> TunedPolicy:
+    """The knobs of one trial (the search space)."""
+    grid = sorted(clock_grid(clocks))
+    base = TunedPolicy.default_for(clocks, levels)
+
+    def phase(name: str) -> FeedbackParams:
+        return FeedbackParams(
+            headroom=trial.suggest_float(f"{name}_headroom", -0.1, 0.5),
+            kp=trial.suggest_float(f"{name}_kp", 0.0, 1.0),
+            ki=trial.suggest_float(f"{name}_ki", 0.0, 0.3),
+            floor_mhz=trial.suggest_categorical(f"{name}_floor_mhz", grid),
+            step=base.decode.step,
+            dwell_s=trial.suggest_float(f"{name}_dwell_s", 0.0, 0.2),
+        )
+
+    return TunedPolicy(prefill=phase("prefill"), decode=phase("decode"),
+                       router=trial.suggest_categorical("router", list(ROUTERS)),
+                       router_headroom=trial.suggest_float("router_headroom", 0.0, 0.4))
+
+
+def score(scn: Scenario, tuned: TunedPolicy, reqs: list[Requirement], seeds: list[int]) -> tuple[float, float]:
+    """(mean relative energy, worst shortfall of attainment) of ``tuned`` over the rates and seeds.
+
+    Rates are scored from the most loaded down; the first that falls short by more than ``STOP_MARGIN``
+    ends the scoring (the trial is infeasible whatever the rest would give).
+    """
+    rel: list[float] = []
+    worst = -1.0
+    for req in sorted(reqs, key=lambda r: -r.rate):
+        runs = [scn.run("voltana-tuned", req.rate, s, tuned) for s in seeds]
+        att = sum(r["attainment"]["both"] for r in runs) / len(runs)
+        rel.append(sum(r["energy_j"]["total"] for r in runs) / len(runs) / req.static_max_energy_j)
+        worst = max(worst, req.attainment - att)
+        if worst > STOP_MARGIN:
+            return 1.0 + worst, worst
+    return sum(rel) / len(rel), worst
+
+
+@dataclass
+class StudyResult:
+    """The search's outcome: the best feasible knobs (``None``: no trial was feasible) and its figures."""
+
+    tuned: TunedPolicy | None
+    value: float | None
+    trials: int
+    feasible: int
+    params: dict[str, Any]
+
+
+def _objective(scn: Scenario, reqs: list[Requirement], seeds: list[int]) -> Callable[[Any], float]:
+    clocks, levels = tuple(scn.model.clocks), tuple(scn.model.gpu.ecofreq_levels_mhz)
+
+    def objective(trial: Any) -> float:
+        tuned = suggest(trial, clocks, levels)
+        value, shortfall = score(scn, tuned, reqs, seeds)
+        trial.set_constraint("shortfall", shortfall)  # <= 0: every rate met its requirement
+        return value
+
+    return objective
+
+
+def _sampler(optuna: Any, seed: int, startup: int) -> Any:
+    # Constrained TPE: the sampler reads each trial's constraints (``Trial.set_constraint``).
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, multivariate=True)
+
+
+# A worker process's world, set before the fork (multiprocessing's fork start method shares it).
+_WORKER: dict[str, Any] = {}
+
+
+def _worker(args: tuple[int, int]) -> None:
+    n_trials, seed = args
+    w = _WORKER
+    optuna = import_optuna()
+    study = optuna.load_study(study_name=w["name"], storage=storage_for(w["storage"]),
+                              sampler=_sampler(optuna, seed, w["startup"]))
+    study.optimize(_objective(w["scn"], w["reqs"], w["seeds"]), n_trials=n_trials)
+
+
+def run_study(scn: Scenario, reqs: list[Requirement], seeds: list[int], trials: int, seed: int,
+              storage: str | None = None, study_name: str | None = None, jobs: int = 1,
+              on_trial: Callable[[int, float | None], None] | None = None) -> StudyResult:
+    """Search the knobs over ``trials`` trials (shared among ``jobs`` local workers).
+
+    Args:
+        scn: the world.
+        reqs: each rate's requirement.
+        seeds: the seeds every trial is scored on.
+        trials: the trial budget (this call's; other hosts on the same study add theirs).
+        seed: the sampler's seed (``jobs == 1`` makes the search reproducible).
+        storage: the study storage URL (``None``: in memory, or a temporary SQLite file for ``jobs > 1``).
+        study_name: the study's name in the storage (resumes it when it exists).
+        jobs: local worker processes.
+        on_trial: told after each trial of this process: (trials done, best feasible value so far).
+    """
+    optuna = import_optuna()
+    startup = max(4, min(10, trials // 3))
+    name = study_name or "voltana-tune"
+    tmp = None
+    if jobs > 1 and storage is None:  # the workers need a storage they all reach
+        import tempfile
+
+        fd, tmp = tempfile.mkstemp(prefix="voltana-study-", suffix=".db")
+        os.close(fd)
+        storage = f"sqlite:///{tmp}"
+    store = storage_for(storage)
+    try:
+        study = optuna.create_study(study_name=name, storage=store, direction="minimize", load_if_exists=True,
+                                    sampler=_sampler(optuna, seed, startup))
+
+        def callback(study: Any, trial: Any) -> None:
+            if on_trial:
+                on_trial(len(study.trials), _best(study)[1])
+
+        if jobs <= 1:
+            study.optimize(_objective(scn, reqs, seeds), n_trials=trials, callbacks=[callback])
+        else:
+            _run_workers(scn, reqs, seeds, trials, seed, storage, name, startup, jobs, study, on_trial)
+        best, value = _best(study)
+        feasible = sum(1 for t in study.trials if _feasible(t))
+        return StudyResult(best and _tuned_of(best, scn), value, len(study.trials), feasible,
+                           dict(best.params) if best else {})
+    finally:
+        if tmp:
+            os.unlink(tmp)
+
+
+def _run_workers(scn: Scenario, reqs: list[Requirement], seeds: list[int], trials: int, seed: int, storage: str | None,
+                 name: str, startup: int, jobs: int, study: Any,
+                 on_trial: Callable[[int, float | None], None] | None) -> None:
+    """``jobs`` forked workers share ``trials`` through the storage (each opens its own connection to it);
+    this process reports progress."""
+    _WORKER.update(scn=scn, reqs=reqs, seeds=seeds, name=name, storage=storage, startup=startup)
+    shares = [trials // jobs + (1 if i < trials % jobs else 0) for i in range(jobs)]
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(jobs) as pool:
+        res = pool.map_async(_worker, [(n, seed + i) for i, n in enumerate(shares) if n > 0])
+        while not res.ready():
+            res.wait(1.0)
+            if on_trial:
+                on_trial(len(study.get_trials(deepcopy=False)), _best(study)[1])
+        res.get()
+
+
+def _feasible(t: Any) -> bool:
+    c = t.constraints
+    return t.value is not None and bool(c) and max(dict(c).values()) <= 0
+
+
+def _best(study: Any) -> tuple[Any, float | None]:
+    ok = [t for t in study.get_trials(deepcopy=False) if _feasible(t)]
+    if not ok:
+        return None, None
+    best = min(ok, key=lambda t: t.value)
+    return best, float(best.value)
+
+
+def _tuned_of(trial: Any, scn: Scenario) -> TunedPolicy:
+    """The knobs of a finished trial, rebuilt from its parameters."""
+
+    class Fixed:
+        def __init__(self, params: dict[str, Any]):
+            self.params = params
+
+        def suggest_float(self, name: str, *a: Any, **k: Any) -> float:
+            return float(self.params[name])
+
+        def suggest_categorical(self, name: str, choices: Any) -> Any:
+            return self.params[name]
+
+    return suggest(Fixed(trial.params), tuple(scn.model.clocks), tuple(scn.model.gpu.ecofreq_levels_mhz))

@@ -1,0 +1,119 @@
+"""``static-best``: the strongest thing an operator could do by hand, found by search for the rate at hand.
+
+One static clock for prefill and one for decode, chosen separately: the pair with the least energy whose
+joint SLO attainment meets the rate's requirement. The least energy is not always at the lowest clock
+that meets the SLO (static power is paid per second, and a slower prefill backs work up into decode), so
+the search measures energy at every candidate rather than stopping at the lowest feasible clock.
+
+The search is coordinate descent on a grid of clocks about 100 MHz apart: the prefill clock with decode at
+the top, then the decode clock with that prefill clock, then prefill again with that decode clock. Along a
+coordinate, clocks are visited from the top down and the walk stops two candidates after the
+requirement first fails (attainment falls with the clock). Every pair is simulated on the same seeds as
+the runs it is compared with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from voltana_cli.core.tune.scenario import Scenario
+
+#: Clocks below this share of the top clock are not candidates: no one serves at them, and their energy per
+#: token rises again (the work takes longer than static power allows).
+GRID_FLOOR = 0.35
+
+
+def clock_grid(clocks: tuple[int, ...], spacing_mhz: int = 100) -> list[int]:
+    """Candidate static clocks, descending from the top about ``spacing_mhz`` apart, down to ``GRID_FLOOR``."""
+    top = clocks[-1]
+    floor = GRID_FLOOR * top
+    out = [top]
+    for c in reversed(clocks):
+        if c < floor:
+            break
+        if out[-1] - c >= spacing_mhz - 1e-9:
+            out.append(c)
+    return out
+
+
+@dataclass
+class PairResult:
+    """The mean energy and joint attainment of one (prefill, decode) static pair over the seeds."""
+
+    prefill_mhz: int
+    decode_mhz: int
+    energy_j: float
+    attainment: float
+
+    @property
+    def name(self) -> str:
+        return f"static:{self.prefill_mhz}/{self.decode_mhz}"
+
+
+@dataclass
+class StaticBest:
+    """The search's answer at one rate: the best pair (``None``: not even the top clocks meet the
+    requirement) and every pair it simulated."""
+
+    rate: float
+    requirement: float
+    best: PairResult | None
+    tried: list[PairResult] = field(default_factory=list)
+
+
+def evaluate_pair(scn: Scenario, rate: float, seeds: list[int], prefill: int, decode: int) -> PairResult:
+    """Mean energy and joint attainment of ``static:prefill/decode`` at ``rate`` over ``seeds``."""
+    runs = [scn.run(f"static:{prefill}/{decode}", rate, s) for s in seeds]
+    return PairResult(prefill, decode, sum(r["energy_j"]["total"] for r in runs) / len(runs),
+                      sum(r["attainment"]["both"] for r in runs) / len(runs))
+
+
+def find_static_best(scn: Scenario, rate: float, seeds: list[int], requirement: float,
+                     progress: Callable[[str], None] | None = None) -> StaticBest:
+    """Search the static pair with the least energy whose joint attainment is at least ``requirement``.
+
+    Args:
+        scn: the world.
+        rate: the request rate.
+        seeds: the seeds every pair is simulated on.
+        requirement: the joint attainment (0-1) a pair must reach.
+        progress: told of each pair simulated.
+    """
+    grid = clock_grid(tuple(scn.model.clocks))
+    seen: dict[tuple[int, int], PairResult] = {}
+
+    def at(p: int, d: int) -> PairResult:
+        if (p, d) not in seen:
+            if progress:
+                progress(f"static:{p}/{d} at {rate:g} req/s")
+            seen[(p, d)] = evaluate_pair(scn, rate, seeds, p, d)
+        return seen[(p, d)]
+
+    def walk(fixed: int, prefill_axis: bool) -> int:
+        """The cheapest feasible clock along one axis with the other fixed (the top when none is)."""
+        best, best_e, fails = grid[0], float("inf"), 0
+        for c in grid:
+            r = at(c, fixed) if prefill_axis else at(fixed, c)
+            if r.attainment >= requirement:
+                if r.energy_j < best_e:
+                    best, best_e = c, r.energy_j
+            else:
+                fails += 1
+                if fails >= 2:
+                    break
+        return best
+
+    top = grid[0]
+    pre = walk(top, True)
+    dec = walk(pre, False)
+    pre = walk(dec, True)
+    feasible = [r for r in seen.values() if r.attainment >= requirement]
+    best = min(feasible, key=lambda r: r.energy_j) if feasible else None
+    return StaticBest(rate, requirement, best, list(seen.values()))
+
+
+def requirement_for(static_max_attainment: float, target: float) -> float:
+    """A rate's requirement: ``min(target, static-max's) - 1 point`` (a rate no policy serves at the target
+    still asks for everything static-max keeps)."""
+    return min(target, static_max_attainment) - 0.01

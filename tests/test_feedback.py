@@ -218,3 +218,25 @@ def test_the_oracle_never_misses_a_budget_the_top_clock_meets(base, noise, wait)
 def test_the_oracle_refuses_a_world_without_truth():
     with pytest.raises(RuntimeError, match="ground truth"):
         OracleController("decode", CLOCKS, 0.05).decide(Observation(0.0, 1, 10))
+
+
+def test_a_prefill_instance_kept_busy_raises_its_clock_and_an_idle_one_does_not():
+    """The queue plan sees only what is queued; the busy fraction sees the arrivals to come."""
+    def drive(gap: float) -> int:
+        ctl = FeedbackController("prefill", LatencyOnly(), CLOCKS, 0.8, FeedbackParams(max_utilization=0.8))
+        now, clock = 0.0, 0
+        for _ in range(60):
+            clock = ctl.decide(Observation(now, 1, 512, last_latency_s=0.03, last_clock_mhz=clock or CLOCKS[0],
+                                           last_batch_size=1, last_num_tokens=512))
+            now += 0.03 + gap
+        return clock
+
+    assert drive(gap=0.0) == CLOCKS[-1]  # busy all the time: only the top clock can lower the load
+    assert drive(gap=0.2) == CLOCKS[0]  # busy 13 % of the time: the lowest clock is plenty
+
+
+def test_requests_gated_on_decode_kv_raise_the_decode_clock():
+    ctl = [FeedbackController("decode", LatencyOnly(), CLOCKS, 0.05, FeedbackParams(backlog_gain=4.0)) for _ in range(2)]
+    free = ctl[0].decide(Observation(0.0, 250, 250 * 800))
+    gated = ctl[1].decide(Observation(0.0, 250, 250 * 800, queued_tokens=5, queued_oldest_wait_s=0.3))
+    assert gated > free

@@ -34,8 +34,9 @@ class Observation:
         last_num_tokens: that iteration's token count (as ``num_tokens``).
         recent_ttft_s: prefill: the TTFT of the latest request this instance prefilled that got its first
             token (0: none yet).
-        queued_tokens: prefill: tokens queued behind this batch (what a controller plans over).
-        queued_oldest_wait_s: prefill: how long the oldest of those has waited.
+        queued_tokens: prefill: tokens queued behind this batch (what a controller plans over); decode:
+            requests whose prefill waits for this instance's KV (decode-gated).
+        queued_oldest_wait_s: how long the oldest of those has waited.
         truth_s: the world's true latency of this very iteration at a clock (its noise draw included); set
             only for a controller that declares ``reads_truth`` (the oracle, a yardstick), ``None`` otherwise.
     """

@@ -17,7 +17,19 @@ twice, and plans over the queue:
    (the budget rises until the observed mean sits at the target), and withdraws it as soon as observed
    latencies climb. The integral is clamped (anti-windup) and the correction is bounded, so a long idle
    period or an overload cannot wind it up.
-3. **Queue planning (prefill).** A prefill iteration must serve its own oldest request in time *and* leave
+3. **Backlog (decode).** In a P/D cluster a request's prefill waits until its decode instance has KV for
+   it; when the cache is full, that wait is TTFT that only a faster decode gives back (finished requests
+   free their KV sooner). The decode budget shrinks by ``1 + backlog_gain * wait`` while requests are
+   gated, ``wait`` being the oldest gated request's wait in seconds. (throttLL'eM projects KV occupancy
+   ahead to the same end, arXiv 2408.05235; this reacts to the gate itself, which the engine knows.)
+4. **Utilisation (prefill).** A queue that is drained in time now can still grow without bound if the
+   clock leaves the instance busier than its arrivals allow. The controller keeps a smoothed busy fraction
+   (iteration time over wall time between decisions) and takes a clock only if the busy fraction projected
+   to it (scaled by the predicted speed ratio) stays below ``max_utilization``. (Queueing theory's
+   stability condition; the one-step queue plan below cannot see the arrivals to come.)
+5. **Overload.** Above a tuned arrival rate the instance runs at its top clock (EcoFreq's rule 1, whose
+   published thresholds sit above any load; here the threshold is searched like every other knob).
+6. **Queue planning (prefill).** A prefill iteration must serve its own oldest request in time *and* leave
    time for the work queued behind it: the clock must fit ``budget - oldest_wait`` for this batch and
    ``budget - queued_oldest_wait`` for this batch plus the queued tokens, at the same clock. (BiScale plans
    prefill clocks over the queue with model-predictive control; this is its one-step form, which needs no
@@ -57,6 +69,10 @@ class FeedbackParams:
         floor_mhz: the lowest clock the controller uses (low clocks can cost more energy per token).
         step: use every ``step``-th supported clock from ``floor_mhz`` up (the top clock always).
         dwell_s: minimum time at a clock before lowering it.
+        backlog_gain: decode: the budget is divided by ``1 + backlog_gain * gated_wait_s``.
+        max_utilization: prefill: the busy fraction a clock may be projected to reach (1: no limit).
+        overload_rps: the instance's arrival rate (req/s) above which it runs at its top clock: EcoFreq's
+            rule 1, as a tuned threshold (infinity: off).
         hysteresis: a lower clock must fit ``budget * (1 - hysteresis)`` to be taken.
         idle_timeout_s: idle time after which the instance drops to its lowest clock.
     """
@@ -70,6 +86,9 @@ class FeedbackParams:
     floor_mhz: int = 0
     step: int = 1
     dwell_s: float = 0.05
+    backlog_gain: float = 2.0
+    max_utilization: float = 0.85
+    overload_rps: float = float("inf")
     hysteresis: float = 0.03
     idle_timeout_s: float = 5.0
 
@@ -83,7 +102,8 @@ class FeedbackParams:
 
     def check(self) -> None:
         """Refuse knobs no controller can run with (``ValueError`` naming the knob)."""
-        for name in ("kp", "ki", "integral_limit", "max_correction", "dwell_s", "hysteresis", "idle_timeout_s"):
+        for name in ("kp", "ki", "integral_limit", "max_correction", "dwell_s", "backlog_gain", "hysteresis",
+                     "idle_timeout_s"):
             v = getattr(self, name)
             if not v >= 0 or v != v or v == float("inf") and name != "idle_timeout_s":
                 raise ValueError(f"feedback {name} {v} must be a finite number >= 0")
@@ -93,6 +113,10 @@ class FeedbackParams:
             raise ValueError("feedback window and step must be >= 1")
         if self.max_correction >= 1 or self.hysteresis >= 1:
             raise ValueError("feedback max_correction and hysteresis must be < 1")
+        if not self.overload_rps > 0:
+            raise ValueError(f"feedback overload_rps {self.overload_rps} must be > 0")
+        if not 0 < self.max_utilization <= 1:
+            raise ValueError(f"feedback max_utilization {self.max_utilization} must be in (0, 1]")
 
 
 class FeedbackController:
@@ -126,6 +150,8 @@ class FeedbackController:
         self.integral = 0.0
         self.correction = 0.0
         self._last_ttft = 0.0
+        self.busy = 0.0  # smoothed busy fraction (prefill)
+        self._prev_start: float | None = None  # when the previous iteration was decided
         self._is_decode = phase == "decode"
         self._energy = getattr(predictor, "decode_j" if self._is_decode else "prefill_j", None)
         if self._energy is not None and not getattr(predictor, "has_energy", True):
@@ -138,8 +164,14 @@ class FeedbackController:
         return self.predictor.prefill_s(tokens, batch, clock)
 
     def _learn(self, obs: Observation) -> None:
-        """Update the predictor correction and the SLO loop from what the previous iteration measured."""
+        """Update the predictor correction, the busy fraction and the SLO loop from what the previous
+        iteration measured."""
         a = self._alpha
+        if not self._is_decode:
+            prev, self._prev_start = self._prev_start, obs.now_s
+            if prev is not None and obs.now_s > prev and obs.last_latency_s > 0:
+                frac = min(obs.last_latency_s / (obs.now_s - prev), 1.0)
+                self.busy += a * (frac - self.busy)
         if obs.last_latency_s > 0 and obs.last_clock_mhz in self.levels:
             pred = self._predict(obs.last_batch_size, obs.last_num_tokens, obs.last_clock_mhz)
             if pred > 0:
@@ -167,6 +199,11 @@ class FeedbackController:
         this = b * self.predictor.prefill_s(obs.num_tokens, obs.batch_size, clock)
         if this > budget - obs.oldest_wait_s:
             return False
+        limit = self.params.max_utilization
+        if limit < 1.0 and self.busy > 0:
+            here = self.predictor.prefill_s(obs.num_tokens, obs.batch_size, self.current)
+            if here > 0 and self.busy * (this / b) / here > limit:
+                return False
         if obs.queued_tokens <= 0:
             return True
         behind = b * self.predictor.prefill_s(obs.queued_tokens, max(obs.queued, 1), clock)
@@ -180,7 +217,11 @@ class FeedbackController:
         return float(self._energy(obs.num_tokens, obs.batch_size, clock))
 
     def _want(self, obs: Observation) -> int:
+        if obs.rate_rps > self.params.overload_rps:
+            return self.max_clock
         budget = self.target_s * (1.0 + self.correction)
+        if self._is_decode and obs.queued_oldest_wait_s > 0:
+            budget /= 1.0 + self.params.backlog_gain * obs.queued_oldest_wait_s
         best, best_cost = self.max_clock, float("inf")
         for c in self.levels:
             slack = budget * (1.0 - self.params.hysteresis) if c < self.current else budget

@@ -2,7 +2,8 @@
 
 Per iteration it takes the lowest clock whose *true* latency, the world's ground truth for that very
 iteration with its noise draw included, meets the SLO budget (decode: the ITL SLO; prefill: the TTFT SLO
-less the batch's oldest wait). It is the only controller that reads ``Observation.truth_s``; a world that
+less the batch's oldest wait, and the work queued behind the batch, at the batch's true pace, within the
+TTFT SLO less the oldest queued request's wait). It is the only controller that reads ``Observation.truth_s``; a world that
 cannot supply the truth (a live cluster) cannot run it, and every report flags its rows as a yardstick.
 """
 
@@ -37,9 +38,17 @@ class OracleController:
         truth = obs.truth_s
         if truth is None:
             raise RuntimeError("the oracle needs the world's ground truth, which this world does not give")
-        budget = self.slo_s - (obs.oldest_wait_s if self.phase == "prefill" else 0.0)
+        if self.phase == "decode":
+            for c in self.levels:
+                if truth(c) <= self.slo_s:
+                    return c
+            return self.levels[-1]
+        # Prefill: this batch in time for its oldest request, and the work queued behind it in time for the
+        # oldest of that, at this batch's true per-token pace.
+        ahead = 1.0 + obs.queued_tokens / max(obs.num_tokens, 1)
         for c in self.levels:
-            if truth(c) <= budget:
+            t = truth(c)
+            if t <= self.slo_s - obs.oldest_wait_s and t * ahead <= self.slo_s - obs.queued_oldest_wait_s:
                 return c
         return self.levels[-1]
 

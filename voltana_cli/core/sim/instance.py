@@ -495,8 +495,12 @@ class DecodeInstance(Instance):
             self._admit(now)
         if self.batch == 0:
             return None
+        # Requests whose prefill waits for this instance's KV (decode-gated): their wait is TTFT that only a
+        # faster decode (freeing KV sooner) gives back.
+        gated = self.prealloc
         return Observation(now, self.batch, self.kv_tokens, len(self.waiting), 0.0, self.rate_at(now),
-                           self.last_latency_s, self.last_clock, self.last_batch, self.last_tokens)
+                           self.last_latency_s, self.last_clock, self.last_batch, self.last_tokens, 0.0,
+                           len(gated), now - self.requests.arrival_s[gated[0]] if gated else 0.0)
 
     def cost(self, clock: int) -> tuple[float, float]:
         t0, e0, tk, ek = self.costs.decode_tables.get(clock) or self.costs.decode(clock)

@@ -75,8 +75,10 @@ class Requirement:
     static_max_attainment: float
 
 
-def suggest(trial: Any, clocks: tuple[int, ...], levels: tuple[int, ...]) -> TunedPolicy:
-    """The knobs of one trial (the search space)."""
+def suggest(trial: Any, clocks: tuple[int, ...], levels: tuple[int, ...],
+            overload_range: dict[str, tuple[float, float]]) -> TunedPolicy:
+    """The knobs of one trial (the search space). ``overload_range``: per phase, the per-instance arrival
+    rates the overload threshold is searched between (from the rates asked, not from any one setup)."""
     grid = sorted(clock_grid(clocks))
     base = TunedPolicy.default_for(clocks, levels)
 
@@ -88,11 +90,31 @@ def suggest(trial: Any, clocks: tuple[int, ...], levels: tuple[int, ...]) -> Tun
             floor_mhz=trial.suggest_categorical(f"{name}_floor_mhz", grid),
             step=base.decode.step,
             dwell_s=trial.suggest_float(f"{name}_dwell_s", 0.0, 0.2),
+            backlog_gain=trial.suggest_float(f"{name}_backlog_gain", 0.0, 10.0) if name == "decode" else 0.0,
+            max_utilization=trial.suggest_float(f"{name}_max_utilization", 0.5, 1.0) if name == "prefill" else 1.0,
+            overload_rps=trial.suggest_float(f"{name}_overload_rps", *overload_range[name]),
         )
 
     return TunedPolicy(prefill=phase("prefill"), decode=phase("decode"),
                        router=trial.suggest_categorical("router", list(ROUTERS)),
                        router_headroom=trial.suggest_float("router_headroom", 0.0, 0.4))
+
+
+def default_params(clocks: tuple[int, ...], levels: tuple[int, ...],
+                   ranges: dict[str, tuple[float, float]]) -> dict[str, Any]:
+    """The untuned ``feedback`` knobs as trial parameters (floors moved onto the search's grid, the overload
+    threshold at the top of its range: as good as off)."""
+    base = TunedPolicy.default_for(clocks, levels)
+    grid = clock_grid(clocks)
+    floor = min(grid, key=lambda c: abs(c - base.decode.floor_mhz))
+    out: dict[str, Any] = {"router": base.router, "router_headroom": base.router_headroom}
+    for name, p in (("prefill", base.prefill), ("decode", base.decode)):
+        out.update({f"{name}_headroom": p.headroom, f"{name}_kp": p.kp, f"{name}_ki": p.ki,
+                    f"{name}_floor_mhz": floor, f"{name}_dwell_s": p.dwell_s})
+        out[f"{name}_overload_rps"] = ranges[name][1]
+    out["decode_backlog_gain"] = base.decode.backlog_gain
+    out["prefill_max_utilization"] = base.prefill.max_utilization
+    return out
 
 
 def score(scn: Scenario, tuned: TunedPolicy, reqs: list[Requirement], seeds: list[int]) -> tuple[float, float]:
@@ -124,11 +146,20 @@ class StudyResult:
     params: dict[str, Any]
 
 
+def overload_range(scn: Scenario, rates: list[float]) -> dict[str, tuple[float, float]]:
+    """Per phase, the per-instance arrival rates between the lowest asked rate's and 1.25 x the highest's."""
+    out = {}
+    for phase, n in (("prefill", scn.cluster.n_prefill), ("decode", scn.cluster.n_decode)):
+        out[phase] = (min(rates) / n * 0.8, max(rates) / n * 1.25)
+    return out
+
+
 def _objective(scn: Scenario, reqs: list[Requirement], seeds: list[int]) -> Callable[[Any], float]:
     clocks, levels = tuple(scn.model.clocks), tuple(scn.model.gpu.ecofreq_levels_mhz)
+    ranges = overload_range(scn, [r.rate for r in reqs])
 
     def objective(trial: Any) -> float:
-        tuned = suggest(trial, clocks, levels)
+        tuned = suggest(trial, clocks, levels, ranges)
         value, shortfall = score(scn, tuned, reqs, seeds)
         trial.set_constraint("shortfall", shortfall)  # <= 0: every rate met its requirement
         return value
@@ -185,6 +216,11 @@ def run_study(scn: Scenario, reqs: list[Requirement], seeds: list[int], trials: 
         study = optuna.create_study(study_name=name, storage=store, direction="minimize", load_if_exists=True,
                                     sampler=_sampler(optuna, seed, startup))
 
+        if not study.trials:  # a new study starts from the untuned defaults: the search knows a sane point
+            ranges = overload_range(scn, [r.rate for r in reqs])
+            study.enqueue_trial(default_params(tuple(scn.model.clocks), tuple(scn.model.gpu.ecofreq_levels_mhz),
+                                               ranges))
+
         def callback(study: Any, trial: Any) -> None:
             if on_trial:
                 on_trial(len(study.trials), _best(study)[1])
@@ -195,7 +231,7 @@ def run_study(scn: Scenario, reqs: list[Requirement], seeds: list[int], trials: 
             _run_workers(scn, reqs, seeds, trials, seed, storage, name, startup, jobs, study, on_trial)
         best, value = _best(study)
         feasible = sum(1 for t in study.trials if _feasible(t))
-        return StudyResult(best and _tuned_of(best, scn), value, len(study.trials), feasible,
+        return StudyResult(best and _tuned_of(best, scn, reqs), value, len(study.trials), feasible,
                            dict(best.params) if best else {})
     finally:
         if tmp:
@@ -232,7 +268,7 @@ def _best(study: Any) -> tuple[Any, float | None]:
     return best, float(best.value)
 
 
-def _tuned_of(trial: Any, scn: Scenario) -> TunedPolicy:
+def _tuned_of(trial: Any, scn: Scenario, reqs: list[Requirement]) -> TunedPolicy:
     """The knobs of a finished trial, rebuilt from its parameters."""
 
     class Fixed:
@@ -245,4 +281,5 @@ def _tuned_of(trial: Any, scn: Scenario) -> TunedPolicy:
         def suggest_categorical(self, name: str, choices: Any) -> Any:
             return self.params[name]
 
-    return suggest(Fixed(trial.params), tuple(scn.model.clocks), tuple(scn.model.gpu.ecofreq_levels_mhz))
+    return suggest(Fixed(trial.params), tuple(scn.model.clocks), tuple(scn.model.gpu.ecofreq_levels_mhz),
+                   overload_range(scn, [r.rate for r in reqs]))

@@ -136,3 +136,15 @@ def test_a_tiny_tune_end_to_end_then_bench_loads_it(tmp_path):
     assert b.exit_code == 0, b.output
     assert [x["policy"] for x in json.loads((tmp_path / "b.json").read_text())["runs"]] == ["static-max",
                                                                                           "voltana-tuned"]
+
+
+def test_bench_runs_static_best_and_the_oracle_and_says_which_pair_it_found(tmp_path):
+    js = tmp_path / "b.json"
+    r = runner.invoke(app, ["bench", "--request-rate", "30", "--duration-s", "15", "--policy", "static-max",
+                            "--policy", "static-best", "--policy", "oracle", "--policy", "feedback", "--json", str(js)])
+    assert r.exit_code == 0, r.output
+    runs = {x["policy"]: x for x in json.loads(js.read_text())["runs"]}
+    assert runs["static-best"]["ran_as"].startswith("static:")
+    assert runs["static-best"]["attainment"]["both"] >= min(0.99, runs["static-max"]["attainment"]["both"]) - 0.01
+    assert runs["static-best"]["energy_j"]["total"] < runs["static-max"]["energy_j"]["total"]
+    assert "ran_as" not in runs["oracle"] and runs["oracle"]["energy_j"]["total"] < runs["static-max"]["energy_j"]["total"]

@@ -322,10 +322,13 @@ def run_bench_full(cfg: BenchConfig | PreparedBench, progress: Callable[[str], N
         for name in cfg.policies:
             if progress:
                 progress(f"{rate:g} req/s, {name}")
-            res = prep.scenario.simulate(_resolve(prep, name, rate), wl, cfg.seed)
+            ran_as = _resolve(prep, name, rate)
+            res = prep.scenario.simulate(ran_as, wl, cfg.seed)
             s = summarize(res, cfg.slo_ttft_ms / 1e3, cfg.slo_itl_ms / 1e3).as_dict()
             runs.append(RunRecord(rate, name, res, s))
-            out_runs.append({"request_rate": rate, "policy": name, **s})
+            # A searched policy says what its search found (e.g. static-best ran as static:1095/780).
+            out_runs.append({"request_rate": rate, "policy": name, **({"ran_as": ran_as} if ran_as != name else {}),
+                             **s})
     top = ("static-max", f"static:{pm.clocks[-1]}")
     base = {r: next((x for x in out_runs if x["request_rate"] == r and x["policy"] in top), None) for r in cfg.request_rates}
     for x in out_runs:

@@ -17,7 +17,7 @@ from typing import Any
 from voltana_cli.core.errors import UserError
 from voltana_cli.core.policy.feedback import TunedPolicy
 from voltana_cli.core.tune.scenario import Scenario
-from voltana_cli.core.tune.search import Requirement, StudyResult, run_study
+from voltana_cli.core.tune.search import Requirement, StudyResult, default_params, overload_range, run_study
 from voltana_cli.core.tune.static_best import find_static_best, requirement_for
 
 #: The policies validation compares, in report order (``static-best`` and ``colocated`` are searched).
@@ -105,6 +105,22 @@ def requirements(scn: Scenario, rates: list[float], seeds: list[int], target: fl
     return out
 
 
+def warm_starts(scn: Scenario, reqs: list[Requirement], spec: TuneSpec,
+                progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """Starting points from static-best at the least and the most loaded rate (training seeds): the
+    untuned knobs with their floors at the clocks that static pair found, so the search begins where the
+    strongest hand-made baseline already is."""
+    out = []
+    ends = sorted(reqs, key=lambda r: r.rate)
+    for r in ([ends[0], ends[-1]] if len(ends) > 1 else ends):
+        sb = find_static_best(scn, r.rate, spec.training, r.attainment, progress)
+        if sb.best is not None:
+            ranges = overload_range(scn, spec.rates)
+            out.append(default_params(tuple(scn.model.clocks), tuple(scn.model.gpu.ecofreq_levels_mhz), ranges,
+                                      (sb.best.prefill_mhz, sb.best.decode_mhz)))
+    return out
+
+
 def validate(scn: Scenario, tuned: TunedPolicy | None, rates: list[float], seeds: list[int], target: float,
              progress: Callable[[str], None] | None = None) -> tuple[list[dict[str, Any]], dict[float, str | None]]:
     """Every report policy at every rate on ``seeds``; returns the runs and static-best's pair per rate."""
@@ -143,7 +159,7 @@ def run_tune(scn: Scenario, spec: TuneSpec, progress: Callable[[str], None] | No
         raise UserError("no policy serves any request within the SLOs at these rates (static-max attains 0 %): "
                         "lower the rates or loosen the SLOs", field="request_rates")
     study = run_study(scn, reqs, spec.training, spec.trials, spec.seed, spec.storage, spec.study_name, spec.jobs,
-                      on_trial)
+                      on_trial, warm_starts(scn, reqs, spec, progress))
     held = spec.heldout_rate()
     rates = sorted({*spec.rates, *([held] if held is not None else [])})
     runs, pairs = validate(scn, study.tuned, rates, spec.heldout, spec.target, progress)

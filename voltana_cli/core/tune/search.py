@@ -101,14 +101,16 @@ def suggest(trial: Any, clocks: tuple[int, ...], levels: tuple[int, ...],
 
 
 def default_params(clocks: tuple[int, ...], levels: tuple[int, ...],
-                   ranges: dict[str, tuple[float, float]]) -> dict[str, Any]:
+                   ranges: dict[str, tuple[float, float]], floors: tuple[int, int] | None = None) -> dict[str, Any]:
     """The untuned ``feedback`` knobs as trial parameters (floors moved onto the search's grid, the overload
-    threshold at the top of its range: as good as off)."""
+    threshold at the top of its range: as good as off). ``floors``: (prefill, decode) floors instead of the
+    lowest EcoFreq level (a warm start from static-best's clocks)."""
     base = TunedPolicy.default_for(clocks, levels)
     grid = clock_grid(clocks)
-    floor = min(grid, key=lambda c: abs(c - base.decode.floor_mhz))
+    want = floors or (base.prefill.floor_mhz, base.decode.floor_mhz)
     out: dict[str, Any] = {"router": base.router, "router_headroom": base.router_headroom}
-    for name, p in (("prefill", base.prefill), ("decode", base.decode)):
+    for (name, p), f in zip((("prefill", base.prefill), ("decode", base.decode)), want, strict=True):
+        floor = min(grid, key=lambda c: abs(c - f))  # noqa: B023  (used at once, inside this iteration)
         out.update({f"{name}_headroom": p.headroom, f"{name}_kp": p.kp, f"{name}_ki": p.ki,
                     f"{name}_floor_mhz": floor, f"{name}_dwell_s": p.dwell_s})
         out[f"{name}_overload_rps"] = ranges[name][1]
@@ -187,7 +189,8 @@ def _worker(args: tuple[int, int]) -> None:
 
 def run_study(scn: Scenario, reqs: list[Requirement], seeds: list[int], trials: int, seed: int,
               storage: str | None = None, study_name: str | None = None, jobs: int = 1,
-              on_trial: Callable[[int, float | None], None] | None = None) -> StudyResult:
+              on_trial: Callable[[int, float | None], None] | None = None,
+              warm: list[dict[str, Any]] | None = None) -> StudyResult:
     """Search the knobs over ``trials`` trials (shared among ``jobs`` local workers).
 
     Args:
@@ -200,6 +203,7 @@ def run_study(scn: Scenario, reqs: list[Requirement], seeds: list[int], trials: 
         study_name: the study's name in the storage (resumes it when it exists).
         jobs: local worker processes.
         on_trial: told after each trial of this process: (trials done, best feasible value so far).
+        warm: more starting points a new study tries first (after the untuned defaults), as trial parameters.
     """
     optuna = import_optuna()
     startup = max(4, min(10, trials // 3))
@@ -220,6 +224,8 @@ def run_study(scn: Scenario, reqs: list[Requirement], seeds: list[int], trials: 
             ranges = overload_range(scn, [r.rate for r in reqs])
             study.enqueue_trial(default_params(tuple(scn.model.clocks), tuple(scn.model.gpu.ecofreq_levels_mhz),
                                                ranges))
+            for params in warm or []:
+                study.enqueue_trial(params)
 
         def callback(study: Any, trial: Any) -> None:
             if on_trial:

@@ -240,3 +240,10 @@ def test_requests_gated_on_decode_kv_raise_the_decode_clock():
     free = ctl[0].decide(Observation(0.0, 250, 250 * 800))
     gated = ctl[1].decide(Observation(0.0, 250, 250 * 800, queued_tokens=5, queued_oldest_wait_s=0.3))
     assert gated > free
+
+
+def test_router_does_not_send_more_to_an_instance_whose_kv_cache_holds_prefills_back():
+    r = PredictiveRouter(Linear(), CLOCKS, 0.05)
+    assert r.choose(500, [view(0, 40, 40_000), view(1, 60, 60_000)]) == 0  # the less loaded, as cheap
+    full = InstanceView(0, 40, 40_000, 1005, 40_000, gated=3)
+    assert r.choose(500, [full, view(1, 60, 60_000)]) == 1  # the same instance, but its prefills already wait

@@ -3,7 +3,8 @@
 For each candidate instance it asks the predictor two questions: which clock would the instance need to
 keep its ITL budget now, and after taking this request (one more request, the prompt's KV more)? The
 request's cost on that instance is the marginal energy per iteration, ``E(after) - E(before)``; an
-instance that would need more than its top clock to keep the budget is infeasible. The cheapest feasible
+instance that would need more than its top clock to keep the budget is infeasible, and so is one whose
+KV cache is full (prefills already wait for it: one more request would add to their TTFT). The cheapest feasible
 instance wins, ties go to the less loaded. Batch-size boundaries (GEMM tiles, the end of CUDA graphs) need
 no constant here: they are steps in the predictor's latency and energy (EcoPred finds them in a profile),
 so an instance just below a step looks cheap and one just past it expensive.
@@ -56,11 +57,13 @@ class PredictiveRouter:
         n, kv = view.num_requests, view.kv_tokens
         after = self._clock(n + 1, kv + input_tokens)
         top = self.levels[-1]
+        # An instance whose KV cache already holds prefills back cannot take more without adding to TTFT.
+        ok = after is not None and view.gated == 0
         e_after = self._iteration_j(n + 1, kv + input_tokens, after or top)
         if n == 0:
-            return after is not None, e_after
+            return ok, e_after
         before = self._clock(n, kv) or top
-        return after is not None, e_after - self._iteration_j(n, kv, before)
+        return ok, e_after - self._iteration_j(n, kv, before)
 
     def choose(self, input_tokens: int, views: Sequence[InstanceView]) -> int:
         best = None

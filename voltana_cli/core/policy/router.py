@@ -20,6 +20,7 @@ class InstanceView:
     queued_tokens: int  # prefill: tokens waiting; decode: KV tokens of running + queued requests
     clock_mhz: int
     kv_tokens: int = 0  # decode: KV of the running requests plus the prompts of those waiting or in flight
+    gated: int = 0  # decode: requests its last pre-allocation pass held back (its KV cache is full)
 
 
 class Router(Protocol):

@@ -422,6 +422,7 @@ class DecodeInstance(Instance):
             active += 1
         self.allocated += len(released)
         self.allocated_tokens += n_tokens
+        self._view.gated = len(q)  # what this pass could not allocate: held back by a full cache
         # Released after the pass's bookkeeping, in queue order.
         if self.on_preallocated is not None:
             for rid in released:

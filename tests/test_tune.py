@@ -148,3 +148,19 @@ def test_bench_runs_static_best_and_the_oracle_and_says_which_pair_it_found(tmp_
     assert runs["static-best"]["attainment"]["both"] >= min(0.99, runs["static-max"]["attainment"]["both"]) - 0.01
     assert runs["static-best"]["energy_j"]["total"] < runs["static-max"]["energy_j"]["total"]
     assert "ran_as" not in runs["oracle"] and runs["oracle"]["energy_j"]["total"] < runs["static-max"]["energy_j"]["total"]
+
+
+def test_two_workers_share_one_study_through_its_storage(tmp_path):
+    """--jobs 2: spawned workers take the trials from one SQLite study; the study holds every trial."""
+    import optuna
+
+    from voltana_cli.core.tune.run import requirements
+    from voltana_cli.core.tune.search import run_study
+
+    scn = scenario(30.0, 10.0)
+    reqs = requirements(scn, [30.0], [0], 0.99)
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    res = run_study(scn, reqs, [0], trials=4, seed=0, storage=url, study_name="shared", jobs=2)
+    assert res.trials == 4 and res.tuned is not None
+    study = optuna.load_study(study_name="shared", storage=url)
+    assert len(study.trials) == 4 and all(t.state.name == "COMPLETE" for t in study.trials)

@@ -174,8 +174,12 @@ def _sampler(optuna: Any, seed: int, startup: int) -> Any:
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, multivariate=True)
 
 
-# A worker process's world, set before the fork (multiprocessing's fork start method shares it).
+# A worker process's world, set by ``_init_worker`` when the process starts.
 _WORKER: dict[str, Any] = {}
+
+
+def _init_worker(world: dict[str, Any]) -> None:
+    _WORKER.update(world)
 
 
 def _worker(args: tuple[int, int]) -> None:
@@ -247,12 +251,16 @@ def run_study(scn: Scenario, reqs: list[Requirement], seeds: list[int], trials: 
 def _run_workers(scn: Scenario, reqs: list[Requirement], seeds: list[int], trials: int, seed: int, storage: str | None,
                  name: str, startup: int, jobs: int, study: Any,
                  on_trial: Callable[[int, float | None], None] | None) -> None:
-    """``jobs`` forked workers share ``trials`` through the storage (each opens its own connection to it);
-    this process reports progress."""
-    _WORKER.update(scn=scn, reqs=reqs, seeds=seeds, name=name, storage=storage, startup=startup)
+    """``jobs`` worker processes share ``trials`` through the storage (each opens its own connection to it);
+    this process reports progress.
+
+    Workers are spawned, not forked: this process runs threads (the progress display, the storage's
+    connection pool), and a fork taken while one of them holds a lock leaves the child waiting on it for
+    ever. The world is pickled to each worker once, when it starts."""
+    world = {"scn": scn, "reqs": reqs, "seeds": seeds, "name": name, "storage": storage, "startup": startup}
     shares = [trials // jobs + (1 if i < trials % jobs else 0) for i in range(jobs)]
-    ctx = multiprocessing.get_context("fork")
-    with ctx.Pool(jobs) as pool:
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(jobs, initializer=_init_worker, initargs=(world,)) as pool:
         res = pool.map_async(_worker, [(n, seed + i) for i, n in enumerate(shares) if n > 0])
         while not res.ready():
             res.wait(1.0)

@@ -42,7 +42,8 @@ app.command(help="Replay a workload (sharegpt, azure-conv, ...) on a simulated P
 
 app.command(help="Measure (torch) or model (sim) prefill and decode latency and energy across GPU clocks; "
                  "write profiles/<gpu>/<model>/.")(profile)
-app.command(help="Fit EcoPred predictors from a profile and report held-out accuracy (--fit-only).")(tune)
+app.command(help="Tune the feedback controller's and router's knobs by simulation and validate them on held-out "
+                 "traffic; --fit-only fits EcoPred from a profile.")(tune)
 
 
 @app.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 
 import typer
+from rich.console import Console
 
 from voltana_cli.core.errors import UserError
+from voltana_cli.core.report import to_stdout
 
 
 def flag_for(field: str, flags: Mapping[str, str]) -> str:
@@ -30,3 +33,10 @@ def user_errors(flags: Mapping[str, str] | None = None) -> Iterator[None]:
         msg = f"{flag_for(exc.field, flags or {})}: {exc.problem}" if exc.field else str(exc)
         typer.echo(f"error: {msg}", err=True)
         raise typer.Exit(2) from None
+
+
+def say_written(console: Console, *paths: Path | None) -> None:
+    """``wrote PATH`` for each output that was written to a file (standard output, ``-``, says nothing)."""
+    for path in paths:
+        if path is not None and not to_stdout(path):
+            console.print(f"wrote {path}")

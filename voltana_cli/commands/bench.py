@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from voltana_cli.commands import user_errors
+from voltana_cli.commands import say_written, user_errors
 from voltana_cli.core.bench import (
     DEFAULT_POLICIES,
     make_config,
@@ -123,8 +123,7 @@ def bench(
         for path, write in writers:
             if path is not None:
                 write(path)
-                if not to_stdout(path):
-                    console.print(f"wrote {path}")
+                say_written(console, path)
 
 
 def _policies(given: list[str] | None, tuned: Path | None) -> list[str]:

@@ -15,11 +15,11 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from voltana_cli import __version__
-from voltana_cli.commands import user_errors
-from voltana_cli.core.bench import make_config, parse_rates, prepare_bench
+from voltana_cli.commands import say_written, user_errors
+from voltana_cli.core.bench import BenchConfig, make_config, parse_rates, prepare_bench
 from voltana_cli.core.errors import UserError
 from voltana_cli.core.models import defaults
-from voltana_cli.core.profiling import load_profile
+from voltana_cli.core.profiling import Profile, load_profile
 from voltana_cli.core.report import check_outputs, to_stdout, write_json
 from voltana_cli.core.tune import (
     FitReport,
@@ -101,28 +101,33 @@ def tune(
                           n_prefill=prefill, n_decode=decode, policies=["static-max"], slo_ttft_ms=slo_ttft_ms,
                           slo_itl_ms=slo_itl_ms, prediction_error=prediction_error, noise=noise,
                           profile=profile_path)
-        fit = None
-        if profile_path is not None:
-            prof = load_profile(profile_path)
-            cfg = make_config(**{**cfg.model_dump(), "gpu": prof.meta.gpu, "model": prof.meta.model})
-            fit = (evaluate(prof, holdout=holdout, seed=seed, compare_gbt=False), holdout)
-        prep = prepare_bench(cfg)
-        if fit is not None:
-            prep.scenario.fitted = fit[0].predictor
-        t0 = time.perf_counter()
-        outcome = _run_with_progress(prep.scenario, spec)
-        elapsed = time.perf_counter() - t0
-        render_tune(console, outcome, cfg.model_dump(), elapsed)
-        prov = _provenance(cfg.model_dump(), prep.model.tp, spec, profile_path, elapsed)
-        if outcome.study.tuned is None:
-            raise UserError(f"no trial met every rate's requirement in {outcome.study.trials} trials: give more "
-                            "--trials, fewer or lower rates, or a lower --target-attainment; nothing was written")
-        write_document(out, tune_document(outcome.study.tuned, prov, _validation(outcome), fit))
-        if json_path is not None:
-            write_json(json_path, {"voltana_version": __version__, "config": prov, "runs": outcome.runs})
-        for path in (out, json_path):
-            if path is not None and not to_stdout(path):
-                console.print(f"wrote {path}")
+        _tune(console, spec, cfg, profile_path, holdout, seed, out, json_path)
+
+
+def _tune(console: Console, spec: TuneSpec, cfg: BenchConfig, profile_path: str | None, holdout: float, seed: int,
+          out: Path, json_path: Path | None) -> None:
+    """The full tune: fit EcoPred when a profile is the truth, search, validate, render, write."""
+    fit, prof = None, None
+    if profile_path is not None:
+        prof = load_profile(profile_path)
+        cfg = make_config(**{**cfg.model_dump(), "gpu": prof.meta.gpu, "model": prof.meta.model})
+        fit = (evaluate(prof, holdout=holdout, seed=seed, compare_gbt=False), holdout)
+    prep = prepare_bench(cfg)
+    if fit is not None:
+        prep.scenario.fitted = fit[0].predictor
+    t0 = time.perf_counter()
+    outcome = _run_with_progress(prep.scenario, spec)
+    elapsed = time.perf_counter() - t0
+    rows = table_rows(outcome)
+    render_tune(console, outcome, rows, cfg.model_dump(), elapsed)
+    prov = _provenance(cfg.model_dump(), prep.model.tp, spec, profile_path, prof, elapsed)
+    if outcome.study.tuned is None:
+        raise UserError(f"no trial met every rate's requirement in {outcome.study.trials} trials: give more "
+                        "--trials, fewer or lower rates, or a lower --target-attainment; nothing was written")
+    write_document(out, tune_document(outcome.study.tuned, prov, _validation(outcome, rows), fit))
+    if json_path is not None:
+        write_json(json_path, {"voltana_version": __version__, "config": prov, "runs": outcome.runs})
+    say_written(console, out, json_path)
 
 
 def _fit_only(console: Console, profile_path: str, out: Path | None, json_path: Path | None, holdout: float,
@@ -134,9 +139,7 @@ def _fit_only(console: Console, profile_path: str, out: Path | None, json_path: 
         write_tuned_config(out, rep, holdout)
     if json_path is not None:
         write_json(json_path, accuracy_report(rep, holdout))
-    for path in (out, json_path):
-        if path is not None and not to_stdout(path):
-            console.print(f"wrote {path}")
+    say_written(console, out, json_path)
 
 
 def _run_with_progress(scn: Any, spec: TuneSpec) -> TuneOutcome:
@@ -154,10 +157,10 @@ def _run_with_progress(scn: Any, spec: TuneSpec) -> TuneOutcome:
         return run_tune(scn, spec, progress=step, on_trial=on_trial)
 
 
-def _provenance(cfg: dict[str, Any], tp: int, spec: TuneSpec, profile_path: str | None, elapsed: float) -> dict[str, Any]:
+def _provenance(cfg: dict[str, Any], tp: int, spec: TuneSpec, profile_path: str | None, prof: Profile | None,
+                elapsed: float) -> dict[str, Any]:
     digest = None
-    if profile_path is not None:
-        prof = load_profile(profile_path)
+    if prof is not None:
         digest = "sha256:" + hashlib.sha256(Path(prof.source, "profile.csv").read_bytes()).hexdigest()
     return {
         "voltana_version": __version__, "gpu": cfg["gpu"], "model": cfg["model"], "tp": tp,
@@ -173,8 +176,7 @@ def _provenance(cfg: dict[str, Any], tp: int, spec: TuneSpec, profile_path: str 
     }
 
 
-def _validation(outcome: TuneOutcome) -> dict[str, Any]:
-    rows = table_rows(outcome)
+def _validation(outcome: TuneOutcome, rows: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "heldout_rate": outcome.heldout_rate,
         "trials": outcome.study.trials, "feasible_trials": outcome.study.feasible,
@@ -184,8 +186,9 @@ def _validation(outcome: TuneOutcome) -> dict[str, Any]:
     }
 
 
-def render_tune(console: Console, outcome: TuneOutcome, cfg: dict[str, Any], elapsed: float) -> None:
-    """The before/after table per rate (means over the held-out seeds) and the knobs chosen."""
+def render_tune(console: Console, outcome: TuneOutcome, rows: list[dict[str, Any]], cfg: dict[str, Any],
+                elapsed: float) -> None:
+    """The before/after table per rate (``rows``: means over the held-out seeds) and the knobs chosen."""
     st = outcome.study
     console.print(f"[bold]voltana tune[/] {cfg['n_prefill']}P{cfg['n_decode']}D {cfg['gpu']} x {cfg['model']}: "
                   f"{st.trials} trials ({st.feasible} feasible) in {elapsed:.0f} s; validated on held-out seeds"
@@ -194,7 +197,7 @@ def render_tune(console: Console, outcome: TuneOutcome, cfg: dict[str, Any], ela
     for col in ("req/s", "policy", "energy (J)", "saving vs static-max", "TTFT att", "ITL att", "both att",
                 "required", "meets", "note"):
         table.add_column(col, justify="left" if col in ("policy", "note") else "right")
-    for r in table_rows(outcome):
+    for r in rows:
         note = "yardstick (reads the truth)" if r["yardstick"] else (r["static_best_pair"] or "")
         if r["request_rate"] in outcome.infeasible_rates and r["policy"] == "static-max":
             note = "below target even at max clock: requirement = static-max's - 1 pt"

@@ -48,6 +48,7 @@ the simulator and, later, in the live sidecar, fed by ``Observation``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from voltana_cli.core.policy.controller import Observation
@@ -105,7 +106,7 @@ class FeedbackParams:
         for name in ("kp", "ki", "integral_limit", "max_correction", "dwell_s", "backlog_gain", "hysteresis",
                      "idle_timeout_s"):
             v = getattr(self, name)
-            if not v >= 0 or v != v or v == float("inf") and name != "idle_timeout_s":
+            if not (v >= 0 and (math.isfinite(v) or name == "idle_timeout_s")):  # NaN fails ``v >= 0``
                 raise ValueError(f"feedback {name} {v} must be a finite number >= 0")
         if not -1.0 < self.headroom < 1.0:
             raise ValueError(f"feedback headroom {self.headroom} must be in (-1, 1)")

@@ -167,6 +167,10 @@ class PolicyRegistry:
     def routers(self) -> list[RouterEntry]:
         return list(self._routers.values())
 
+    def router(self, name: str) -> RouterEntry | None:
+        """The registered router ``name``, or ``None``."""
+        return self._routers.get(name)
+
     def names(self) -> list[str]:
         """Every controller's usage (``static:<MHz>`` for one with an argument)."""
         return [e.usage for e in self._controllers.values()]
@@ -190,7 +194,7 @@ class PolicyRegistry:
         if entry.argument is not None and not arg:
             raise UserError(f"policy {name!r}: write it as {entry.usage}", field="policies")
         rname = router_name or entry.default_router
-        router = self._routers.get(rname)
+        router = self.router(rname)
         if router is None:
             raise UserError(f"unknown router {rname!r} in policy {name!r}: use one of {', '.join(self._routers)}",
                             field="policies")
@@ -211,7 +215,7 @@ class PolicyRegistry:
     def build(self, name: str, ctx: PolicyContext) -> Policy:
         """Build policy ``name`` for ``ctx``; an unknown name or an unsupported clock fails with the valid ones."""
         entry, arg, router = self.parse(name)
-        prefill = self._routers.get(ctx.prefill_router)
+        prefill = self.router(ctx.prefill_router)
         if prefill is None:
             raise UserError(f"unknown router {ctx.prefill_router!r}: use one of {', '.join(self._routers)}",
                             field="prefill_router")
@@ -333,10 +337,11 @@ def _predictive(ctx: PolicyContext) -> Router:
 
 def _tuned_router(ctx: PolicyContext) -> Router:
     name = ctx.feedback().router
-    if name == "tuned" or name not in {e.name for e in REGISTRY.routers()}:
+    entry = REGISTRY.router(name) if name != "tuned" else None
+    if entry is None:
         raise UserError(f"the tuned config's router {name!r} is not a router: use one of "
                         f"{', '.join(e.name for e in REGISTRY.routers() if e.name != 'tuned')}", field="tuned")
-    return next(e for e in REGISTRY.routers() if e.name == name).build(ctx)
+    return entry.build(ctx)
 
 
 REGISTRY = PolicyRegistry()

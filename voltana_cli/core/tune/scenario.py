@@ -75,10 +75,18 @@ class Scenario:
     tuned: TunedPolicy | None = None
 
     def workload(self, rate: float, seed: int) -> Workload:
-        """The requests of a run at ``rate``: the same for every policy at that rate and seed."""
-        return build_workload(self.lengths, self.arrival, rate, np.random.default_rng([seed, 1]),
-                              duration_s=None if self.num_prompts else self.duration_s,
-                              num_requests=self.num_prompts, burstiness=self.burstiness)
+        """The requests of a run at ``rate``: the same for every policy at that rate and seed.
+
+        Raises:
+            UserError: no request arrives within the duration at that rate.
+        """
+        wl = build_workload(self.lengths, self.arrival, rate, np.random.default_rng([seed, 1]),
+                            duration_s=None if self.num_prompts else self.duration_s,
+                            num_requests=self.num_prompts, burstiness=self.burstiness)
+        if len(wl) == 0:
+            raise UserError(f"no request arrives within {self.duration_s} s at {rate} req/s: give a longer duration",
+                            field="duration_s")
+        return wl
 
     def context(self, seed: int, predictor: Predictor | None = None, tuned: TunedPolicy | None = None) -> PolicyContext:
         """The policy context of a run (``predictor`` left out: a placeholder that must not be asked)."""
@@ -105,9 +113,5 @@ class Scenario:
 
     def run(self, name: str, rate: float, seed: int, tuned: TunedPolicy | None = None) -> dict:
         """Simulate policy ``name`` at ``rate`` with ``seed``; returns the run's summary (``summarize``)."""
-        wl = self.workload(rate, seed)
-        if len(wl) == 0:
-            raise UserError(f"no request arrives within {self.duration_s} s at {rate} req/s: give a longer duration",
-                            field="duration_s")
-        res = self.simulate(name, wl, seed, tuned)
+        res = self.simulate(name, self.workload(rate, seed), seed, tuned)
         return summarize(res, self.slo_ttft_s, self.slo_itl_s).as_dict()

@@ -391,7 +391,7 @@ def _resolve(prep: PreparedBench, name: str, rate: float) -> str:
         return name
     base = prep.scenario.run("static-max", rate, prep.cfg.seed)
     req = requirement_for(base["attainment"]["both"], BENCH_TARGET)
-    found = find_static_best(prep.scenario, rate, [prep.cfg.seed], req)
+    found = find_static_best(prep.scenario, rate, [prep.cfg.seed], req, static_max=[base])
     return found.best.name if found.best else "static-max"
 
 

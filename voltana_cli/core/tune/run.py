@@ -129,7 +129,7 @@ def validate(scn: Scenario, tuned: TunedPolicy | None, rates: list[float], seeds
     for rate in rates:
         base = [scn.run("static-max", rate, s) for s in seeds]
         req = requirement_for(sum(x["attainment"]["both"] for x in base) / len(base), target)
-        sb = find_static_best(scn, rate, seeds, req, progress)
+        sb = find_static_best(scn, rate, seeds, req, progress, static_max=base)
         best_pairs[rate] = sb.best.name if sb.best else None
         for name in REPORT_POLICIES:
             if name == "voltana-tuned" and tuned is None:

@@ -64,13 +64,18 @@ class StaticBest:
 
 def evaluate_pair(scn: Scenario, rate: float, seeds: list[int], prefill: int, decode: int) -> PairResult:
     """Mean energy and joint attainment of ``static:prefill/decode`` at ``rate`` over ``seeds``."""
-    runs = [scn.run(f"static:{prefill}/{decode}", rate, s) for s in seeds]
+    return pair_of(prefill, decode, [scn.run(f"static:{prefill}/{decode}", rate, s) for s in seeds])
+
+
+def pair_of(prefill: int, decode: int, runs: list[dict]) -> PairResult:
+    """The ``PairResult`` of runs already made (their summaries, one per seed)."""
     return PairResult(prefill, decode, sum(r["energy_j"]["total"] for r in runs) / len(runs),
                       sum(r["attainment"]["both"] for r in runs) / len(runs))
 
 
 def find_static_best(scn: Scenario, rate: float, seeds: list[int], requirement: float,
-                     progress: Callable[[str], None] | None = None) -> StaticBest:
+                     progress: Callable[[str], None] | None = None,
+                     static_max: list[dict] | None = None) -> StaticBest:
     """Search the static pair with the least energy whose joint attainment is at least ``requirement``.
 
     Args:
@@ -79,9 +84,13 @@ def find_static_best(scn: Scenario, rate: float, seeds: list[int], requirement: 
         seeds: the seeds every pair is simulated on.
         requirement: the joint attainment (0-1) a pair must reach.
         progress: told of each pair simulated.
+        static_max: static-max's runs at this rate on ``seeds``, when the caller has them: the top pair is
+            static-max, so it is not simulated again.
     """
     grid = clock_grid(tuple(scn.model.clocks))
     seen: dict[tuple[int, int], PairResult] = {}
+    if static_max is not None:
+        seen[(grid[0], grid[0])] = pair_of(grid[0], grid[0], static_max)
 
     def at(p: int, d: int) -> PairResult:
         if (p, d) not in seen:

@@ -135,11 +135,13 @@ class ControllerEntry:
 
 @dataclass(frozen=True)
 class RouterEntry:
-    """A registered decode router: ``build(context) -> Router``."""
+    """A registered decode router: ``build(context) -> Router``; ``clocks``: the clocks its predictor must
+    know (``None``: it predicts nothing)."""
 
     name: str
     summary: str
     build: Callable[[PolicyContext], Router]
+    clocks: Callable[[PolicyContext], list[int]] | None = None
 
 
 class PolicyRegistry:
@@ -208,8 +210,8 @@ class PolicyRegistry:
         """The clocks a predictor for policy ``name`` must cover (its router's included)."""
         entry, _, router = self.parse(name)
         clocks = set(entry.clocks(ctx) if entry.clocks else ctx.levels)
-        if router.name in ("predictive", "tuned"):
-            clocks |= set(ctx.feedback().decode.levels(ctx.clocks_mhz))
+        if router.clocks is not None:
+            clocks |= set(router.clocks(ctx))
         return sorted(clocks)
 
     def build(self, name: str, ctx: PolicyContext) -> Policy:
@@ -330,9 +332,14 @@ def _searched(ctx: PolicyContext, arg: str | None) -> tuple[ControllerFactory, C
                     "it cannot be built from knobs", field="policies")
 
 
+def _decode_levels(ctx: PolicyContext) -> list[int]:
+    """The decode controllers' clocks in force (what the predictive router asks its predictor about)."""
+    return ctx.feedback().decode.levels(ctx.clocks_mhz)
+
+
 def _predictive(ctx: PolicyContext) -> Router:
     fb = ctx.feedback()
-    return PredictiveRouter(ctx.predictor, fb.decode.levels(ctx.clocks_mhz), ctx.slo_itl_s, fb.router_headroom)
+    return PredictiveRouter(ctx.predictor, _decode_levels(ctx), ctx.slo_itl_s, fb.router_headroom)
 
 
 def _tuned_router(ctx: PolicyContext) -> Router:
@@ -376,8 +383,8 @@ for _router in (
     RouterEntry("least-loaded", "the instance with the fewest queued tokens", lambda ctx: LeastLoadedRouter()),
     RouterEntry("random", "a seeded uniformly random instance", lambda ctx: RandomRouter(ctx.seed)),
     RouterEntry("predictive", "what-if on each decode instance: the least marginal predicted energy that keeps "
-                "the ITL SLO", _predictive),
-    RouterEntry("tuned", "the router a tuned config chose", _tuned_router),
+                "the ITL SLO", _predictive, clocks=_decode_levels),
+    RouterEntry("tuned", "the router a tuned config chose", _tuned_router, clocks=_decode_levels),
 ):
     REGISTRY.add_router(_router)
 

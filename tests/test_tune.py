@@ -155,12 +155,17 @@ def test_two_workers_share_one_study_through_its_storage(tmp_path):
     import optuna
 
     from voltana_cli.core.tune.run import requirements
-    from voltana_cli.core.tune.search import run_study
+    from voltana_cli.core.tune.search import default_params, overload_range, run_study
 
     scn = scenario(30.0, 10.0)
     reqs = requirements(scn, [30.0], [0], 0.99)
     url = f"sqlite:///{tmp_path / 's.db'}"
-    res = run_study(scn, reqs, [0], trials=4, seed=0, storage=url, study_name="shared", jobs=2)
-    assert res.trials == 4 and res.tuned is not None
+    # Three queued starting points for two workers: queued trials are where SQLite let two workers take one.
+    base = default_params(tuple(scn.model.clocks), tuple(scn.model.gpu.ecofreq_levels_mhz),
+                          overload_range(scn, [30.0]))
+    warm = [dict(base, decode_headroom=h) for h in (0.15, 0.2)]
+    res = run_study(scn, reqs, [0], trials=5, seed=0, storage=url, study_name="shared", jobs=2, warm=warm)
+    assert res.trials == 5 and res.tuned is not None
     study = optuna.load_study(study_name="shared", storage=url)
-    assert len(study.trials) == 4 and all(t.state.name == "COMPLETE" for t in study.trials)
+    assert len(study.trials) == 5 and all(t.state.name == "COMPLETE" for t in study.trials)
+    assert all(t.constraints for t in study.trials)

@@ -258,15 +258,42 @@ def _run_workers(scn: Scenario, reqs: list[Requirement], seeds: list[int], trial
     connection pool), and a fork taken while one of them holds a lock leaves the child waiting on it for
     ever. The world is pickled to each worker once, when it starts."""
     world = {"scn": scn, "reqs": reqs, "seeds": seeds, "name": name, "storage": storage, "startup": startup}
-    shares = [trials // jobs + (1 if i < trials % jobs else 0) for i in range(jobs)]
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(jobs, initializer=_init_worker, initargs=(world,)) as pool:
+        trials -= _run_queued(scn, reqs, trials, study, pool)
+        shares = [trials // jobs + (1 if i < trials % jobs else 0) for i in range(jobs)]
         res = pool.map_async(_worker, [(n, seed + i) for i, n in enumerate(shares) if n > 0])
         while not res.ready():
             res.wait(1.0)
             if on_trial:
                 on_trial(len(study.get_trials(deepcopy=False)), _best(study)[1])
         res.get()
+
+
+def _score_worker(tuned: TunedPolicy) -> tuple[float, float]:
+    w = _WORKER
+    return score(w["scn"], tuned, w["reqs"], w["seeds"])
+
+
+def _run_queued(scn: Scenario, reqs: list[Requirement], trials: int, study: Any, pool: Any) -> int:
+    """Run the study's queued starting points (the defaults, the warm starts) with this process asking and
+    telling and the pool scoring; return how many ran.
+
+    Workers must not pop queued trials themselves: taking a queued trial is a read then a write, which
+    SQLite does not lock, so two workers can take the same one (and then fail to tell it twice)."""
+    optuna = import_optuna()
+    waiting = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
+    n = min(len(waiting), trials)
+    if n == 0:
+        return 0
+    clocks, levels = tuple(scn.model.clocks), tuple(scn.model.gpu.ecofreq_levels_mhz)
+    ranges = overload_range(scn, [r.rate for r in reqs])
+    asked = [study.ask() for _ in range(n)]
+    tuned = [suggest(t, clocks, levels, ranges) for t in asked]
+    for trial, (value, shortfall) in zip(asked, pool.map(_score_worker, tuned)):
+        trial.set_constraint("shortfall", shortfall)
+        study.tell(trial, value)
+    return n
 
 
 def _feasible(t: Any) -> bool:

@@ -163,6 +163,7 @@ ROWS: dict[str, Row] = {
     "bench-slo-inf": Row("numbers", "bench", ["--slo-itl-ms", "inf"], "--slo-itl-ms: "),
     "bench-slo-0": Row("numbers", "bench", ["--slo-ttft-ms", "0"], "--slo-ttft-ms: "),
     "bench-clock": Row("numbers", "bench", ["--policy", "static:1000"], "1000 MHz is not a supported clock"),
+    "bench-colocated-clock": Row("numbers", "bench", ["--policy", "colocated:fast"], "write it as colocated:<MHz>"),
     "bench-levels": Row("numbers", "bench", ["--ecofreq-clocks", "1005,1400"], "1400 MHz is not a supported clock"),
     "bench-levels-empty": Row("numbers", "bench", ["--ecofreq-clocks", ""], "--ecofreq-clocks ''"),
     "bench-levels-gap": Row("numbers", "bench", ["--ecofreq-clocks", "1005,,1410"], "--ecofreq-clocks '1005,,1410'"),

@@ -133,16 +133,19 @@ def test_every_registered_name_builds_and_help_lists_it(a100_8b):
     help_text = REGISTRY.help_text()
     obs = Observation(0.0, 1, 64, truth_s=lambda c: 0.1 * 1410 / c)  # the oracle reads a truth
     for entry in REGISTRY.controllers():
-        name = entry.usage.replace("<MHz>", "1200")
+        # A searched entry with an argument (colocated[:<MHz>]) is built with it and searched without it.
+        names = [entry.name, f"{entry.name}:1200"] if entry.searched and entry.argument else \
+            [entry.usage.replace("<MHz>", "1200")]
         assert entry.usage in help_text
-        for router in REGISTRY.routers():
-            if entry.searched:  # found by search in the world that runs it, never built from knobs
-                with pytest.raises(UserError, match="found by a search"):
-                    build_policy(f"{name}+{router.name}", ctx)
-                continue
-            pol = build_policy(f"{name}+{router.name}", ctx)
-            assert pol.make_prefill_controller().decide(obs) in pm.clocks
-            assert f"+{router.name}" in help_text
+        for name in names:
+            for router in REGISTRY.routers():
+                if REGISTRY.searched(name):  # found by search in the world that runs it, never built from knobs
+                    with pytest.raises(UserError, match="found by a search"):
+                        build_policy(f"{name}+{router.name}", ctx)
+                    continue
+                pol = build_policy(f"{name}+{router.name}", ctx)
+                assert pol.make_prefill_controller().decide(obs) in pm.clocks
+                assert f"+{router.name}" in help_text
 
 
 def test_an_unknown_name_lists_the_valid_ones_and_says_which_field(a100_8b):

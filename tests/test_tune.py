@@ -126,7 +126,7 @@ def test_a_tiny_tune_end_to_end_then_bench_loads_it(tmp_path):
     assert cfg.policy is not None and cfg.provenance["gpu"] == "a100-80g-sxm4" and cfg.provenance["trials"] == 6
     runs = json.loads(js.read_text())["runs"]
     policies = {x["policy"] for x in runs}
-    assert policies == {"static-max", "static-best", "voltana", "voltana-tuned", "oracle"}
+    assert policies == {"static-max", "static-best", "colocated", "voltana", "voltana-tuned", "oracle"}
     assert {x["request_rate"] for x in runs} == {30.0, 35.0, 40.0}  # 35: the held-out rate
     assert all(x["seed"] >= 1000 for x in runs)  # validated on held-out traffic only
     for name in ("voltana-tuned", "oracle", "static-best"):

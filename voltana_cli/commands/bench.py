@@ -173,7 +173,9 @@ def _render(console: Console, report: dict) -> None:
         a = r["attainment"]
         sav = r.get("saving_vs_static_max")
         table.add_row(
-            f"{r['request_rate']:g}", r["policy"], f"{r['energy_j']['total']:,.0f}",
+            f"{r['request_rate']:g}", r["policy"] + (f" ({r['ran_as']})" if "ran_as" in r else "")
+            + (" [yardstick: reads the truth]" if r.get("yardstick") else ""),
+            f"{r['energy_j']['total']:,.0f}",
             "-" if sav is None else f"{100 * sav:.1f} %", f"{r['joules_per_output_token']:.3f}",
             f"{100 * a['ttft']:.1f} %", f"{100 * a['itl']:.1f} %", f"{100 * a['both']:.1f} %",
             f"{_fmt(r['ttft_ms']['p50'], '.0f')} / {_fmt(r['ttft_ms']['p99'], '.0f')}",

@@ -182,7 +182,7 @@ def _validation(outcome: TuneOutcome, rows: list[dict[str, Any]]) -> dict[str, A
         "trials": outcome.study.trials, "feasible_trials": outcome.study.feasible,
         "search_value": outcome.study.value,
         "rows": [{k: r[k] for k in ("request_rate", "policy", "energy_j", "saving_vs_static_max", "both",
-                                    "requirement", "meets", "static_best_pair")} for r in rows],
+                                    "requirement", "meets", "ran_as")} for r in rows],
     }
 
 
@@ -198,7 +198,7 @@ def render_tune(console: Console, outcome: TuneOutcome, rows: list[dict[str, Any
                 "required", "meets", "note"):
         table.add_column(col, justify="left" if col in ("policy", "note") else "right")
     for r in rows:
-        note = "yardstick (reads the truth)" if r["yardstick"] else (r["static_best_pair"] or "")
+        note = "yardstick (reads the truth)" if r["yardstick"] else (r["ran_as"] or "")
         if r["request_rate"] in outcome.infeasible_rates and r["policy"] == "static-max":
             note = "below target even at max clock: requirement = static-max's - 1 pt"
         table.add_row(f"{r['request_rate']:g}", r["policy"], f"{r['energy_j']:,.0f}",

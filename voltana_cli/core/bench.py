@@ -31,7 +31,7 @@ from voltana_cli.core.models.ecopred import EcoPred
 from voltana_cli.core.models.profile import load_profile
 from voltana_cli.core.policy import REGISTRY, EcoFreqParams
 from voltana_cli.core.sim import ClusterConfig
-from voltana_cli.core.tune import Scenario, find_static_best, load_predictor, load_tuned, requirement_for
+from voltana_cli.core.tune import Scenario, find_searched, load_predictor, load_tuned, requirement_for
 from voltana_cli.core.workloads import DatasetRequest, LengthTrace, Workload, load_lengths
 
 DEFAULT_POLICIES = ["static-max", "static-min", "voltana"]
@@ -264,7 +264,7 @@ def prepare_bench(cfg: BenchConfig) -> PreparedBench:
                         prediction_error=cfg.prediction_error, ecofreq=ecof, tile=cfg.tile or pm.engine.gemm_tile,
                         prefill_router=cfg.prefill_router, fitted=predictor, tuned=tuned)
     for name in cfg.policies:
-        if not REGISTRY.entry(name).searched:
+        if not REGISTRY.searched(name):
             scenario.policy(name, cfg.seed)  # every name builds before any run
     _check_context(lengths, pm)
     return PreparedBench(cfg, pm, truth, predictor, cluster, ecof, lengths, arrival, scenario)
@@ -324,8 +324,9 @@ def run_bench_full(cfg: BenchConfig | PreparedBench, progress: Callable[[str], N
             s = summarize(res, cfg.slo_ttft_ms / 1e3, cfg.slo_itl_ms / 1e3).as_dict()
             runs.append(RunRecord(rate, name, res, s))
             # A searched policy says what its search found (e.g. static-best ran as static:1095/780).
+            # A yardstick (the oracle reads the simulator's truth) is flagged in every report.
             out_runs.append({"request_rate": rate, "policy": name, **({"ran_as": ran_as} if ran_as != name else {}),
-                             **s})
+                             **({"yardstick": True} if REGISTRY.entry(name).yardstick else {}), **s})
     top = ("static-max", f"static:{pm.clocks[-1]}")
     base = {r: next((x for x in out_runs if x["request_rate"] == r and x["policy"] in top), None) for r in cfg.request_rates}
     for x in out_runs:
@@ -386,13 +387,16 @@ BENCH_TARGET = 0.99
 
 
 def _resolve(prep: PreparedBench, name: str, rate: float) -> str:
-    """The policy a name runs as at ``rate``: a searched one (static-best) becomes what its search found."""
-    if not REGISTRY.entry(name).searched:
+    """The policy a name runs as at ``rate``: a searched one (static-best, colocated) becomes what its search
+    found (when no candidate meets the requirement: its top clock, which keeps the most)."""
+    if not REGISTRY.searched(name):
         return name
     base = prep.scenario.run("static-max", rate, prep.cfg.seed)
     req = requirement_for(base["attainment"]["both"], BENCH_TARGET)
-    found = find_static_best(prep.scenario, rate, [prep.cfg.seed], req, static_max=[base])
-    return found.best.name if found.best else "static-max"
+    found = find_searched(prep.scenario, name, rate, [prep.cfg.seed], req, static_max=[base])
+    if found.best:
+        return found.best.name
+    return f"colocated:{prep.model.clocks[-1]}" if name == "colocated" else "static-max"
 
 
 def _short_trace(cfg: BenchConfig, arrival: str, wl: Workload, rate: float) -> str | None:

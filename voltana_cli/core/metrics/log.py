@@ -22,7 +22,7 @@ class InstanceRecord:
     """Energy, time and clock history of one instance over a run.
 
     Attributes:
-        role: ``"prefill"`` or ``"decode"``.
+        role: ``"prefill"``, ``"decode"`` or ``"colocated"`` (one instance serving both phases).
         index: the instance's index within its role.
         busy_energy_j, idle_energy_j: energy while running iterations and between them (J).
         busy_s, idle_s: time running iterations and between them (s).

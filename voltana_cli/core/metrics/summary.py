@@ -88,15 +88,18 @@ def summarize(res: RequestLog, slo_ttft_s: float, slo_itl_s: float) -> Summary:
     dur = max(res.end_s - res.start_s, 1e-9)
     prefill_busy = sum(s.busy_energy_j for s in res.instances if s.role == "prefill")
     decode_busy = sum(s.busy_energy_j for s in res.instances if s.role == "decode")
+    mixed_busy = sum(s.busy_energy_j for s in res.instances if s.role == "colocated")
     idle = sum(s.idle_energy_j for s in res.instances)
-    total = prefill_busy + decode_busy + idle
+    total = prefill_busy + decode_busy + mixed_busy + idle
     both = ttft_ok & itl_ok
     e2e = res.e2e_s
     gaps, weights = res.token_gaps
     return Summary(
         num_requests=n,
         duration_s=dur,
-        energy_j={"total": total, "prefill": prefill_busy, "decode": decode_busy, "idle": idle},
+        # A colocated layout's instances run both phases in one batch: their busy energy is its own entry.
+        energy_j={"total": total, "prefill": prefill_busy, "decode": decode_busy, "idle": idle,
+                  **({"colocated": mixed_busy} if any(s.role == "colocated" for s in res.instances) else {})},
         joules_per_output_token=total / max(out_tokens, 1),
         joules_per_request=total / max(n, 1),
         attainment={"ttft": float(ttft_ok.mean()), "itl": float(itl_ok.mean()), "both": float(both.mean())},

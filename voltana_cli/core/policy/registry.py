@@ -115,7 +115,10 @@ class ControllerEntry:
         yardstick: it reads the world's ground truth (the oracle); reports flag it, live worlds refuse it.
         searched: it is not built from knobs but found by a search in the world that runs it (static-best:
             the pair of static clocks with the least energy that meets the rate's requirement); ``build``
-            then refuses, and the world resolves the name to the policy its search found.
+            then refuses the bare name, and the world resolves it to the policy its search found. A searched
+            entry that takes an argument is also a plain policy with it (``colocated:<MHz>``).
+        layout: the cluster layout it runs on: ``pd`` (prefill and decode instances) or ``colocated`` (the
+            same GPUs, each instance serving both phases).
     """
 
     name: str
@@ -127,10 +130,13 @@ class ControllerEntry:
     clocks: Callable[[PolicyContext], list[int]] | None = None
     yardstick: bool = False
     searched: bool = False
+    layout: str = "pd"
 
     @property
     def usage(self) -> str:
-        return f"{self.name}:<{self.argument}>" if self.argument else self.name
+        if not self.argument:
+            return self.name
+        return f"{self.name}[:<{self.argument}>]" if self.searched else f"{self.name}:<{self.argument}>"
 
 
 @dataclass(frozen=True)
@@ -193,7 +199,7 @@ class PolicyRegistry:
                             f"+{'/+'.join(self._routers)}", field="policies")
         if entry.argument is None and colon:
             raise UserError(f"policy {name!r}: {base} takes no ':' argument", field="policies")
-        if entry.argument is not None and not arg:
+        if entry.argument is not None and not arg and not (entry.searched and not colon):
             raise UserError(f"policy {name!r}: write it as {entry.usage}", field="policies")
         rname = router_name or entry.default_router
         router = self.router(rname)
@@ -205,6 +211,12 @@ class PolicyRegistry:
     def entry(self, name: str) -> ControllerEntry:
         """The controller entry of policy ``name`` (an unknown name fails listing the valid ones)."""
         return self.parse(name)[0]
+
+    def searched(self, name: str) -> bool:
+        """Whether ``name`` is found by a search in the world that runs it (``static-best``, bare
+        ``colocated``) rather than built from knobs."""
+        entry, arg, _ = self.parse(name)
+        return entry.searched and arg is None
 
     def predictor_clocks(self, name: str, ctx: PolicyContext) -> list[int]:
         """The clocks a predictor for policy ``name`` must cover (its router's included)."""
@@ -332,6 +344,18 @@ def _searched(ctx: PolicyContext, arg: str | None) -> tuple[ControllerFactory, C
                     "it cannot be built from knobs", field="policies")
 
 
+def _colocated(ctx: PolicyContext, arg: str | None) -> tuple[ControllerFactory, ControllerFactory]:
+    if arg is None:
+        raise UserError("colocated is found by a search over static clocks, which the bench and tune run; give "
+                        f"colocated:<MHz> for one clock, e.g. colocated:{ctx.clocks_mhz[-1]}", field="policies")
+    try:
+        clock = int(arg)
+    except ValueError:
+        raise UserError(f"policy 'colocated:{arg}': write it as colocated:<MHz>, e.g. colocated:{ctx.levels[0]}",
+                        field="policies") from None
+    return _static(ctx.check_clock(clock, f"colocated:{arg}"))
+
+
 def _decode_levels(ctx: PolicyContext) -> list[int]:
     """The decode controllers' clocks in force (what the predictive router asks its predictor about)."""
     return ctx.feedback().decode.levels(ctx.clocks_mhz)
@@ -371,6 +395,10 @@ for _entry in (
                     clocks=lambda ctx: ctx.feedback().clocks(ctx.clocks_mhz)),
     ControllerEntry("static-best", "one static clock for prefill and one for decode: the pair with the least energy "
                     "that meets the rate's requirement, found by search", _searched, searched=True),
+    ControllerEntry("colocated", "no P/D split: the same GPUs each serve both phases (chunked prefill mixed into "
+                    "decode batches) at one static clock; bare, the clock with the least energy that meets the "
+                    "rate's requirement, found by search", _colocated, argument="MHz", default_router="least-loaded",
+                    searched=True, layout="colocated"),
     ControllerEntry("oracle", "yardstick: per iteration the lowest clock whose TRUE latency meets the SLO (reads "
                     "the simulator's ground truth)", _oracle, default_router="predictive", yardstick=True,
                     clocks=lambda ctx: ctx.feedback().clocks(ctx.clocks_mhz)),

@@ -32,12 +32,20 @@ from voltana_cli.core.errors import UserError
 from voltana_cli.core.metrics import RequestLog
 from voltana_cli.core.models import InstanceModel
 from voltana_cli.core.policy import Policy
-from voltana_cli.core.sim.instance import CostCache, DecodeInstance, Outcomes, PrefillInstance, Requests
+from voltana_cli.core.sim.instance import (
+    ColocatedInstance,
+    CostCache,
+    DecodeInstance,
+    Outcomes,
+    PrefillInstance,
+    Requests,
+)
 from voltana_cli.core.workloads import Workload
 
 _PREFILL_DONE, _DECODE_DONE, _KV_ARRIVE = 0, 1, 2
 _NOISE_CHUNK = 65536
 MAX_INSTANCES = 1024  # per role: far beyond any P/D deployment, and bounds the per-request routing work
+LAYOUTS = ("pd", "colocated")
 
 
 @dataclass(frozen=True)
@@ -50,6 +58,9 @@ class ClusterConfig:
         switch_ms: clock-switch latency; ``None``: the GPU spec's.
         chunked_prefill_tokens: prefill token budget per iteration; ``None``: the engine spec's.
         record_timeline: keep every clock change per instance.
+        layout: ``pd``: ``n_prefill`` prefill and ``n_decode`` decode instances; ``colocated``: the same GPUs as
+            ``n_prefill + n_decode`` instances that each serve both phases (chunked prefill mixed into the
+            decode batch), with no KV transfer.
     """
 
     n_prefill: int = 2
@@ -58,6 +69,7 @@ class ClusterConfig:
     switch_ms: float | None = None
     chunked_prefill_tokens: int | None = None
     record_timeline: bool = False
+    layout: str = "pd"
 
     def validate(self) -> None:
         """Raise ``UserError`` naming the first field out of range."""
@@ -69,6 +81,8 @@ class ClusterConfig:
                 raise UserError(f"{n} {role} instances is above the limit of {MAX_INSTANCES} per role", field=field)
         if not self.noise >= 0:
             raise UserError(f"{self.noise} must be a number >= 0", field="noise")
+        if self.layout not in LAYOUTS:
+            raise UserError(f"unknown layout {self.layout!r}: use one of {', '.join(LAYOUTS)}", field="layout")
 
 
 class NoiseStream:
@@ -129,11 +143,21 @@ class _Cluster:
         t0 = self.requests.arrival_s[0]
         rec = cluster.record_timeline
         common = (costs, self.requests, self.outcomes, noise.next, switch_s, t0, rec)
-        overlap = model.engine.prefill_overlap_schedule
-        self.prefills = [PrefillInstance(i, policy.make_prefill_controller(), *common, overlap=overlap)
-                         for i in range(cluster.n_prefill)]
-        self.decodes = [DecodeInstance(i, policy.make_decode_controller(), *common, on_first_token=self._first_token,
-                                       on_preallocated=self._preallocated) for i in range(cluster.n_decode)]
+        self.prefills: list[PrefillInstance] = []
+        self.decodes: list[DecodeInstance] | list[ColocatedInstance]
+        if cluster.layout == "colocated":
+            # The same GPUs, each instance serving both phases; its one controller is the policy's decode one.
+            self.decodes = [ColocatedInstance(i, policy.make_decode_controller(), *common)
+                            for i in range(cluster.n_prefill + cluster.n_decode)]
+            self._arrive = self._arrive_colocated  # type: ignore[method-assign]
+            self._decode_done = self._colocated_done  # type: ignore[method-assign]
+        else:
+            overlap = model.engine.prefill_overlap_schedule
+            self.prefills = [PrefillInstance(i, policy.make_prefill_controller(), *common, overlap=overlap)
+                             for i in range(cluster.n_prefill)]
+            self.decodes = [DecodeInstance(i, policy.make_decode_controller(), *common,
+                                           on_first_token=self._first_token, on_preallocated=self._preallocated)
+                            for i in range(cluster.n_decode)]
         for c in {inst.clock for inst in (*self.prefills, *self.decodes)}:
             model.check_clock(c)
         self.router = policy.decode_router
@@ -171,6 +195,21 @@ class _Cluster:
         dec = self.decodes[d]
         dec.route(rid)
         if not dec.busy:  # an idle decode instance pre-allocates at once (a scheduler pass with no batch)
+            self._start_decode(d, now)
+
+    def _arrive_colocated(self, rid: int, now: float) -> None:
+        # One instance serves the request from prompt to last token: the decode router picks it.
+        d = self.decode_of[rid] = self.prefill_of[rid] = self.router.choose(self.requests.input_tokens[rid],
+                                                                             self.decode_views)
+        inst = self.decodes[d]
+        inst.submit(rid, now)
+        if not inst.busy:
+            self._start_decode(d, now)
+
+    def _colocated_done(self, d: int, now: float) -> None:
+        inst = self.decodes[d]
+        inst.finish(now)
+        if inst.has_work():
             self._start_decode(d, now)
 
     def _preallocated(self, rid: int, now: float) -> None:

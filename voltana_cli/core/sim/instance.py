@@ -532,3 +532,159 @@ class DecodeInstance(Instance):
         self.iteration = it + 1
         self.busy = False
         self.last_s = now
+
+
+class ColocatedInstance(Instance):
+    """One instance that serves both phases (no P/D split): chunked prefill mixed into the decode batch.
+
+    As SGLang's scheduler with ``--enable-mixed-chunk``: requests queue on arrival; at each iteration
+    boundary the head of the queue is admitted while its input + output tokens fit the KV capacity beside
+    the requests already admitted and the running batch stays below ``max_batch`` (one is always admitted
+    onto an idle instance); the admitted requests' prompts are then prefilled in chunks, head first, within
+    the chunked-prefill budget less the running batch (the decode tokens ride in the same forward pass).
+    A request whose last chunk ran gets its first token when that iteration ends and joins the decode batch
+    from the next one. The iteration's cost is the ground truth's mixed cost (``mixed_cost``): the combined
+    tokens through the projections, every sequence's overhead, the chunks' attention and the batch's KV reads.
+    """
+
+    def __init__(self, index: int, controller: FrequencyController, costs: CostCache, requests: Requests,
+                 outcomes: Outcomes, noise: Callable[[], float], switch_s: float, start_s: float,
+                 record_timeline: bool = False, on_first_token: Callable[[int, float], None] | None = None):
+        super().__init__("colocated", index, controller, costs, requests, outcomes, noise, switch_s, start_s,
+                         record_timeline)
+        self.capacity = costs.model.kv_capacity_tokens
+        self.max_batch = costs.model.max_batch
+        self.on_first_token = on_first_token
+        self.waiting: deque[int] = deque()  # arrived, KV not reserved yet
+        self.prefilling: deque[list[int]] = deque()  # admitted: [request id, tokens left, tokens done]
+        self.reserved = 0  # input + output tokens of the admitted and running requests
+        self.recent_ttft_s = 0.0
+        self._ends: dict[int, list[int]] = {}
+        self.batch = 0
+        self.kv_tokens = 0
+        self.iteration = 0
+        self._chunks: list[int] = []
+        self._tokens = 0
+        self._pairs = 0.0
+
+    def view(self) -> InstanceView:
+        """Requests on the instance (queued, prefilling, running), their input + output tokens, the clock."""
+        return self._view
+
+    def submit(self, rid: int, now: float) -> None:
+        """A request arrives at this instance."""
+        r = self.requests
+        self.waiting.append(rid)
+        v = self._view
+        v.num_requests += 1
+        v.queued_tokens += r.input_tokens[rid] + r.output_tokens[rid]
+        self.rate = self.rate * exp((self.rate_t - now) / RATE_TAU_S) + _RATE_STEP
+        self.rate_t = now
+
+    def has_work(self) -> bool:
+        return self.batch > 0 or bool(self.prefilling) or bool(self.waiting)
+
+    def _admit(self) -> None:
+        w, r = self.waiting, self.requests
+        while w:
+            need = r.input_tokens[w[0]] + r.output_tokens[w[0]]
+            busy = self.batch + len(self.prefilling)
+            if busy and (self.reserved + need > self.capacity or busy >= self.max_batch):
+                break
+            rid = w.popleft()
+            self.reserved += need
+            self.prefilling.append([rid, r.input_tokens[rid], 0])
+
+    def form(self, now: float) -> Observation | None:
+        if self.waiting:
+            self._admit()
+        left = self.costs.budget - self.batch
+        chunks = self._chunks
+        chunks.clear()
+        tokens, pairs = 0, 0.0
+        for item in self.prefilling:
+            if left <= 0:
+                break
+            c = item[1] if item[1] < left else left
+            pairs += c * (item[2] + (c + 1) * 0.5)
+            chunks.append(c)
+            tokens += c
+            left -= c
+        self._tokens, self._pairs = tokens, pairs
+        if not chunks and self.batch == 0:
+            return None
+        arrival = self.requests.arrival_s
+        q = self.prefilling
+        oldest = now - arrival[q[0][0]] if q else 0.0
+        # As a decode instance sees it (batch: the requests that get a token from the iteration; tokens: their
+        # KV), with the prefill side as its queue: the prompt tokens left behind this iteration's chunks.
+        return Observation(now, self.batch, self.kv_tokens, len(self.waiting), oldest,
+                           self.rate_at(now), self.last_latency_s, self.last_clock, self.last_batch, self.last_tokens,
+                           self.recent_ttft_s, sum(item[1] for item in q) - tokens,
+                           now - arrival[self.waiting[0]] if self.waiting else 0.0)
+
+    def cost(self, clock: int) -> tuple[float, float]:
+        t0, e0, tk, ek = self.costs.decode_tables.get(clock) or self.costs.decode(clock)
+        b, k, n = self.batch, self.kv_tokens, self._tokens
+        if n == 0:
+            return t0[b] + k * tk, e0[b] + k * ek
+        tg, eg, ts, es, tp, ep = self.costs.prefill_tables.get(clock) or self.costs.prefill(clock)
+        tokens, seqs, p = n + b, len(self._chunks) + b, self._pairs
+        return tg[tokens] + seqs * ts + p * tp + k * tk, eg[tokens] + seqs * es + p * ep + k * ek
+
+    def finish(self, now: float) -> None:
+        """The running iteration ended at ``now``: the batch got a token each, chunks ran, some requests
+        completed their prefill (first token) or their decode (last token)."""
+        it = self.iteration
+        r, o = self.requests, self.outcomes
+        inp, out = r.input_tokens, r.output_tokens
+        v = self._view
+        self.kv_tokens += self.batch
+        done = self._ends.pop(it, None)
+        if done is not None:
+            tokens = 0
+            for rid in done:
+                o.finish_s[rid] = now
+                tokens += inp[rid] + out[rid]
+            self.batch -= len(done)
+            self.kv_tokens -= tokens - len(done)
+            self.reserved -= tokens
+            v.num_requests -= len(done)
+            v.queued_tokens -= tokens
+        q = self.prefilling
+        first: list[int] = []
+        for c in self._chunks:
+            item = q[0]
+            item[1] -= c
+            item[2] += c
+            if item[1] > 0:
+                break
+            q.popleft()
+            rid = item[0]
+            first.append(rid)
+            o.first_token_s[rid] = now
+            n_out = out[rid]
+            if n_out <= 1:  # its only token was the first: it leaves at once
+                o.finish_s[rid] = now
+                need = inp[rid] + n_out
+                self.reserved -= need
+                v.num_requests -= 1
+                v.queued_tokens -= need
+                continue
+            o.first_iter[rid] = it + 1
+            self.batch += 1
+            self.kv_tokens += inp[rid]
+            last = it + n_out - 1  # its n_out - 1 later tokens end iterations it + 1 ... it + n_out - 1
+            if last in self._ends:
+                self._ends[last].append(rid)
+            else:
+                self._ends[last] = [rid]
+        v.kv_tokens = self.kv_tokens
+        self.iteration = it + 1
+        self.busy = False
+        self.last_s = now
+        if first:
+            self.recent_ttft_s = now - r.arrival_s[first[-1]]
+            if self.on_first_token is not None:
+                for rid in first:
+                    self.on_first_token(rid, now)

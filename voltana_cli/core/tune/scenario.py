@@ -107,8 +107,11 @@ class Scenario:
         return REGISTRY.build(name, replace(ctx, predictor=predictor))
 
     def simulate(self, name: str, workload: Workload, seed: int, tuned: TunedPolicy | None = None) -> RequestLog:
-        """Run policy ``name`` on ``workload``; the ground truth's noise comes from ``seed``."""
-        return simulate(workload, self.truth, self.policy(name, seed, tuned), self.cluster,
+        """Run policy ``name`` on ``workload`` (on the cluster layout its entry names: P/D, or colocated on the
+        same GPUs); the ground truth's noise comes from ``seed``."""
+        layout = REGISTRY.entry(name).layout
+        cluster = self.cluster if layout == self.cluster.layout else replace(self.cluster, layout=layout)
+        return simulate(workload, self.truth, self.policy(name, seed, tuned), cluster,
                         np.random.default_rng([seed, 3]))
 
     def run(self, name: str, rate: float, seed: int, tuned: TunedPolicy | None = None) -> dict:

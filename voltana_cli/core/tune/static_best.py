@@ -39,15 +39,19 @@ def clock_grid(clocks: tuple[int, ...], spacing_mhz: int = 100) -> list[int]:
 
 @dataclass
 class PairResult:
-    """The mean energy and joint attainment of one (prefill, decode) static pair over the seeds."""
+    """The mean energy and joint attainment of one (prefill, decode) static pair over the seeds (colocated:
+    one clock for both, on the colocated layout)."""
 
     prefill_mhz: int
     decode_mhz: int
     energy_j: float
     attainment: float
+    colocated: bool = False
 
     @property
     def name(self) -> str:
+        if self.colocated:
+            return f"colocated:{self.prefill_mhz}"
         return f"static:{self.prefill_mhz}/{self.decode_mhz}"
 
 
@@ -126,3 +130,35 @@ def requirement_for(static_max_attainment: float, target: float) -> float:
     """A rate's requirement: ``min(target, static-max's) - 1 point`` (a rate no policy serves at the target
     still asks for everything static-max keeps)."""
     return min(target, static_max_attainment) - 0.01
+
+
+def find_colocated_best(scn: Scenario, rate: float, seeds: list[int], requirement: float,
+                        progress: Callable[[str], None] | None = None) -> StaticBest:
+    """The colocated layout at its best static clock: the clock with the least energy whose joint attainment
+    is at least ``requirement``, walked from the top down the grid as one axis of ``find_static_best``."""
+    tried: list[PairResult] = []
+    fails = 0
+    for c in clock_grid(tuple(scn.model.clocks)):
+        if progress:
+            progress(f"colocated:{c} at {rate:g} req/s")
+        runs = [scn.run(f"colocated:{c}", rate, s) for s in seeds]
+        r = pair_of(c, c, runs)
+        tried.append(PairResult(c, c, r.energy_j, r.attainment, colocated=True))
+        if r.attainment < requirement:
+            fails += 1
+            if fails >= 2:
+                break
+    feasible = [r for r in tried if r.attainment >= requirement]
+    best = min(feasible, key=lambda r: r.energy_j) if feasible else None
+    return StaticBest(rate, requirement, best, tried)
+
+
+def find_searched(scn: Scenario, name: str, rate: float, seeds: list[int], requirement: float,
+                  progress: Callable[[str], None] | None = None,
+                  static_max: list[dict] | None = None) -> StaticBest:
+    """The search behind a searched policy name (``static-best`` or bare ``colocated``) at ``rate``."""
+    if name == "colocated":
+        return find_colocated_best(scn, rate, seeds, requirement, progress)
+    if name == "static-best":
+        return find_static_best(scn, rate, seeds, requirement, progress, static_max)
+    raise ValueError(f"{name!r} is not a searched policy")

@@ -147,3 +147,22 @@ def test_a_blocked_preallocation_resumes_when_the_last_running_request_finishes(
     object.__setattr__(wl, "input_tokens", np.full(30, 1300))  # one running request blocks the next
     res = run(SmallKv(a100_8b, kv_capacity_tokens=3000, max_batch=a100_8b.max_batch), wl, "static-max")
     assert np.all(np.isfinite(res.finish_s))
+
+
+def test_recording_a_timeline_changes_nothing_and_traces_every_iteration(a100_8b):
+    """What a timeline plot shows is the run itself: recording leaves it bit for bit the same."""
+    wl = make_workload(n=300, rate=40.0)
+    plain = run(a100_8b, wl, "voltana", seed=3)
+    rec = run(a100_8b, wl, "voltana", seed=3, record_timeline=True)
+    assert np.array_equal(plain.finish_s, rec.finish_s) and np.array_equal(plain.ttft_s, rec.ttft_s)
+    for a, b in zip(plain.instances, rec.instances, strict=True):
+        assert a.energy_j == b.energy_j and not a.trace
+        assert len(b.trace) == b.iterations
+        starts = [t for t, *_ in b.trace]
+        assert starts == sorted(starts)
+        # Each iteration's clock is the one the timeline holds at its start (a switch lands inside it).
+        for t, _, _, clock in b.trace:
+            assert clock in {c for _, c in b.timeline}
+        if b.role == "decode":  # every running request gets one token per iteration: the ITLs it delivered
+            mine = rec.decode_instance == b.index
+            assert sum(batch for _, batch, _, _ in b.trace) == int((rec.output_tokens[mine] - 1).sum())

@@ -120,8 +120,10 @@ def test_tune_bad_input_is_one_line(args, msg, tmp_path):
 def test_a_tiny_tune_end_to_end_then_bench_loads_it(tmp_path):
     out, js = tmp_path / "tuned.yaml", tmp_path / "tune.json"
     r = runner.invoke(app, ["tune", "--request-rate", "30:40:10", "--duration-s", "15", "--trials", "6", "--seeds",
-                            "1", "--out", str(out), "--json", str(js)], env={"COLUMNS": "200"})
+                            "1", "--out", str(out), "--json", str(js), "--plot", str(tmp_path / "t.png")],
+                      env={"COLUMNS": "200"})
     assert r.exit_code == 0, r.output
+    assert (tmp_path / "t.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     cfg = load_tuned(out)
     assert cfg.policy is not None and cfg.provenance["gpu"] == "a100-80g-sxm4" and cfg.provenance["trials"] == 6
     runs = json.loads(js.read_text())["runs"]

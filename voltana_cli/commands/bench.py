@@ -15,6 +15,7 @@ from rich.table import Table
 from voltana_cli.commands import say_written, user_errors
 from voltana_cli.core.bench import (
     DEFAULT_POLICIES,
+    bench_timeline,
     make_config,
     parse_rates,
     per_request_frame,
@@ -25,7 +26,7 @@ from voltana_cli.core.errors import UserError
 from voltana_cli.core.metrics import ITL_RULE
 from voltana_cli.core.models import defaults
 from voltana_cli.core.policy import REGISTRY
-from voltana_cli.core.report import check_outputs, to_stdout, write_csv, write_json, write_sweep_plot
+from voltana_cli.core.report import check_outputs, pyplot, to_stdout, write_csv, write_json, write_sweep_plot
 from voltana_cli.core.workloads import ARRIVALS, DATASETS
 
 ROUTERS = ", ".join(e.name for e in REGISTRY.routers())
@@ -79,7 +80,8 @@ def bench(
                                       "with its knobs (and its predictor, when it has one)."),
     json_path: Path | None = typer.Option(None, "--json", help="Write the report as JSON here."),
     csv_path: Path | None = typer.Option(None, "--csv", help="Write one row per request per run here."),
-    plot_path: Path | None = typer.Option(None, "--plot", help="Write a PNG of energy and attainment vs rate."),
+    plot_path: Path | None = typer.Option(None, "--plot", help="Write a PNG of energy and attainment vs rate, "
+                                         "and a clock timeline of one run (one prefill and one decode instance)."),
 ) -> None:
     """Replay a workload on a simulated P/D cluster and report energy and SLO attainment per policy."""
     # A result sent to standard output (``-``) owns it: the table and the notes go to standard error then.
@@ -90,6 +92,8 @@ def bench(
         check_outputs({"json": json_path, "csv": csv_path, "plot": plot_path})
         if plot_path is not None and not to_stdout(plot_path) and plot_path.suffix.lower() != ".png":
             raise UserError(f"--plot {plot_path}: give a .png path")
+        if plot_path is not None:
+            pyplot()  # a missing plotting library is said before any work or output
         clocks = _parse_clocks(ecofreq_clocks) if ecofreq_clocks is not None else None
         cfg = make_config(
             dataset=dataset, dataset_path=dataset_path, tokenizer=tokenizer, request_rates=rates,
@@ -118,7 +122,7 @@ def bench(
         writers: list[tuple[Path | None, Callable[[Path], None]]] = [
             (json_path, lambda p: write_json(p, out.report)),
             (csv_path, lambda p: write_csv(p, per_request_frame(out.runs))),
-            (plot_path, lambda p: write_sweep_plot(p, out.report)),
+            (plot_path, lambda p: write_sweep_plot(p, out.report, bench_timeline(prepared, out.report))),
         ]
         for path, write in writers:
             if path is not None:

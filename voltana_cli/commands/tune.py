@@ -20,7 +20,7 @@ from voltana_cli.core.bench import BenchConfig, make_config, parse_rates, prepar
 from voltana_cli.core.errors import UserError
 from voltana_cli.core.models import defaults
 from voltana_cli.core.profiling import Profile, load_profile
-from voltana_cli.core.report import check_outputs, to_stdout, write_json
+from voltana_cli.core.report import Timeline, check_outputs, pyplot, to_stdout, write_json, write_sweep_plot
 from voltana_cli.core.tune import (
     FitReport,
     TuneOutcome,
@@ -37,6 +37,7 @@ from voltana_cli.core.tune import (
 from voltana_cli.core.workloads import ARRIVALS, DATASETS
 
 FLAGS = {"request_rates": "--request-rate", "n_prefill": "--prefill", "n_decode": "--decode", "json": "--json",
+         "plot": "--plot",
          "out": "--out", "target_attainment": "--target-attainment", "heldout_seeds": "--seeds",
          "train_seeds": "--train-seeds", "profile": "--profile"}
 
@@ -77,16 +78,25 @@ def tune(
     out: Path | None = typer.Option(None, help="The tuned config to write (YAML; --fit-only: the predictor)."),
     json_path: Path | None = typer.Option(None, "--json", help="Write the validation runs (bench schema) or, with "
                                           "--fit-only, the accuracy figures here."),
+    plot_path: Path | None = typer.Option(None, "--plot", help="Write a PNG: energy and attainment vs rate per "
+                                          "policy on the held-out seeds, and a clock timeline of voltana-tuned "
+                                          "(one prefill and one decode instance) at the held-out rate."),
     holdout: float = typer.Option(0.2, help="--fit-only: fraction of configurations held out."),
     compare_gbt: bool = typer.Option(True, "--compare-gbt/--no-compare-gbt",
                                      help="--fit-only: also score gradient-boosted trees on the same held-out rows."),
 ) -> None:
     """Tune the feedback controller and router by simulation (or, with --fit-only, fit EcoPred)."""
-    piped = to_stdout(out) or to_stdout(json_path)
+    piped = to_stdout(out) or to_stdout(json_path) or to_stdout(plot_path)
     console = Console(stderr=True) if piped else Console(width=None if sys.stdout.isatty() else 160)
     with user_errors(FLAGS):
-        check_outputs({"out": out, "json": json_path})
+        check_outputs({"out": out, "json": json_path, "plot": plot_path})
+        if plot_path is not None and not to_stdout(plot_path) and plot_path.suffix.lower() != ".png":
+            raise UserError(f"--plot {plot_path}: give a .png path")
+        if plot_path is not None:
+            pyplot()  # a missing plotting library is said before any work or output
         if fit_only:
+            if plot_path is not None:
+                raise UserError("--plot draws a tune's validation; --fit-only has none to draw", field="plot")
             _fit_only(console, profile_path or f"{defaults().gpu}/{defaults().model}", out, json_path, holdout, seed,
                       compare_gbt)
             return
@@ -101,11 +111,11 @@ def tune(
                           n_prefill=prefill, n_decode=decode, policies=["static-max"], slo_ttft_ms=slo_ttft_ms,
                           slo_itl_ms=slo_itl_ms, prediction_error=prediction_error, noise=noise,
                           profile=profile_path)
-        _tune(console, spec, cfg, profile_path, holdout, seed, out, json_path)
+        _tune(console, spec, cfg, profile_path, holdout, seed, out, json_path, plot_path)
 
 
 def _tune(console: Console, spec: TuneSpec, cfg: BenchConfig, profile_path: str | None, holdout: float, seed: int,
-          out: Path, json_path: Path | None) -> None:
+          out: Path, json_path: Path | None, plot_path: Path | None) -> None:
     """The full tune: fit EcoPred when a profile is the truth, search, validate, render, write."""
     fit, prof = None, None
     if profile_path is not None:
@@ -127,7 +137,23 @@ def _tune(console: Console, spec: TuneSpec, cfg: BenchConfig, profile_path: str 
     write_document(out, tune_document(outcome.study.tuned, prov, _validation(outcome, rows), fit))
     if json_path is not None:
         write_json(json_path, {"voltana_version": __version__, "config": prov, "runs": outcome.runs})
-    say_written(console, out, json_path)
+    if plot_path is not None:
+        _plot(plot_path, prep.scenario, spec, outcome, rows, cfg)
+    say_written(console, out, json_path, plot_path)
+
+
+def _plot(path: Path, scn: Any, spec: TuneSpec, outcome: TuneOutcome, rows: list[dict[str, Any]],
+          cfg: BenchConfig) -> None:
+    """The validation per rate (means over the held-out seeds) and voltana-tuned's clock timeline at the
+    held-out rate (else the middle rate) on the first held-out seed."""
+    sweep = {"config": cfg.model_dump(mode="json"),
+             "runs": [{"request_rate": r["request_rate"], "policy": r["policy"], "energy_j": {"total": r["energy_j"]},
+                       "attainment": {"ttft": r["ttft"], "itl": r["itl"]}} for r in rows]}
+    rates = sorted(spec.rates)
+    rate = outcome.heldout_rate if outcome.heldout_rate is not None else rates[(len(rates) - 1) // 2]
+    seed = spec.heldout[0]
+    label = f"voltana-tuned at {rate:g} req/s, held-out seed {seed}"
+    write_sweep_plot(path, sweep, Timeline(label, scn.timeline("voltana-tuned", rate, seed, outcome.study.tuned)))
 
 
 def _fit_only(console: Console, profile_path: str, out: Path | None, json_path: Path | None, holdout: float,

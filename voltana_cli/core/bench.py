@@ -30,6 +30,7 @@ from voltana_cli.core.models import (
 from voltana_cli.core.models.ecopred import EcoPred
 from voltana_cli.core.models.profile import load_profile
 from voltana_cli.core.policy import REGISTRY, EcoFreqParams
+from voltana_cli.core.report import Timeline
 from voltana_cli.core.sim import ClusterConfig
 from voltana_cli.core.tune import Scenario, find_searched, load_predictor, load_tuned, requirement_for
 from voltana_cli.core.workloads import DatasetRequest, LengthTrace, Workload, load_lengths
@@ -397,6 +398,21 @@ def _resolve(prep: PreparedBench, name: str, rate: float) -> str:
     if found.best:
         return found.best.name
     return f"colocated:{prep.model.clocks[-1]}" if name == "colocated" else "static-max"
+
+
+def bench_timeline(prep: PreparedBench, report: dict) -> Timeline:
+    """The run a bench plot's timeline shows: the first policy whose clocks move (not a static or colocated
+    one; else the first) at the middle rate, simulated again with its traces recorded (same seed, same run)."""
+    cfg = prep.cfg
+    moving = [p for p in cfg.policies if not REGISTRY.searched(p) and
+              REGISTRY.entry(p).name not in ("static", "static-max", "static-min", "colocated")]
+    name = (moving or list(cfg.policies))[0]
+    rates = sorted(cfg.request_rates)
+    rate = rates[(len(rates) - 1) // 2]
+    ran = next(r for r in report["runs"] if r["policy"] == name and r["request_rate"] == rate)
+    ran_as = ran.get("ran_as", name)
+    label = f"{name}{f' ({ran_as})' if ran_as != name else ''} at {rate:g} req/s"
+    return Timeline(label, prep.scenario.timeline(ran_as, rate, cfg.seed))
 
 
 def _short_trace(cfg: BenchConfig, arrival: str, wl: Workload, rate: float) -> str | None:

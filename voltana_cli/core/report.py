@@ -9,11 +9,14 @@ import stat
 import sys
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from voltana_cli.core.errors import UserError
+from voltana_cli.core.metrics import RequestLog
 
 #: The output path that means standard output.
 STDOUT = "-"
@@ -196,8 +199,22 @@ def write_csv(path: Path, df: pd.DataFrame) -> None:
     _atomic(path, lambda p: df.to_csv(p, index=False))
 
 
-def write_sweep_plot(path: Path, report: dict) -> None:
-    """Energy and SLO attainment against request rate, one line per policy (like the paper's Fig. 8)."""
+@dataclass
+class Timeline:
+    """One run recorded for a clock timeline: what it is (``label``) and its log with traces."""
+
+    label: str
+    log: RequestLog
+
+
+#: Seconds of a run a timeline shows (from 40 % into the run): enough iterations to see the control act,
+#: few enough to see each one.
+TIMELINE_WINDOW_S = 10.0
+
+
+def pyplot() -> Any:
+    """matplotlib's pyplot on the file-only backend; a ``UserError`` naming the extra when it is missing (call it
+    before any output is written, so a missing plotting library leaves nothing half-written)."""
     try:
         import matplotlib
 
@@ -205,9 +222,20 @@ def write_sweep_plot(path: Path, report: dict) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         raise UserError("writing a plot needs matplotlib: pip install 'voltana[plot]'", field="plot") from None
+    return plt
+
+
+def write_sweep_plot(path: Path, report: dict, timeline: Timeline | None = None) -> None:
+    """Energy and SLO attainment against request rate, one line per policy (like the paper's Fig. 8); with
+    ``timeline``, a second row: clock and batch against time of one prefill and one decode instance of that
+    run (like the paper's timeline figure)."""
+    plt = pyplot()
     runs = report["runs"]
     policies = list(dict.fromkeys(r["policy"] for r in runs))
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    rows = 2 if timeline is not None else 1
+    fig = plt.figure(figsize=(14, 4 * rows))
+    grid = fig.add_gridspec(rows, 6)
+    axes = [fig.add_subplot(grid[0, 2 * i:2 * i + 2]) for i in range(3)]
     for pol in policies:
         rs = sorted((r for r in runs if r["policy"] == pol), key=lambda r: r["request_rate"])
         x = [r["request_rate"] for r in rs]
@@ -224,7 +252,37 @@ def write_sweep_plot(path: Path, report: dict) -> None:
     axes[1].set_ylim(0, 102)
     axes[2].set_ylim(0, 102)
     axes[0].legend()
+    if timeline is not None:
+        _timeline_row(fig, grid, timeline)
     fig.suptitle(f"{cfg['model']} on {cfg['n_prefill']}P{cfg['n_decode']}D {cfg['gpu']}, {cfg['dataset']} (simulated)")
     fig.tight_layout()
     _atomic(path, lambda p: fig.savefig(p, format="png", dpi=110))
     plt.close(fig)
+
+
+def _timeline_row(fig: Any, grid: Any, tl: Timeline) -> None:
+    """Clock (left axis) and batch (right axis) against time, one panel per instance shown."""
+    log = tl.log
+    shown = [next((r for r in log.instances if r.role == role), None) for role in ("prefill", "decode")]
+    picked = [r for r in shown if r is not None] or log.instances[:1]  # colocated: one instance, both phases
+    t0 = log.start_s + 0.4 * (log.end_s - log.start_s)
+    t1 = min(t0 + TIMELINE_WINDOW_S, log.end_s)
+    width = 6 // len(picked)
+    for i, rec in enumerate(picked):
+        ax = fig.add_subplot(grid[1, i * width:(i + 1) * width])
+        # The clock held at t0, then every change inside the window (idle drops included).
+        held = [c for t, c in rec.timeline if t <= t0]
+        points = [(t0, held[-1] if held else rec.timeline[0][1])] + [(t, c) for t, c in rec.timeline if t0 < t <= t1]
+        xs = [t - log.start_s for t, _ in points] + [t1 - log.start_s]
+        ys = [c for _, c in points] + [points[-1][1]]
+        ax.step(xs, ys, where="post", color="tab:red", label="SM clock")
+        ax.set_ylabel("SM clock (MHz)", color="tab:red")
+        ax.set_xlabel("time (s)")
+        it = [(t, b, n) for t, b, n, _ in rec.trace if t0 <= t <= t1]
+        twin = ax.twinx()
+        prefill = rec.role == "prefill"
+        twin.step([t - log.start_s for t, _, _ in it], [n if prefill else b for _, b, n in it], where="post",
+                  color="tab:blue", alpha=0.6, linewidth=0.8)
+        twin.set_ylabel("batch tokens" if prefill else "batch size (running requests)", color="tab:blue")
+        ax.set_title(f"{tl.label}: {rec.role} instance {rec.index}", fontsize=9)
+        ax.grid(alpha=0.3)

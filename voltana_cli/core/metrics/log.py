@@ -30,6 +30,8 @@ class InstanceRecord:
         clock_switches: clock changes made.
         clock_busy_s: busy seconds per clock (MHz).
         timeline: ``(time_s, clock_mhz)`` at the start and at each change, when recorded.
+        trace: ``(start_s, batch_size, num_tokens, clock_mhz)`` of every iteration, when recorded (the
+            batch and tokens as the controller saw them: prefill tokens; decode running requests and KV).
     """
 
     role: str
@@ -42,6 +44,7 @@ class InstanceRecord:
     clock_switches: int = 0
     clock_busy_s: dict[int, float] = field(default_factory=dict)
     timeline: list[tuple[float, int]] = field(default_factory=list)
+    trace: list[tuple[float, int, int, int]] = field(default_factory=list)
 
     @property
     def energy_j(self) -> float:

@@ -57,7 +57,7 @@ class ClusterConfig:
         noise: sigma of the per-iteration lognormal factor on time and energy (the "real" GPU's jitter).
         switch_ms: clock-switch latency; ``None``: the GPU spec's.
         chunked_prefill_tokens: prefill token budget per iteration; ``None``: the engine spec's.
-        record_timeline: keep every clock change per instance.
+        record_timeline: keep every clock change and iteration per instance (for timeline plots).
         layout: ``pd``: ``n_prefill`` prefill and ``n_decode`` decode instances; ``colocated``: the same GPUs as
             ``n_prefill + n_decode`` instances that each serve both phases (chunked prefill mixed into the
             decode batch), with no KV transfer.
@@ -144,11 +144,14 @@ class _Cluster:
         rec = cluster.record_timeline
         common = (costs, self.requests, self.outcomes, noise.next, switch_s, t0, rec)
         self.prefills: list[PrefillInstance] = []
-        self.decodes: list[DecodeInstance] | list[ColocatedInstance]
+        self.decodes: list[DecodeInstance] = []
+        self.mixed: list[ColocatedInstance] = []
+        # The instances whose iterations end in a decode token (P/D: the decode ones; colocated: all), by index.
+        self.runners: list[DecodeInstance] | list[ColocatedInstance]
         if cluster.layout == "colocated":
             # The same GPUs, each instance serving both phases; its one controller is the policy's decode one.
-            self.decodes = [ColocatedInstance(i, policy.make_decode_controller(), *common)
-                            for i in range(cluster.n_prefill + cluster.n_decode)]
+            self.mixed = self.runners = [ColocatedInstance(i, policy.make_decode_controller(), *common)
+                                         for i in range(cluster.n_prefill + cluster.n_decode)]
             self._arrive = self._arrive_colocated  # type: ignore[method-assign]
             self._decode_done = self._colocated_done  # type: ignore[method-assign]
         else:
@@ -158,12 +161,13 @@ class _Cluster:
             self.decodes = [DecodeInstance(i, policy.make_decode_controller(), *common,
                                            on_first_token=self._first_token, on_preallocated=self._preallocated)
                             for i in range(cluster.n_decode)]
-        for c in {inst.clock for inst in (*self.prefills, *self.decodes)}:
+            self.runners = self.decodes
+        for c in {inst.clock for inst in (*self.prefills, *self.runners)}:
             model.check_clock(c)
         self.router = policy.decode_router
         self.prefill_router = policy.prefill_router
         self.prefill_views = [x.view() for x in self.prefills]  # kept current by the instances
-        self.decode_views = [x.view() for x in self.decodes]
+        self.decode_views = [x.view() for x in self.runners]
         self.model = model
         self.heap: list[tuple[float, int, int, int]] = []
         self.seq = 0  # events pushed on the heap so far (ties at one time pop in push order)
@@ -181,7 +185,7 @@ class _Cluster:
             heapq.heappush(self.heap, (now + dt, self.seq, _PREFILL_DONE, p))
 
     def _start_decode(self, d: int, now: float) -> None:
-        dt = self.decodes[d].start(now)
+        dt = self.runners[d].start(now)
         if dt is not None:
             self.seq += 1
             heapq.heappush(self.heap, (now + dt, self.seq, _DECODE_DONE, d))
@@ -201,13 +205,13 @@ class _Cluster:
         # One instance serves the request from prompt to last token: the decode router picks it.
         d = self.decode_of[rid] = self.prefill_of[rid] = self.router.choose(self.requests.input_tokens[rid],
                                                                              self.decode_views)
-        inst = self.decodes[d]
+        inst = self.mixed[d]
         inst.submit(rid, now)
         if not inst.busy:
             self._start_decode(d, now)
 
     def _colocated_done(self, d: int, now: float) -> None:
-        inst = self.decodes[d]
+        inst = self.mixed[d]
         inst.finish(now)
         if inst.has_work():
             self._start_decode(d, now)
@@ -301,7 +305,7 @@ class _Cluster:
         if len(stuck):  # pragma: no cover - an invariant of the scheduler, tested
             raise RuntimeError(f"{len(stuck)} requests never finished (first: {int(stuck[0])})")
         end = float(finish.max())
-        for inst in (*self.prefills, *self.decodes):
+        for inst in (*self.prefills, *self.runners):
             inst.end_idle(end)
         out = workload.output_tokens.astype(np.int64)
         decode_of = _array(self.decode_of, np.int64)
@@ -310,9 +314,9 @@ class _Cluster:
             output_tokens=out, first_token_s=_array(o.first_token_s, float), finish_s=finish,
             prefill_instance=_array(self.prefill_of, np.int64), decode_instance=decode_of, gap_stream=decode_of,
             gap_start=_array(o.first_iter, np.int64), gap_count=np.maximum(out - 1, 0),
-            streams=[_array(d.durations, float) for d in self.decodes],
-            stream_weights=[_array(d.batches, float) for d in self.decodes],
-            instances=[inst.record for inst in (*self.prefills, *self.decodes)],
+            streams=[_array(d.durations, float) for d in self.runners],
+            stream_weights=[_array(d.batches, float) for d in self.runners],
+            instances=[inst.record for inst in (*self.prefills, *self.runners)],
             start_s=float(workload.arrival_s[0]), end_s=end, events=self.events,
         )
 

@@ -105,7 +105,7 @@ class Instance:
         noise: returns the next multiplicative noise factor of the ground truth (1.0: exact).
         switch_s: time for a clock change to land.
         start_s: when the instance starts existing (idle until its first iteration).
-        record_timeline: keep every clock change in ``record.timeline``.
+        record_timeline: keep every clock change in ``record.timeline`` and every iteration in ``record.trace``.
     """
 
     def __init__(self, role: str, index: int, controller: FrequencyController, costs: CostCache, requests: Requests,
@@ -207,6 +207,8 @@ class Instance:
         self.last_latency_s, self.last_clock, self.last_batch, self.last_tokens = dt, new, batch, obs.num_tokens
         self.durations.append(dt)
         self.batches.append(batch)
+        if self.record_timeline:
+            rec.trace.append((now, batch, obs.num_tokens, new))
         return dt
 
     def _switch(self, now: float, cur: int, new: int) -> tuple[float, float]:

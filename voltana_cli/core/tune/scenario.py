@@ -114,6 +114,12 @@ class Scenario:
         return simulate(workload, self.truth, self.policy(name, seed, tuned), cluster,
                         np.random.default_rng([seed, 3]))
 
+    def timeline(self, name: str, rate: float, seed: int, tuned: TunedPolicy | None = None) -> RequestLog:
+        """The run ``run`` makes, with every instance's clock changes and iterations recorded (the same seed
+        gives the same run: recording changes nothing in it)."""
+        recorded = replace(self, cluster=replace(self.cluster, record_timeline=True))
+        return recorded.simulate(name, self.workload(rate, seed), seed, tuned)
+
     def run(self, name: str, rate: float, seed: int, tuned: TunedPolicy | None = None) -> dict:
         """Simulate policy ``name`` at ``rate`` with ``seed``; returns the run's summary (``summarize``)."""
         res = self.simulate(name, self.workload(rate, seed), seed, tuned)

@@ -290,7 +290,7 @@ def _run_queued(scn: Scenario, reqs: list[Requirement], trials: int, study: Any,
     ranges = overload_range(scn, [r.rate for r in reqs])
     asked = [study.ask() for _ in range(n)]
     tuned = [suggest(t, clocks, levels, ranges) for t in asked]
-    for trial, (value, shortfall) in zip(asked, pool.map(_score_worker, tuned)):
+    for trial, (value, shortfall) in zip(asked, pool.map(_score_worker, tuned), strict=True):
         trial.set_constraint("shortfall", shortfall)
         study.tell(trial, value)
     return n

@@ -10,8 +10,8 @@ import typer
 
 from voltana_cli import __version__
 from voltana_cli.commands.bench import bench
-from voltana_cli.commands.later import not_yet
 from voltana_cli.commands.profile import profile
+from voltana_cli.commands.serve import serve
 from voltana_cli.commands.tune import tune
 
 app = typer.Typer(
@@ -46,10 +46,8 @@ app.command(help="Tune the feedback controller's and router's knobs by simulatio
                  "traffic; --fit-only fits EcoPred from a profile.")(tune)
 
 
-@app.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-def serve() -> None:
-    """Launch an SGLang P/D cluster with voltana's controller and router (arrives in a later version)."""
-    not_yet("serve")
+app.command(help="Launch a prefill/decode cluster (stock SGLang, or emulated engines with --engine sim) behind "
+                 "voltana's router; --dry-run prints the plan.")(serve)
 
 
 def _usage_message(exc: Exception) -> str:

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from voltana_cli.commands import say_written, user_errors
+from voltana_cli.commands import flag_for, say_written, user_errors
 from voltana_cli.core.bench import (
     DEFAULT_POLICIES,
     bench_timeline,
@@ -41,6 +41,7 @@ FLAGS = {
 
 
 def bench(
+    ctx: typer.Context,
     dataset: str = typer.Option("sharegpt", help=f"Workload: {', '.join(sorted(DATASETS))}."),
     dataset_path: Path | None = typer.Option(
         None, help="File for the dataset: a ShareGPT JSON (or token CSV), an Azure trace CSV, or a CSV of "
@@ -82,8 +83,17 @@ def bench(
     csv_path: Path | None = typer.Option(None, "--csv", help="Write one row per request per run here."),
     plot_path: Path | None = typer.Option(None, "--plot", help="Write a PNG of energy and attainment vs rate, "
                                          "and a clock timeline of one run (one prefill and one decode instance)."),
+    url: str | None = typer.Option(None, help="Replay against a live cluster: the URL of its voltana router "
+                                   "(voltana serve). Same workloads, options and JSON as the simulated bench."),
+    admin_token: str | None = typer.Option(None, envvar="VOLTANA_ADMIN_TOKEN", help="With --url and --policy: the "
+                                           "router's admin token (env VOLTANA_ADMIN_TOKEN), to set each policy."),
+    api_key: str | None = typer.Option(None, envvar="VOLTANA_API_KEY", help="With --url: the router's API key "
+                                       "(env VOLTANA_API_KEY), when it asks for one."),
 ) -> None:
     """Replay a workload on a simulated P/D cluster and report energy and SLO attainment per policy."""
+    if url is not None:
+        _live(ctx, url, admin_token, api_key, json_path, csv_path, plot_path)
+        return
     # A result sent to standard output (``-``) owns it: the table and the notes go to standard error then.
     piped = any(to_stdout(p) for p in (json_path, csv_path, plot_path))
     console = Console(stderr=True) if piped else Console(width=None if sys.stdout.isatty() else 170)
@@ -158,7 +168,8 @@ def _render(console: Console, report: dict) -> None:
     cfg = report["config"]
     span = f"{cfg['num_prompts']} requests" if cfg["num_prompts"] else f"{cfg['duration_s']:g} s"
     console.print(
-        f"[bold]voltana bench[/] (simulated) {cfg['n_prefill']}P{cfg['n_decode']}D {cfg['gpu']} x TP{cfg['tp']}, "
+        f"[bold]voltana bench[/] {'(live: ' + cfg['url'] + ')' if cfg['backend'] == 'live' else '(simulated)'} "
+        f"{cfg['n_prefill']}P{cfg['n_decode']}D {cfg['gpu']} x TP{cfg['tp']}, "
         f"{cfg['model']}, {cfg['dataset_name']}, {cfg['arrival']} arrivals, "
         f"{span}, seed {cfg['seed']}"
     )
@@ -187,3 +198,79 @@ def _render(console: Console, report: dict) -> None:
             f"{r['throughput']['requests_per_s']:.1f}", f"{r['throughput']['output_tokens_per_s']:,.0f}",
         )
     console.print(table)
+
+
+#: Options that shape the simulated world only: given with --url they are refused, not ignored.
+SIM_ONLY = ("noise", "profile", "predictor", "prediction_error", "tuned", "prefill", "decode", "prefill_router",
+            "ecofreq_margin", "ecofreq_clocks", "gpu", "model", "tp")
+
+
+def _live(ctx: typer.Context, url: str, admin_token: str | None, api_key: str | None, json_path: Path | None,
+          csv_path: Path | None, plot_path: Path | None) -> None:
+    """``bench --url``: the same workload recipe, run against the live cluster's router."""
+    from voltana_cli.core.live import run_live_bench
+
+    p = ctx.params
+    piped = any(to_stdout(x) for x in (json_path, csv_path))
+    console = Console(stderr=True) if piped else Console(width=None if sys.stdout.isatty() else 170)
+    with user_errors({**FLAGS, "url": "--url", "admin_token": "--admin-token"}):
+        # By name: typer may vendor its own click, whose ParameterSource is not ``click.core``'s.
+        given = [n for n in SIM_ONLY if getattr(ctx.get_parameter_source(n), "name", "") in ("COMMANDLINE", "ENVIRONMENT")]
+        if given:
+            raise UserError(f"{flag_for(given[0], FLAGS)} shapes the simulated world; a live cluster is what it is "
+                            "(its shape and clocks are the server's): leave it out with --url", field=None)
+        if plot_path is not None:
+            raise UserError("--plot draws simulated runs; with --url, write --json and --csv", field="plot")
+        if not url.startswith(("http://", "https://")):
+            raise UserError(f"{url!r} is not an http(s) URL of a voltana router, e.g. http://127.0.0.1:8000",
+                            field="url")
+        check_outputs({"json": json_path, "csv": csv_path, "plot": None})
+        cluster = _cluster_of(url)
+        cfg = make_config(
+            dataset=p["dataset"], dataset_path=p["dataset_path"], tokenizer=p["tokenizer"],
+            request_rates=parse_rates(p["request_rate"]), duration_s=None if p["num_prompts"] is not None
+            else p["duration_s"], num_prompts=p["num_prompts"], arrival=p["arrival"], burstiness=p["burstiness"],
+            seed=p["seed"], gpu=cluster["gpu"], model=cluster["model"], policies=list(p["policy"] or ["static-max"]),
+            slo_ttft_ms=p["slo_ttft_ms"], slo_itl_ms=p["slo_itl_ms"],
+            n_prefill=sum(1 for i in cluster["instances"] if i["role"] == "prefill"),
+            n_decode=sum(1 for i in cluster["instances"] if i["role"] == "decode"),
+        )
+        prepared = prepare_bench(cfg)
+        done: list = []
+        try:
+            run_live_bench(prepared, url, list(p["policy"]) if p["policy"] else None, admin_token, api_key, done,
+                           progress=lambda msg: Console(stderr=True).print(f"live: {msg}", highlight=False))
+        except KeyboardInterrupt:
+            _write_live(console, prepared, url, done, json_path, csv_path, partial=True)
+            raise
+        _write_live(console, prepared, url, done, json_path, csv_path, partial=False)
+
+
+def _cluster_of(url: str) -> dict:
+    import asyncio
+
+    import aiohttp
+
+    from voltana_cli.core.live import get_json
+
+    async def main() -> dict:
+        async with aiohttp.ClientSession() as s:
+            return dict(await get_json(s, f"{url.rstrip('/')}/cluster"))
+
+    return asyncio.run(main())
+
+
+def _write_live(console: Console, prepared: object, url: str, done: list, json_path: Path | None,
+                csv_path: Path | None, partial: bool) -> None:
+    from voltana_cli.core.bench import RunRecord
+    from voltana_cli.core.live import live_report
+
+    report = live_report(prepared, url, done, partial)
+    if done:
+        _render(console, report)
+    if json_path is not None:
+        write_json(json_path, report)
+        say_written(console, json_path)
+    if csv_path is not None and done:
+        write_csv(csv_path, per_request_frame([RunRecord(r.rate, r.policy, r.log, r.summary) for r in done]))
+        say_written(console, csv_path)

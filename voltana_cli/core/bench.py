@@ -305,8 +305,7 @@ def _same_target(field: str, gpu: str, model: str, cfg: BenchConfig) -> None:
 def run_bench_full(cfg: BenchConfig | PreparedBench, progress: Callable[[str], None] | None = None) -> BenchOutput:
     """Run every (rate, policy) of ``cfg``; returns the report and the raw results."""
     prep = cfg if isinstance(cfg, PreparedBench) else prepare_bench(cfg)
-    cfg, pm, ecof, lengths, arrival = prep.cfg, prep.model, prep.ecofreq, prep.lengths, prep.arrival
-    tp = pm.tp
+    cfg, arrival = prep.cfg, prep.arrival
 
     runs: list[RunRecord] = []
     out_runs: list[dict] = []
@@ -328,23 +327,33 @@ def run_bench_full(cfg: BenchConfig | PreparedBench, progress: Callable[[str], N
             # A yardstick (the oracle reads the simulator's truth) is flagged in every report.
             out_runs.append({"request_rate": rate, "policy": name, **({"ran_as": ran_as} if ran_as != name else {}),
                              **({"yardstick": True} if REGISTRY.entry(name).yardstick else {}), **s})
-    top = ("static-max", f"static:{pm.clocks[-1]}")
+    return BenchOutput(bench_report(prep, out_runs, notes), runs, notes)
+
+
+def bench_report(prep: PreparedBench, out_runs: list[dict], notes: list[str], live: dict | None = None) -> dict:
+    """The bench JSON of ``out_runs`` (each gets its saving against static-max at its rate); ``live``: the
+    live run's own config entries (a simulated run has none, and keeps the JSON it always had)."""
+    cfg, pm, ecof, lengths = prep.cfg, prep.model, prep.ecofreq, prep.lengths
+    top = ("static-max", f"static:{pm.clocks[-1]}", f"static:{pm.clocks[-1]}/{pm.clocks[-1]}")
     base = {r: next((x for x in out_runs if x["request_rate"] == r and x["policy"] in top), None) for r in cfg.request_rates}
     for x in out_runs:
         b = base[x["request_rate"]]
         x["saving_vs_static_max"] = (1 - x["energy_j"]["total"] / b["energy_j"]["total"]) if b else None
-    report = {
+    sim = {
+        "backend": "sim",
+        "ground_truth": f"profile {prep.truth.profile.source}" if isinstance(prep.truth, ProfileModel)
+        else "analytical model",
+        "predictor_used": f"EcoPred from {cfg.predictor}" if prep.predictor is not None
+        else f"analytical model with ±{cfg.prediction_error:g} error",
+    }
+    return {
         "voltana_version": __version__,
         "config": {
             # ``tuned`` is echoed only when given: a run without it keeps the JSON it had before the option.
             **cfg.model_dump(mode="json", exclude={"tuned"} if cfg.tuned is None else None),
-            "tp": tp,
-            "arrival": arrival,
-            "backend": "sim",
-            "ground_truth": f"profile {prep.truth.profile.source}" if isinstance(prep.truth, ProfileModel)
-            else "analytical model",
-            "predictor_used": f"EcoPred from {cfg.predictor}" if prep.predictor is not None
-            else f"analytical model with ±{cfg.prediction_error:g} error",
+            "tp": pm.tp,
+            "arrival": prep.arrival,
+            **(live if live is not None else sim),
             "itl_rule": ITL_RULE,
             "ecofreq_clocks_mhz": list(ecof.clocks_mhz or pm.gpu.ecofreq_levels_mhz),
             "kv_capacity_tokens_per_decode_instance": pm.kv_capacity_tokens,
@@ -353,7 +362,6 @@ def run_bench_full(cfg: BenchConfig | PreparedBench, progress: Callable[[str], N
         },
         "runs": out_runs,
     }
-    return BenchOutput(report, runs, notes)
 
 
 def run_bench(cfg: BenchConfig) -> dict:

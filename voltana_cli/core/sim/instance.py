@@ -230,6 +230,18 @@ class Instance:
         frac = x / dt_old
         return x + (1.0 - frac) * dt, de_old * frac + de * (1.0 - frac)
 
+    def hold(self, now: float, clock: int) -> None:
+        """An outside clock change at ``now`` (a live GPU's setter): while idle it lands at once, the idle time
+        so far charged at the old clock; while busy the next iteration switches (``start`` does it)."""
+        if self.busy or clock == self.clock:
+            return
+        self.account_idle(now)
+        self.last_s = max(self.last_s, now)
+        self.record.clock_switches += 1
+        if self.record_timeline:
+            self.record.timeline.append((now, clock))
+        self.clock = self._view.clock_mhz = clock
+
     def end_idle(self, now: float) -> None:
         """Close the run at ``now``: charge the idle time since the last iteration."""
         self.account_idle(now)

@@ -1,0 +1,275 @@
+"""The live world on this CPU-only machine: cluster config, the launch plan, and a real `voltana serve
+--engine sim` (emulated engines + router as processes) driven by the `openai` client and `bench --url`."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from voltana_cli.core.errors import UserError
+from voltana_cli.core.live import cluster_from_flags, load_cluster, plan, sglang_argv
+from voltana_cli.core.live.launch import check_sglang
+
+VOLTANA = [sys.executable, "-m", "voltana_cli"]
+
+
+def _cfg(tmp_path: Path, data: object) -> Path:
+    p = tmp_path / "cluster.yaml"
+    p.write_text(yaml.safe_dump(data) if not isinstance(data, str) else data)
+    return p
+
+
+INST = [{"role": "prefill", "port": 30000, "bootstrap_port": 8998, "gpu_ids": [0]},
+        {"role": "decode", "port": 30001, "gpu_ids": [1]}]
+
+
+@pytest.mark.parametrize("data,msg", [
+    ("instances: [", "is not valid YAML (line"),
+    ("- a\n- b\n", "a cluster config is a mapping"),
+    ({"instances": INST[:1]}, "has no decode instance"),
+    ({"instances": [INST[0], {**INST[1], "port": 30000}]}, "port 30000 on 127.0.0.1 is used twice"),
+    ({"instances": [INST[0], {**INST[1], "gpu_ids": [0]}]}, "GPU 0 on 127.0.0.1 is given to two instances"),
+    ({"instances": [{**INST[0], "bootstrap_port": None}, INST[1]]}, "needs a bootstrap_port"),
+    ({"instances": [INST[0], {**INST[1], "tp": 2, "gpu_ids": [1, 3]}]}, "must be contiguous"),
+    ({"instances": INST, "engine": "vllm"}, "engine"),
+    ({"instances": INST, "colour": "red"}, "colour"),
+    ({"instances": INST, "transfer_backend": "rdma"}, "use one of mooncake"),
+    ({"instances": [INST[0], {**INST[1], "port": 70000}]}, "65535"),
+])
+def test_a_bad_cluster_file_is_one_error_naming_it(tmp_path, data, msg):
+    with pytest.raises(UserError) as err:
+        load_cluster(_cfg(tmp_path, data))
+    assert msg in str(err.value) and str(tmp_path / "cluster.yaml") in str(err.value)
+
+
+def test_on_node_starts_one_hosts_share(tmp_path):
+    spec = load_cluster(_cfg(tmp_path, {"instances": [
+        {**INST[0], "host": "10.0.0.1"}, {**INST[1], "host": "10.0.0.2", "gpu_ids": [0]}]}))
+    assert [i.role for i in spec.on_node("10.0.0.2")] == ["decode"]
+    with pytest.raises(UserError, match="its hosts are 10.0.0.1, 10.0.0.2"):
+        spec.on_node("10.0.0.9")
+
+
+def test_the_sglang_plan_is_stock_sglang_p_d(tmp_path):
+    spec = cluster_from_flags("sglang", 1, 2, tp=2)
+    cmds = plan(spec, None, tmp_path)
+    assert [c.name for c in cmds] == ["prefill-0", "decode-0", "decode-1"]
+    pre = cmds[0].argv
+    assert pre[1:3] == ["-m", "sglang.launch_server"]
+    flags = dict(zip(pre[3::2], pre[4::2], strict=False))
+    assert flags["--disaggregation-mode"] == "prefill" and flags["--tp-size"] == "2" and flags["--base-gpu-id"] == "0"
+    assert "--disaggregation-bootstrap-port" in pre and "--enable-forward-pass-metrics" in pre
+    dec = cmds[2].argv
+    assert dec[dec.index("--base-gpu-id") + 1] == "4" and "--disaggregation-bootstrap-port" not in dec
+    assert len({c.argv[c.argv.index("--nccl-port") + 1] for c in cmds}) == 3  # one NCCL port each
+
+
+def test_every_sglang_flag_exists_in_the_pinned_release(tmp_path):
+    """The launcher's flags, checked against the option list of sglang 0.5.23's server_args.py."""
+    text = (Path(__file__).parent / "data" / "sglang-0.5.23-launch-flags.txt").read_text()
+    known = {ln for ln in text.splitlines() if ln.startswith("--")}
+    spec = cluster_from_flags("sglang", 1, 1)
+    for inst in spec.instances:
+        used = {a for a in sglang_argv(spec, inst, 0, tmp_path) if a.startswith("--")}
+        assert used <= known, sorted(used - known)
+
+
+def test_an_unsupported_or_missing_sglang_says_what_to_install():
+    with pytest.raises(UserError, match=r"pip install 'voltana\[sglang\]'"):
+        check_sglang(None)
+    with pytest.raises(UserError, match="supports 0.5.19-0.5.23"):
+        check_sglang("0.4.7")
+    assert check_sglang("0.5.23") == "0.5.23"
+
+
+def test_dry_run_prints_the_commands_and_starts_nothing():
+    r = subprocess.run([*VOLTANA, "serve", "--dry-run", "--engine", "sglang", "--prefill", "1", "--decode", "1"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("sglang.launch_server") == 2 and "--disaggregation-mode decode" in r.stdout
+
+
+def test_serve_refuses_a_public_address_without_an_api_key():
+    r = subprocess.run([*VOLTANA, "serve", "--host", "0.0.0.0", "--dry-run"], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--api-key" in r.stderr
+
+
+# ---- a real emulated cluster ----------------------------------------------------------------------------
+def _free_ports(n: int) -> list[int]:
+    for _ in range(50):
+        base = random.randint(20000, 40000)
+        ports = list(range(base, base + n))
+        try:
+            for p in ports:
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", p))
+            return ports
+        except OSError:
+            continue
+    raise RuntimeError("no free ports")
+
+
+def _get(url: str, headers: dict | None = None) -> tuple[int, dict]:
+    req = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, json.loads(r.read() or b"{}")
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+
+
+def _post(url: str, body: bytes, headers: dict | None = None) -> tuple[int, dict]:
+    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def _serve(tmp_path: Path, n_decode: int = 1) -> tuple[subprocess.Popen, str, Path, list[int]]:
+    ports = _free_ports(3 + 2 * n_decode)
+    insts = [{"role": "prefill", "port": ports[0], "bootstrap_port": ports[1]}]
+    insts += [{"role": "decode", "port": ports[2 + i]} for i in range(n_decode)]
+    router = ports[-1]
+    cfg = _cfg(tmp_path, {"engine": "sim", "instances": insts, "router": {"port": router}})
+    log = tmp_path / "serve.log"
+    proc = subprocess.Popen([*VOLTANA, "serve", "--config", str(cfg), "--admin-token", "s3cret"],
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{router}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if _get(f"{url}/health")[0] == 200:
+                break
+        except OSError:
+            pass
+        if proc.poll() is not None:
+            raise AssertionError(log.read_text())
+        time.sleep(0.2)
+    else:
+        proc.kill()
+        raise AssertionError("serve did not come up: " + log.read_text())
+    return proc, url, log, [i["port"] for i in insts]
+
+
+def _engine_pids(ports: list[int]) -> list[int]:
+    pids = []
+    for p in ports:
+        out = subprocess.run(["pgrep", "-f", f"voltana_cli.core.live.engine .*--port {p} "], capture_output=True,
+                             text=True)
+        pids += [int(x) for x in out.stdout.split()]
+    return pids
+
+
+def _stop(proc: subprocess.Popen) -> int:
+    proc.send_signal(signal.SIGINT)
+    try:
+        return proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_serve_sim_end_to_end_with_the_openai_client_and_bench_url(tmp_path):
+    import openai
+
+    proc, url, log, ports = _serve(tmp_path)
+    try:
+        assert len(_engine_pids(ports)) == 2
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused")
+        stream = client.chat.completions.create(model="llama-3.1-8b", messages=[{"role": "user", "content": "hi"}],
+                                                max_tokens=8, stream=True, stream_options={"include_usage": True})
+        pieces, usage = [], None
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                pieces.append(chunk.choices[0].delta.content)
+            usage = chunk.usage or usage
+        assert len(pieces) == 8 and usage is not None and usage.completion_tokens == 8
+        done = client.completions.create(model="llama-3.1-8b", prompt=[1, 2, 3], max_tokens=4)
+        assert done.usage.prompt_tokens == 3 and done.usage.completion_tokens == 4
+
+        # Bad input: 4xx JSON, and the cluster keeps serving.
+        for body, want in ((b"not json", "not valid JSON"), (b'{"prompt": 5}', "'prompt' must be"),
+                           (b'{"prompt": "x", "max_tokens": "9"}', "must be an integer"),
+                           (json.dumps({"prompt": [1] * 200_000}).encode(), "exceed the model's context")):
+            status, err = _post(f"{url}/v1/completions", body)
+            assert status == 400 and want in err["error"]["message"], (status, err)
+        assert _post(f"{url}/admin/policy", b'{"policy": "static-min"}')[0] == 401
+        assert _post(f"{url}/admin/policy", b'{"policy": "static-min"}', {"Authorization": "Bearer nope"})[0] == 401
+        status, body = _post(f"{url}/admin/policy", b'{"policy": "oracle"}', {"Authorization": "Bearer s3cret"})
+        assert status == 400 and "yardstick" in body["error"]["message"]
+
+        # bench --url: the simulated bench's workload and JSON, measured live; the policy set through admin.
+        out = tmp_path / "live.json"
+        r = subprocess.run([*VOLTANA, "bench", "--url", url, "--request-rate", "4", "--duration-s", "3",
+                            "--policy", "static:1200/990", "--admin-token", "s3cret", "--json", str(out)],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        rep = json.loads(out.read_text())
+        run = rep["runs"][0]
+        assert rep["config"]["backend"] == "live" and run["policy"] == "static:1200/990"
+        assert run["energy_j"]["total"] > 0 and run["failed_requests"] == 0 and run["num_requests"] > 0
+        assert run["attainment"]["both"] > 0.9
+        status, cl = _get(f"{url}/cluster")
+        assert {(i["role"], i["clock_mhz"]) for i in cl["instances"]} == {("prefill", 1200), ("decode", 990)}
+        r = subprocess.run([*VOLTANA, "bench", "--url", url, "--noise", "0.1"], capture_output=True, text=True,
+                           timeout=60)
+        assert r.returncode == 2 and "--noise" in r.stderr and r.stderr.count("\n") == 1
+    finally:
+        code = _stop(proc)
+    assert code == 0, log.read_text()
+    assert _engine_pids(ports) == []  # nothing left behind
+
+
+def test_a_backend_killed_midway_fails_its_requests_cleanly_and_the_rest_go_on(tmp_path):
+    """A short load test (loopback, bounded in time and count) with one of two decode instances killed midway:
+    every request gets an answer (200, or a JSON error) in bounded time; the killed instance is restarted."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    proc, url, log, ports = _serve(tmp_path, n_decode=2)
+    try:
+        victim = _engine_pids([ports[-1]])
+        assert len(victim) == 1
+
+        def one(i: int) -> tuple[int, dict, float]:
+            time.sleep(i * 0.05)
+            t = time.monotonic()
+            status, body = _post(f"{url}/v1/completions", json.dumps({"prompt": [1] * 64, "max_tokens": 60}).encode())
+            return status, body, time.monotonic() - t
+
+        with ThreadPoolExecutor(40) as pool:
+            futures = [pool.submit(one, i) for i in range(40)]
+            time.sleep(0.6)
+            os.kill(victim[0], signal.SIGKILL)
+            results = [f.result(timeout=60) for f in futures]
+        statuses = [s for s, _, _ in results]
+        assert set(statuses) <= {200, 502, 503} and statuses.count(200) >= 20 and 502 in statuses, statuses
+        for status, body, took in results:
+            assert took < 30
+            if status != 200:
+                assert body["error"]["message"]
+        deadline = time.monotonic() + 20  # restarted and probed healthy again
+        while time.monotonic() < deadline:
+            if all(i["healthy"] for i in _get(f"{url}/cluster")[1]["instances"]):
+                break
+            time.sleep(0.5)
+        assert all(i["healthy"] for i in _get(f"{url}/cluster")[1]["instances"]), log.read_text()
+        assert _post(f"{url}/v1/completions", b'{"prompt": [1, 2], "max_tokens": 2}')[0] == 200
+    finally:
+        code = _stop(proc)
+    assert code == 0, log.read_text()
+    assert _engine_pids(ports) == []

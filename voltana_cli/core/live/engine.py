@@ -1,0 +1,676 @@
+"""The emulated engine: one process per instance that speaks SGLang's HTTP API and plays its P/D role, with
+the simulator's own scheduler driven by wall time.
+
+An ``EmulatedEngine`` owns one ``PrefillInstance`` or ``DecodeInstance`` (``core.sim.instance``: the same
+class, chunked-prefill budget, KV pre-allocation and capacity, continuous batching, clock-switch cost and
+energy accounting the simulator runs) and drives it from ``time.monotonic``: form an iteration, sleep its
+modelled duration at the held clock, apply it. So an emulated cluster queues, batches and gates exactly as
+a simulated one; only the event clock differs.
+
+The P/D protocol, as SGLang's servers play it (``../shared/SGLANG.md``): the router posts the same body,
+with ``bootstrap_host``/``bootstrap_port``/``bootstrap_room``, to a prefill and a decode instance at once.
+
+- The decode instance queues the request for KV pre-allocation; once allocated it tells the prefill's
+  bootstrap server (``POST /_voltana/allocated``), which releases the prefill.
+- The prefill instance prefills it and, after the modelled KV-transfer time, hands the KV cache over
+  (``POST {decode}/_voltana/kv``), then answers the router (which discards the answer).
+- The decode instance admits it (the first token), then every iteration gives it one more token, streamed
+  to the client as SSE or returned whole.
+
+Without a bootstrap room a request is refused (400), as a P/D instance of SGLang refuses it.
+
+What cannot be emulated is said here, not hidden: there are no weights, so the text is one placeholder
+word per token and every request runs to its token limit (``ignore_eos`` in effect); a text prompt's token
+count is estimated at 4 UTF-8 bytes per token (send ``input_ids`` or a token-id ``prompt`` for exact
+counts); a chat request adds 4 tokens per message for the template.
+
+The clock is what the GPU access layer sets: ``POST /_voltana/clock`` (the emulated GPU's setter, used by a
+sidecar or by the router's admin API); the engine runs every iteration at the clock held when it starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import random
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from voltana_cli.core.errors import UserError
+from voltana_cli.core.models import InstanceModel, PerfModel, engine_spec, gpu_spec, model_spec
+from voltana_cli.core.policy import Observation
+from voltana_cli.core.sim import CostCache, DecodeInstance, Outcomes, PrefillInstance, Requests
+
+#: Bytes of UTF-8 text per token when a prompt comes as text (English BPE tokenisers average about 4).
+BYTES_PER_TOKEN = 4
+#: Template tokens a chat request adds per message.
+CHAT_TOKENS_PER_MESSAGE = 4
+#: The placeholder text of every emulated output token.
+TOKEN_TEXT = " tok"
+#: Default output tokens when a request names none (SGLang's max_new_tokens default; OpenAI's completions: 16).
+DEFAULT_MAX_TOKENS = {"generate": 128, "completions": 16, "chat": 128}
+#: Largest request body accepted (bytes).
+MAX_BODY_BYTES = 32 * 1024 * 1024
+
+
+class HeldClock:
+    """The frequency controller of an emulated instance: the clock the GPU access layer last set."""
+
+    idle_timeout_s = math.inf
+
+    def __init__(self, clock_mhz: int):
+        self.clock_mhz = clock_mhz
+        self.idle_clock_mhz = clock_mhz
+
+    def decide(self, obs: Observation) -> int:
+        return self.clock_mhz
+
+    def on_idle_timeout(self) -> None:
+        """Clocks are the sidecar's to change, never the engine's."""
+
+
+class BadRequest(Exception):
+    """A request body the engine refuses (HTTP 400, OpenAI-style error JSON)."""
+
+
+@dataclass
+class Job:
+    """One request on this instance."""
+
+    rid: int
+    room: int
+    input_tokens: int
+    output_tokens: int
+    tokens: asyncio.Queue[int | None] = field(default_factory=asyncio.Queue)  # decode: tokens delivered
+    done: asyncio.Event = field(default_factory=asyncio.Event)  # prefill: its KV was handed over
+    peer_url: str | None = None  # prefill: its decode instance; decode: its prefill's bootstrap server
+    queued: bool = False  # prefill: submitted to the scheduler
+
+
+@dataclass
+class ParsedRequest:
+    """What the engine needs from a request body, whatever the endpoint."""
+
+    kind: str  # generate | completions | chat
+    input_tokens: int
+    output_tokens: int
+    stream: bool
+    room: int | None
+    bootstrap_host: str | None
+    bootstrap_port: int | None
+    model: str
+    include_usage: bool
+
+
+def _int_field(body: dict[str, Any], *names: str) -> int | None:
+    for name in names:
+        v = body.get(name)
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise BadRequest(f"'{name}' must be an integer, not {type(v).__name__}")
+        return v
+    return None
+
+
+def _text_tokens(text: str) -> int:
+    return max(1, math.ceil(len(text.encode("utf-8")) / BYTES_PER_TOKEN))
+
+
+def parse_request(kind: str, body: object, max_context: int) -> ParsedRequest:
+    """Validate a request body of endpoint ``kind``; ``BadRequest`` names the first problem."""
+    if not isinstance(body, dict):
+        raise BadRequest("the request body must be a JSON object")
+    if kind == "generate":
+        ids, text = body.get("input_ids"), body.get("text")
+        if ids is not None:
+            if not isinstance(ids, list) or not ids or not all(isinstance(x, int) and not isinstance(x, bool)
+                                                                 for x in ids):
+                raise BadRequest("'input_ids' must be a non-empty list of integers")
+            n_in = len(ids)
+        elif isinstance(text, str) and text:
+            n_in = _text_tokens(text)
+        else:
+            raise BadRequest("give 'text' (a non-empty string) or 'input_ids' (a list of token ids)")
+        sp = body.get("sampling_params") or {}
+        if not isinstance(sp, dict):
+            raise BadRequest("'sampling_params' must be an object")
+        n_out = _int_field(sp, "max_new_tokens")
+    elif kind == "completions":
+        prompt = body.get("prompt")
+        if isinstance(prompt, str) and prompt:
+            n_in = _text_tokens(prompt)
+        elif isinstance(prompt, list) and prompt and all(isinstance(x, int) and not isinstance(x, bool) for x in prompt):
+            n_in = len(prompt)
+        else:
+            raise BadRequest("'prompt' must be a non-empty string or a non-empty list of token ids")
+        n_out = _int_field(body, "max_tokens")
+    else:
+        msgs = body.get("messages")
+        if not isinstance(msgs, list) or not msgs:
+            raise BadRequest("'messages' must be a non-empty list")
+        n_in = 0
+        for m in msgs:
+            if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+                raise BadRequest("each message must be an object with a 'role' and a 'content'")
+            c = m.get("content")
+            if isinstance(c, list):
+                c = "".join(p.get("text", "") for p in c if isinstance(p, dict))
+            if not isinstance(c, str):
+                raise BadRequest("a message's 'content' must be a string or a list of text parts")
+            n_in += (_text_tokens(c) if c else 0) + CHAT_TOKENS_PER_MESSAGE
+        n_out = _int_field(body, "max_completion_tokens", "max_tokens")
+    if n_out is None:
+        n_out = DEFAULT_MAX_TOKENS[kind]
+    if n_out < 1:
+        raise BadRequest(f"the output token limit must be >= 1, got {n_out}")
+    if n_in + n_out > max_context:
+        raise BadRequest(f"{n_in} prompt tokens + {n_out} output tokens exceed the model's context of {max_context}")
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise BadRequest("'stream' must be true or false")
+    room = _int_field(body, "bootstrap_room")
+    port = _int_field(body, "bootstrap_port")
+    host = body.get("bootstrap_host")
+    if host is not None and not isinstance(host, str):
+        raise BadRequest("'bootstrap_host' must be a string")
+    opts = body.get("stream_options") or {}
+    model = body.get("model", "")
+    return ParsedRequest(kind, n_in, n_out, stream, room, host, port, model if isinstance(model, str) else "",
+                         bool(isinstance(opts, dict) and opts.get("include_usage")))
+
+
+class EmulatedEngine:
+    """One emulated SGLang instance (see the module docstring).
+
+    Args:
+        role: ``prefill`` or ``decode``.
+        model: the ground truth (iteration time and energy at a clock).
+        model_name: what ``/v1/models`` and responses call the model.
+        url: this instance's own URL (a decode tells prefills where to send KV).
+        clock_mhz: the clock it starts at (unlocked GPUs boost: the top clock).
+        post: ``post(url, json)`` for the engine-to-engine messages of the P/D protocol.
+        now: the wall clock (seconds).
+    """
+
+    def __init__(self, role: str, model: InstanceModel, model_name: str, url: str, clock_mhz: int,
+                 post: Callable[[str, dict[str, Any]], Any], now: Callable[[], float] = time.monotonic):
+        if role not in ("prefill", "decode"):
+            raise UserError(f"unknown role {role!r}: use prefill or decode", field="role")
+        self.role, self.model, self.model_name, self.url = role, model, model_name, url
+        self._clock = now
+        self._t0 = now()
+        self._post = post
+        self.controller = HeldClock(model.check_clock(clock_mhz))
+        self.requests = Requests()
+        self.outcomes = Outcomes()
+        costs = CostCache(model, model.engine.chunked_prefill_tokens)
+        common = (self.controller, costs, self.requests, self.outcomes, lambda: 1.0,
+                  model.gpu.clock_switch_ms / 1e3, 0.0)
+        self.inst: PrefillInstance | DecodeInstance
+        if role == "prefill":
+            self.inst = PrefillInstance(0, *common, overlap=model.engine.prefill_overlap_schedule)
+        else:
+            self.inst = DecodeInstance(0, *common, on_first_token=self._first_token,
+                                       on_preallocated=self._preallocated)
+        self.jobs: dict[int, Job] = {}  # by request id
+        self.rooms: dict[int, Job] = {}  # by bootstrap room
+        self._early: dict[int, str] = {}  # prefill: allocation notices that came before their request
+        self._running: dict[int, int] = {}  # decode: request id -> tokens still to deliver
+        self._wake = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.started_requests = 0
+        self.finished_requests = 0
+
+    # ---- time and state ------------------------------------------------------------------------------
+    def now(self) -> float:
+        return self._clock() - self._t0
+
+    def set_clock(self, clock_mhz: int) -> int:
+        """The emulated GPU's clock setter: from the next iteration on, the engine runs at ``clock_mhz``."""
+        self.controller.clock_mhz = self.controller.idle_clock_mhz = self.model.check_clock(clock_mhz)
+        self.inst.hold(self.now(), clock_mhz)  # an idle GPU takes it at once
+        return clock_mhz
+
+    def energy(self) -> dict[str, float]:
+        """Joules since start: busy (iterations) and idle (between them, up to now)."""
+        rec, inst = self.inst.record, self.inst
+        idle = rec.idle_energy_j
+        if not inst.busy:
+            idle += inst.costs.idle_w(inst.clock) * max(0.0, self.now() - inst.last_s)
+        return {"total_j": rec.busy_energy_j + idle, "busy_j": rec.busy_energy_j, "idle_j": idle}
+
+    def state(self) -> dict[str, Any]:
+        """What a sidecar or the router reads of this instance."""
+        inst = self.inst
+        out: dict[str, Any] = {"role": self.role, "clock_mhz": inst.clock, "held_clock_mhz": self.controller.clock_mhz,
+                               "iterations": inst.record.iterations, "busy_s": inst.record.busy_s,
+                               "clock_switches": inst.record.clock_switches, **self.energy(),
+                               "requests": len(self.jobs), "started": self.started_requests,
+                               "finished": self.finished_requests, "time_s": self.now()}
+        if isinstance(inst, DecodeInstance):
+            out.update(running=inst.batch, waiting=len(inst.waiting), preallocating=len(inst.prealloc),
+                       kv_tokens=inst.kv_tokens, kv_capacity_tokens=inst.capacity)
+        else:
+            out.update(running=0, waiting=len(inst.queue), queued_tokens=inst.queued_tokens)
+        return out
+
+    # ---- requests ------------------------------------------------------------------------------------
+    def _new_job(self, req: ParsedRequest) -> Job:
+        if req.room is None:
+            raise BadRequest("this is a P/D instance: a request needs 'bootstrap_room' (send it through the router)")
+        if req.room in self.rooms:
+            raise BadRequest(f"bootstrap_room {req.room} is already in use on this instance")
+        cap = self.model.kv_capacity_tokens
+        if req.input_tokens + req.output_tokens > cap:
+            raise BadRequest(f"{req.input_tokens + req.output_tokens} tokens exceed the instance's KV capacity of {cap}")
+        rid = len(self.requests.arrival_s)
+        self.requests.arrival_s.append(self.now())
+        self.requests.input_tokens.append(req.input_tokens)
+        self.requests.output_tokens.append(req.output_tokens)
+        self.outcomes.first_token_s.append(math.nan)
+        self.outcomes.finish_s.append(math.nan)
+        self.outcomes.first_iter.append(-1)
+        job = Job(rid, req.room, req.input_tokens, req.output_tokens)
+        self.jobs[rid] = job
+        self.rooms[req.room] = job
+        self.started_requests += 1
+        return job
+
+    def _forget(self, job: Job) -> None:
+        self.jobs.pop(job.rid, None)
+        self.rooms.pop(job.room, None)
+        self.finished_requests += 1
+
+    async def prefill(self, req: ParsedRequest) -> dict[str, Any]:
+        """Prefill one request (once its decode instance has allocated KV); answers when its KV is handed over."""
+        job = self._new_job(req)
+        try:
+            early = self._early.pop(job.room, None)
+            if early is not None:
+                self._release(job, early)
+            await job.done.wait()
+        finally:
+            self._forget(job)
+        return {"text": "", "meta_info": {"id": str(job.room), "prompt_tokens": job.input_tokens,
+                                          "completion_tokens": 0, "finish_reason": None}}
+
+    def allocated(self, room: int, decode_url: str) -> None:
+        """The decode instance of ``room`` holds its KV now: the prefill may be scheduled."""
+        job = self.rooms.get(room)
+        if job is None:
+            self._early[room] = decode_url  # the notice beat the request here
+            return
+        self._release(job, decode_url)
+
+    def _release(self, job: Job, decode_url: str) -> None:
+        if job.queued:
+            return
+        job.peer_url, job.queued = decode_url, True
+        self.inst.submit(job.rid, self.now())
+        self._wake.set()
+
+    def decode(self, req: ParsedRequest) -> Job:
+        """Route a request here (the decode side); its tokens arrive on ``job.tokens``."""
+        if not req.bootstrap_host or req.bootstrap_port is None:
+            raise BadRequest("a decode instance needs 'bootstrap_host' and 'bootstrap_port' (send it through the router)")
+        job = self._new_job(req)
+        job.peer_url = f"http://{req.bootstrap_host}:{req.bootstrap_port}"  # the prefill's bootstrap server
+        assert isinstance(self.inst, DecodeInstance)
+        self.inst.route(job.rid)
+        self._wake.set()
+        return job
+
+    def kv_arrived(self, room: int) -> bool:
+        """The KV cache of ``room`` landed here: it waits for admission."""
+        job = self.rooms.get(room)
+        if job is None:
+            return False
+        self.inst.submit(job.rid, self.now())
+        self._wake.set()
+        return True
+
+    def finish_job(self, job: Job) -> None:
+        self._forget(job)
+
+    # ---- scheduler callbacks -------------------------------------------------------------------------
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _preallocated(self, rid: int, now: float) -> None:
+        job = self.jobs.get(rid)
+        if job is not None and job.peer_url:
+            self._spawn(self._post(f"{job.peer_url}/_voltana/allocated", {"room": job.room, "decode_url": self.url}))
+
+    def _first_token(self, rid: int, now: float) -> None:
+        job = self.jobs.get(rid)
+        if job is None:
+            return
+        job.tokens.put_nowait(1)
+        if job.output_tokens > 1:
+            self._running[rid] = job.output_tokens - 1
+        else:
+            job.tokens.put_nowait(None)
+
+    async def _hand_over(self, job: Job) -> None:
+        await asyncio.sleep(self.model.kv_transfer_s(job.input_tokens))
+        try:
+            if job.peer_url:
+                await self._post(f"{job.peer_url}/_voltana/kv", {"room": job.room})
+        finally:
+            job.done.set()
+
+    def _after(self, result: list[int] | None) -> None:
+        if result is not None:  # prefill: these completed
+            for rid in result:
+                job = self.jobs.get(rid)
+                if job is not None:
+                    self._spawn(self._hand_over(job))
+            return
+        done = []
+        for rid, left in self._running.items():
+            job = self.jobs.get(rid)
+            if job is None:
+                done.append(rid)
+                continue
+            job.tokens.put_nowait(1)
+            if left <= 1:
+                job.tokens.put_nowait(None)
+                done.append(rid)
+            else:
+                self._running[rid] = left - 1
+        for rid in done:
+            del self._running[rid]
+
+    async def run(self) -> None:
+        """The scheduler loop: iterations back to back while there is work, each as long as the model says."""
+        inst = self.inst
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while inst.has_work():
+                t = self.now()
+                dt = inst.start(t)
+                if dt is None:
+                    break
+                await asyncio.sleep(max(0.0, t + dt - self.now()))
+                self._after(inst.finish(self.now()))
+
+
+# ---- HTTP ------------------------------------------------------------------------------------------------
+def _error(status: int, message: str, kind: str = "invalid_request_error") -> Any:
+    from aiohttp import web
+
+    return web.json_response({"error": {"message": message, "type": kind, "code": status}}, status=status)
+
+
+def _sse(data: dict[str, Any] | str) -> bytes:
+    return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n".encode()
+
+
+async def _token_stream(job: Job) -> AsyncIterator[int]:
+    n = 0
+    while True:
+        tok = await job.tokens.get()
+        if tok is None:
+            return
+        n += 1
+        yield n
+
+
+def _bodies(kind: str, req: ParsedRequest, rid: str, n: int, model: str, final: bool) -> dict[str, Any]:
+    """The response (or the last stream chunk's shape) of ``kind`` after ``n`` tokens."""
+    usage = {"prompt_tokens": req.input_tokens, "completion_tokens": n, "total_tokens": req.input_tokens + n}
+    created = int(time.time())
+    reason = "length" if final else None
+    if kind == "generate":
+        return {"text": TOKEN_TEXT * n, "output_ids": [0] * n,
+                "meta_info": {"id": rid, "prompt_tokens": req.input_tokens, "completion_tokens": n,
+                              "finish_reason": {"type": "length", "length": n} if final else None}}
+    if kind == "completions":
+        return {"id": rid, "object": "text_completion", "created": created, "model": model,
+                "choices": [{"index": 0, "text": TOKEN_TEXT * n, "logprobs": None, "finish_reason": reason}],
+                "usage": usage}
+    return {"id": rid, "object": "chat.completion", "created": created, "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": TOKEN_TEXT * n},
+                         "finish_reason": reason}], "usage": usage}
+
+
+def _chunk(kind: str, req: ParsedRequest, rid: str, n: int, model: str, final: bool) -> dict[str, Any]:
+    """One SSE chunk carrying token ``n``."""
+    created = int(time.time())
+    reason = "length" if final else None
+    if kind == "generate":  # SGLang streams the text so far, with running counts
+        return _bodies(kind, req, rid, n, model, final)
+    if kind == "completions":
+        return {"id": rid, "object": "text_completion", "created": created, "model": model,
+                "choices": [{"index": 0, "text": TOKEN_TEXT, "logprobs": None, "finish_reason": reason}]}
+    delta: dict[str, Any] = {"content": TOKEN_TEXT}
+    if n == 1:
+        delta["role"] = "assistant"
+    return {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": reason}]}
+
+
+def make_app(engine: EmulatedEngine) -> Any:
+    """The instance's HTTP API (aiohttp)."""
+    from aiohttp import web
+
+    routes = web.RouteTableDef()
+    max_context = getattr(getattr(engine.model, "model", None), "max_context_tokens", 1 << 30)
+
+    @routes.get("/health")
+    async def health(request: web.Request) -> web.Response:
+        return web.Response(text="")
+
+    @routes.get("/health_generate")
+    async def health_generate(request: web.Request) -> web.Response:
+        return web.Response(text="")
+
+    @routes.get("/server_info")
+    @routes.get("/get_server_info")
+    async def server_info(request: web.Request) -> web.Response:
+        return web.json_response({"model_path": engine.model_name, "disaggregation_mode": engine.role,
+                                  "chunked_prefill_size": engine.model.engine.chunked_prefill_tokens,
+                                  "tp_size": engine.model.tp, "emulated": True, "version": "voltana-emulated"})
+
+    @routes.get("/v1/models")
+    async def models(request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": engine.model_name, "object": "model",
+                                                              "created": 0, "owned_by": "voltana-emulated"}]})
+
+    @routes.get("/_voltana/state")
+    async def state(request: web.Request) -> web.Response:
+        return web.json_response(engine.state())
+
+    @routes.post("/_voltana/clock")
+    async def clock(request: web.Request) -> web.Response:
+        body = await _json(request)
+        mhz = body.get("clock_mhz") if isinstance(body, dict) else None
+        if isinstance(mhz, bool) or not isinstance(mhz, int):
+            return _error(400, "give {\"clock_mhz\": <integer MHz>}")
+        try:
+            engine.set_clock(mhz)
+        except UserError as exc:
+            return _error(400, exc.problem)
+        return web.json_response({"clock_mhz": mhz})
+
+    @routes.post("/_voltana/allocated")
+    async def allocated(request: web.Request) -> web.Response:
+        body = await _json(request)
+        if engine.role != "prefill" or not isinstance(body, dict) or not isinstance(body.get("room"), int) \
+                or not isinstance(body.get("decode_url"), str):
+            return _error(400, "allocation notices go to a prefill's bootstrap server: {room, decode_url}")
+        engine.allocated(body["room"], body["decode_url"])
+        return web.json_response({"ok": True})
+
+    @routes.post("/_voltana/kv")
+    async def kv(request: web.Request) -> web.Response:
+        body = await _json(request)
+        if engine.role != "decode" or not isinstance(body, dict) or not isinstance(body.get("room"), int):
+            return _error(400, "KV hand-overs go to a decode instance: {room}")
+        if not engine.kv_arrived(body["room"]):
+            return _error(404, f"no request with bootstrap_room {body['room']} here", "not_found")
+        return web.json_response({"ok": True})
+
+    async def infer(request: web.Request, kind: str) -> web.StreamResponse:
+        try:
+            req = parse_request(kind, await _json(request), max_context)
+            if engine.role == "prefill":
+                return web.json_response(await engine.prefill(req))
+            job = engine.decode(req)
+        except BadRequest as exc:
+            return _error(400, str(exc))
+        rid = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex[:24]}"
+        model = req.model or engine.model_name
+        try:
+            if not req.stream:
+                got = [n async for n in _token_stream(job)]
+                return web.json_response(_bodies(kind, req, rid, len(got), model, True))
+            resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+            await resp.prepare(request)
+            async for n in _token_stream(job):
+                await resp.write(_sse(_chunk(kind, req, rid, n, model, n == req.output_tokens)))
+            if req.include_usage and kind != "generate":
+                usage = _bodies(kind, req, rid, req.output_tokens, model, True)["usage"]
+                obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
+                await resp.write(_sse({"id": rid, "object": obj, "created": int(time.time()), "model": model,
+                                       "choices": [], "usage": usage}))
+            await resp.write(_sse("[DONE]"))
+            await resp.write_eof()
+            return resp
+        finally:
+            engine.finish_job(job)
+
+    @routes.post("/generate")
+    async def generate(request: web.Request) -> web.StreamResponse:
+        return await infer(request, "generate")
+
+    @routes.post("/v1/completions")
+    async def completions(request: web.Request) -> web.StreamResponse:
+        return await infer(request, "completions")
+
+    @routes.post("/v1/chat/completions")
+    async def chat(request: web.Request) -> web.StreamResponse:
+        return await infer(request, "chat")
+
+    @routes.get("/metrics")
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(body=_metrics_text(engine), content_type="text/plain", charset="utf-8")
+
+    app = web.Application(client_max_size=MAX_BODY_BYTES)
+    app.add_routes(routes)
+    return app
+
+
+async def _json(request: Any) -> Any:
+    try:
+        return await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise BadRequest("the request body is not valid JSON") from None
+
+
+def _metrics_text(engine: EmulatedEngine) -> bytes:
+    """SGLang's gauge names (``sglang:``) for what an emulated instance can say, plus its energy and clock."""
+    from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+
+    reg = CollectorRegistry()
+    st = engine.state()
+    labels = {"role": engine.role, "model_name": engine.model_name}
+    for name, value, doc in (("sglang:num_running_reqs", st["running"], "running requests"),
+                             ("sglang:num_queue_reqs", st["waiting"], "queued requests"),
+                             ("voltana_emulated_clock_mhz", st["clock_mhz"], "SM clock of the emulated GPU (MHz)")):
+        Gauge(name, doc, list(labels), registry=reg).labels(**labels).set(value)
+    c = Counter("voltana_emulated_energy_joules", "energy of the emulated GPU since start (J)", list(labels),
+                registry=reg)
+    c.labels(**labels).inc(st["total_j"])
+    return bytes(generate_latest(reg))
+
+
+async def serve_engine(engine: EmulatedEngine, host: str, port: int, bootstrap_port: int | None,
+                       ready: Callable[[], None] | None = None) -> None:
+    """Serve ``engine`` on ``host:port`` (a prefill's bootstrap server on ``bootstrap_port`` too) until cancelled."""
+    from aiohttp import web
+
+    app = make_app(engine)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    sites = [web.TCPSite(runner, host, port)]
+    if bootstrap_port is not None:
+        sites.append(web.TCPSite(runner, host, bootstrap_port))
+    for site in sites:
+        await site.start()
+    loop = asyncio.ensure_future(engine.run())
+    if ready:
+        ready()
+    try:
+        await asyncio.Event().wait()
+    finally:
+        loop.cancel()
+        await runner.cleanup()
+
+
+def make_engine(role: str, gpu: str, model: str, tp: int, url: str, clock_mhz: int | None,
+                post: Callable[[str, dict[str, Any]], Any]) -> EmulatedEngine:
+    """An emulated engine of ``gpu`` x ``model`` (the analytical model is its ground truth)."""
+    pm = PerfModel(gpu_spec(gpu), model_spec(model), engine_spec(), tp=tp)
+    return EmulatedEngine(role, pm, model, url, clock_mhz or pm.clocks[-1], post)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m voltana_cli.core.live.engine``: one emulated instance in the foreground (``voltana serve
+    --engine sim`` starts one per instance)."""
+    ap = argparse.ArgumentParser(prog="voltana-emulated-engine", description=main.__doc__)
+    ap.add_argument("--role", required=True, choices=["prefill", "decode"])
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--bootstrap-port", type=int)
+    ap.add_argument("--gpu", required=True)
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--tp", type=int, default=1)
+    ap.add_argument("--clock-mhz", type=int)
+    a = ap.parse_args(argv)
+    try:
+        import aiohttp
+    except ImportError:
+        print("error: the emulated engine needs aiohttp: pip install aiohttp", file=sys.stderr)
+        return 2
+
+    async def amain() -> None:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+            async def post(url: str, body: dict[str, Any]) -> None:
+                for attempt in range(3):
+                    try:
+                        async with session.post(url, json=body) as r:
+                            await r.read()
+                            return
+                    except aiohttp.ClientError:
+                        await asyncio.sleep(0.05 * (attempt + 1) * (1 + random.random()))
+
+            eng = make_engine(a.role, a.gpu, a.model, a.tp, f"http://{a.host}:{a.port}", a.clock_mhz, post)
+            await serve_engine(eng, a.host, a.port, a.bootstrap_port,
+                               ready=lambda: print(f"ready {a.role} on {a.host}:{a.port}", flush=True))
+
+    try:
+        asyncio.run(amain())
+    except KeyboardInterrupt:
+        pass
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"error: {a.role} instance on {a.host}:{a.port}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,513 @@
+"""The voltana router: an async HTTP proxy in front of a P/D cluster that speaks SGLang's P/D protocol and
+places each request with the registry's pure routers.
+
+Per request (``/generate``, ``/v1/completions``, ``/v1/chat/completions``): validate the body (the same
+validator as the emulated engine: 4xx JSON on bad input), pick a prefill instance with the policy's
+prefill router and a decode instance with its decode router (``core.policy``: the same objects the
+simulator runs), add ``bootstrap_host``/``bootstrap_port``/``bootstrap_room``, post the body to both at
+once, stream the decode's answer back as it comes and discard the prefill's. A client that goes away
+has both upstream requests closed. A backend that fails is answered with a JSON error (502), marked
+unhealthy and probed again in the background; the other requests are not disturbed. In-flight requests
+are bounded (503 when full).
+
+The routers see ``InstanceView``s that this process keeps: requests and tokens it has sent to each
+instance and not yet seen finish (the instances' own live state reaches the controllers through their
+sidecars).
+
+Endpoints besides inference: ``GET /health``, ``GET /v1/models``, ``GET /metrics`` (Prometheus),
+``GET /cluster``, ``GET /energy``, and ``/admin/*`` behind ``Authorization: Bearer <token>`` (disabled when
+no token is set). Inference takes ``Authorization: Bearer <api key>`` when an API key is set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from voltana_cli.core.errors import UserError
+from voltana_cli.core.live.config import ClusterSpec, InstanceSpec
+from voltana_cli.core.live.engine import BadRequest, parse_request
+from voltana_cli.core.models import ModelPredictor, PerfModel, engine_spec, gpu_spec, model_spec
+from voltana_cli.core.policy import REGISTRY, InstanceView, Policy, PolicyContext
+
+#: Seconds between health probes of an unhealthy backend (a healthy one is probed every HEALTH_PERIOD_S).
+HEALTH_PERIOD_S = 2.0
+#: Per-request upstream timeout (s): connecting, and between two chunks of a streamed answer.
+UPSTREAM_TIMEOUT_S = 600.0
+#: In-flight requests beyond which new ones get 503.
+DEFAULT_MAX_INFLIGHT = 4096
+_INFER = {"/generate": "generate", "/v1/completions": "completions", "/v1/chat/completions": "chat"}
+
+
+@dataclass
+class Backend:
+    """One instance as the router knows it."""
+
+    spec: InstanceSpec
+    index: int
+    view: InstanceView
+    healthy: bool = True
+    failures: int = 0
+    clock_mhz: int | None = None
+    routed: int = 0
+
+    @property
+    def url(self) -> str:
+        return self.spec.url
+
+    @property
+    def role(self) -> str:
+        return self.spec.role
+
+
+@dataclass
+class RouterStats:
+    """Counters the router's ``/metrics`` reports (besides its latency histograms)."""
+
+    inflight: int = 0
+    started_s: float = field(default_factory=time.monotonic)
+
+
+class Router:
+    """The router's state and request handling (the aiohttp app is ``make_router_app``).
+
+    Args:
+        spec: the cluster.
+        policy: the policy name whose routers place requests (its controllers run in the sidecars).
+        admin_token: bearer token of ``/admin/*`` (``None``: admin disabled).
+        api_key: bearer token of the inference endpoints (``None``: open).
+        max_inflight: in-flight requests beyond which new ones are refused (503).
+    """
+
+    def __init__(self, spec: ClusterSpec, policy: str | None = None, admin_token: str | None = None,
+                 api_key: str | None = None, max_inflight: int = DEFAULT_MAX_INFLIGHT):
+        self.spec = spec
+        self.admin_token, self.api_key = admin_token, api_key
+        self.max_inflight = max_inflight
+        self.pm = PerfModel(gpu_spec(spec.gpu), model_spec(spec.model), engine_spec(),
+                            tp=spec.instances[0].tp)
+        self.prefills = [Backend(s, i, InstanceView(i, 0, 0, self.pm.clocks[-1])) for i, s in
+                         enumerate(spec.of_role("prefill"))]
+        self.decodes = [Backend(s, i, InstanceView(i, 0, 0, self.pm.clocks[-1])) for i, s in
+                        enumerate(spec.of_role("decode"))]
+        self.stats = RouterStats()
+        self.policy_name = ""
+        self.policy: Policy | None = None
+        self.set_policy(policy or spec.policy)
+        self.session: Any = None
+        self.metrics = _RouterMetrics()
+
+    # ---- policy ----------------------------------------------------------------------------------------
+    def context(self, seed: int = 0) -> PolicyContext:
+        pm = self.pm
+        clocks = list(pm.clocks)
+        predictor = ModelPredictor(pm, 0.0, random_generator(seed), clocks)
+        return PolicyContext(tuple(clocks), tuple(pm.gpu.ecofreq_levels_mhz), self.spec.slo_ttft_ms / 1e3,
+                             self.spec.slo_itl_ms / 1e3, predictor, pm.engine.gemm_tile, prefill_router="round-robin")
+
+    def set_policy(self, name: str) -> Policy:
+        """Place requests with policy ``name``'s routers from now on; a name the live world cannot run is a
+        ``UserError`` (a yardstick reads a truth no live cluster has; a searched policy is found in the
+        simulator)."""
+        entry = REGISTRY.entry(name)
+        if entry.yardstick:
+            raise UserError(f"{name} is a yardstick that reads the simulator's ground truth: a live cluster cannot "
+                            "run it", field="policy")
+        if REGISTRY.searched(name):
+            raise UserError(f"{name} is found by a search in the simulator: run `voltana bench --policy {name}` to "
+                            "find its clocks, then give them as static:<prefill>/<decode>", field="policy")
+        if entry.layout != "pd":
+            raise UserError(f"{name} runs on the {entry.layout} layout; this cluster is P/D", field="policy")
+        self.policy = REGISTRY.build(name, self.context())
+        self.policy_name = name
+        return self.policy
+
+    def static_clocks(self) -> tuple[int, int] | None:
+        """The (prefill, decode) clocks a static policy pins, else ``None``."""
+        if self.policy is None:
+            return None
+        pre, dec = self.policy.make_prefill_controller(), self.policy.make_decode_controller()
+        if getattr(pre, "idle_timeout_s", 0) == float("inf") and type(pre).__name__ == "StaticController":
+            return pre.idle_clock_mhz, dec.idle_clock_mhz
+        return None
+
+    # ---- placement -------------------------------------------------------------------------------------
+    def choose(self, n_in: int) -> tuple[Backend, Backend]:
+        """A healthy (prefill, decode) pair for a request of ``n_in`` prompt tokens."""
+        assert self.policy is not None
+        pre = [b for b in self.prefills if b.healthy]
+        dec = [b for b in self.decodes if b.healthy]
+        if not pre or not dec:
+            raise NoBackend("no healthy " + ("prefill" if not pre else "decode") + " instance: retry later")
+        p = pre[_pick(self.policy.prefill_router, n_in, pre)]
+        d = dec[_pick(self.policy.decode_router, n_in, dec)]
+        return p, d
+
+    def admit(self, p: Backend, d: Backend, n_in: int, n_out: int) -> None:
+        p.view.num_requests += 1
+        p.view.queued_tokens += n_in
+        d.view.num_requests += 1
+        d.view.queued_tokens += n_in + n_out
+        d.view.kv_tokens += n_in
+        p.routed += 1
+        d.routed += 1
+
+    @staticmethod
+    def prefill_done(p: Backend, n_in: int) -> None:
+        p.view.num_requests -= 1
+        p.view.queued_tokens -= n_in
+
+    @staticmethod
+    def decode_done(d: Backend, n_in: int, n_out: int) -> None:
+        d.view.num_requests -= 1
+        d.view.queued_tokens -= n_in + n_out
+        d.view.kv_tokens -= n_in
+
+    def backends(self) -> list[Backend]:
+        return [*self.prefills, *self.decodes]
+
+    def mark_failed(self, b: Backend) -> None:
+        b.failures += 1
+        b.healthy = False
+
+
+class NoBackend(Exception):
+    """No healthy instance of a role (HTTP 503)."""
+
+
+def random_generator(seed: int) -> Any:
+    import numpy as np
+
+    return np.random.default_rng(seed)
+
+
+def _pick(router: Any, n_in: int, backends: list[Backend]) -> int:
+    """Run a pure router over the healthy backends' views (re-indexed 0..n-1 for the call)."""
+    views = [b.view for b in backends]
+    saved = [v.index for v in views]
+    for i, v in enumerate(views):
+        v.index = i
+    try:
+        return int(router.choose(n_in, views))
+    finally:
+        for v, i in zip(views, saved, strict=True):
+            v.index = i
+
+
+class _RouterMetrics:
+    """The router's Prometheus registry."""
+
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = reg = CollectorRegistry()
+        self.requests = Counter("voltana_router_requests", "requests by endpoint and status", ["endpoint", "status"],
+                                registry=reg)
+        self.decisions = Counter("voltana_router_decisions", "requests placed per instance", ["role", "url"],
+                                 registry=reg)
+        buckets = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.3, 0.5, 0.8, 1, 2, 5, 10, 30)
+        self.ttft = Histogram("voltana_router_ttft_seconds", "time to the first streamed chunk", registry=reg,
+                              buckets=buckets)
+        self.itl = Histogram("voltana_router_chunk_gap_seconds", "time between streamed chunks", registry=reg,
+                             buckets=buckets)
+        self.inflight = Gauge("voltana_router_inflight_requests", "requests in flight", registry=reg)
+        self.queue = Gauge("voltana_instance_queued_requests", "requests the router has in flight to the instance",
+                           ["role", "url"], registry=reg)
+        self.clock = Gauge("voltana_instance_clock_mhz", "SM clock of the instance (MHz)", ["role", "url"],
+                           registry=reg)
+        self.power = Gauge("voltana_instance_power_watts", "mean power of the instance since the last scrape (W)",
+                           ["role", "url"], registry=reg)
+        self.energy = Gauge("voltana_instance_energy_joules", "energy of the instance since it started (J)",
+                            ["role", "url"], registry=reg)
+        self.healthy = Gauge("voltana_instance_healthy", "1 when the instance answers its health probe",
+                             ["role", "url"], registry=reg)
+        self._last: dict[str, tuple[float, float]] = {}
+
+    def observe_instances(self, router: Router, states: dict[str, dict[str, Any] | None]) -> None:
+        now = time.monotonic()
+        for b in router.backends():
+            labels = {"role": b.role, "url": b.url}
+            self.queue.labels(**labels).set(b.view.num_requests)
+            self.healthy.labels(**labels).set(1 if b.healthy else 0)
+            st = states.get(b.url)
+            if not st:
+                continue
+            self.clock.labels(**labels).set(st.get("clock_mhz", 0))
+            e = float(st.get("total_j", 0.0))
+            self.energy.labels(**labels).set(e)
+            last = self._last.get(b.url)
+            if last is not None and now > last[0]:
+                self.power.labels(**labels).set(max(0.0, (e - last[1]) / (now - last[0])))
+            self._last[b.url] = (now, e)
+
+
+def make_router_app(router: Router) -> Any:
+    """The router's aiohttp application."""
+    import aiohttp
+    from aiohttp import web
+
+    routes = web.RouteTableDef()
+    max_context = router.pm.model.max_context_tokens
+
+    def error(status: int, message: str, kind: str = "invalid_request_error") -> web.Response:
+        return web.json_response({"error": {"message": message, "type": kind, "code": status}}, status=status)
+
+    def bearer(request: web.Request) -> str | None:
+        h = request.headers.get("Authorization", "")
+        return h[7:].strip() if h.startswith("Bearer ") else None
+
+    def allowed(given: str | None, want: str | None) -> bool:
+        return want is None or (given is not None and hmac.compare_digest(given.encode(), want.encode()))
+
+    @routes.get("/health")
+    async def health(request: web.Request) -> web.Response:
+        ok = any(b.healthy for b in router.prefills) and any(b.healthy for b in router.decodes)
+        return web.json_response({"status": "ok" if ok else "degraded"}, status=200 if ok else 503)
+
+    @routes.get("/v1/models")
+    async def models(request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": router.spec.model, "object": "model",
+                                                              "created": 0, "owned_by": "voltana"}]})
+
+    async def states() -> dict[str, dict[str, Any] | None]:
+        async def one(b: Backend) -> tuple[str, dict[str, Any] | None]:
+            try:
+                async with router.session.get(f"{b.url}/_voltana/state",
+                                              timeout=aiohttp.ClientTimeout(total=2)) as r:
+                    if r.status == 200:
+                        st = await r.json()
+                        b.clock_mhz = st.get("clock_mhz")
+                        return b.url, st
+            except (TimeoutError, aiohttp.ClientError):
+                pass
+            return b.url, None
+
+        return dict(await asyncio.gather(*(one(b) for b in router.backends())))
+
+    @routes.get("/cluster")
+    async def cluster(request: web.Request) -> web.Response:
+        st = await states()
+        return web.json_response({
+            "policy": router.policy_name, "model": router.spec.model, "gpu": router.spec.gpu,
+            "slo_ttft_ms": router.spec.slo_ttft_ms, "slo_itl_ms": router.spec.slo_itl_ms,
+            "instances": [{"role": b.role, "url": b.url, "bootstrap_port": b.spec.bootstrap_port,
+                           "clock_mhz": (st.get(b.url) or {}).get("clock_mhz"), "healthy": b.healthy,
+                           "in_flight": b.view.num_requests, "routed": b.routed} for b in router.backends()]})
+
+    @routes.get("/energy")
+    async def energy(request: web.Request) -> web.Response:
+        st = await states()
+        inst = [{"url": b.url, "role": b.role,
+                 "energy_j": (st.get(b.url) or {}).get("total_j"),
+                 "busy_j": (st.get(b.url) or {}).get("busy_j"), "idle_j": (st.get(b.url) or {}).get("idle_j")}
+                for b in router.backends()]
+        known = [x["energy_j"] for x in inst if x["energy_j"] is not None]
+        return web.json_response({"total_j": sum(known) if len(known) == len(inst) else None, "instances": inst,
+                                  "time_s": time.monotonic() - router.stats.started_s})
+
+    @routes.get("/metrics")
+    async def metrics(request: web.Request) -> web.Response:
+        from prometheus_client import generate_latest
+
+        router.metrics.observe_instances(router, await states())
+        router.metrics.inflight.set(router.stats.inflight)
+        return web.Response(body=generate_latest(router.metrics.registry), content_type="text/plain",
+                            charset="utf-8")
+
+    # ---- admin -----------------------------------------------------------------------------------------
+    async def admin_guard(request: web.Request) -> web.Response | None:
+        if router.admin_token is None:
+            return error(403, "the admin API is disabled: start voltana serve with --admin-token "
+                         "(or VOLTANA_ADMIN_TOKEN)", "permission_error")
+        if not allowed(bearer(request), router.admin_token):
+            return error(401, "wrong or missing admin token: send 'Authorization: Bearer <token>'",
+                         "authentication_error")
+        return None
+
+    async def pin_clocks(clocks: tuple[int, int]) -> list[str]:
+        failed = []
+        for b in router.backends():
+            c = clocks[0] if b.role == "prefill" else clocks[1]
+            try:
+                async with router.session.post(f"{b.url}/_voltana/clock", json={"clock_mhz": c},
+                                               timeout=aiohttp.ClientTimeout(total=5)) as r:
+                    if r.status != 200:
+                        failed.append(f"{b.url}: HTTP {r.status}")
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                failed.append(f"{b.url}: {exc.__class__.__name__}")
+        return failed
+
+    @routes.post("/admin/policy")
+    async def admin_policy(request: web.Request) -> web.Response:
+        denied = await admin_guard(request)
+        if denied is not None:
+            return denied
+        try:
+            body = await request.json()
+        except ValueError:
+            return error(400, "the request body is not valid JSON")
+        name = body.get("policy") if isinstance(body, dict) else None
+        if not isinstance(name, str):
+            return error(400, "give {\"policy\": \"<name>\"}, e.g. static-max or static:1200/990")
+        previous = router.policy_name
+        try:
+            router.set_policy(name)
+        except UserError as exc:
+            return error(400, exc.problem)
+        clocks = router.static_clocks()
+        if clocks is None:
+            router.set_policy(previous)
+            return error(409, f"{name} sets clocks per iteration: it needs the per-instance controller sidecars, "
+                         "which this voltana serve does not run yet; use static-max, static-min or "
+                         "static:<prefill>/<decode>", "unsupported")
+        failed = await pin_clocks(clocks)
+        if failed:
+            return error(502, f"could not set the clock on {'; '.join(failed)}", "backend_error")
+        return web.json_response({"policy": router.policy_name, "prefill_clock_mhz": clocks[0],
+                                  "decode_clock_mhz": clocks[1]})
+
+    # ---- inference -------------------------------------------------------------------------------------
+    async def infer(request: web.Request) -> web.StreamResponse:
+        path = request.path
+        kind = _INFER[path]
+        if not allowed(bearer(request), router.api_key):
+            router.metrics.requests.labels(path, "401").inc()
+            return error(401, "wrong or missing API key: send 'Authorization: Bearer <key>'", "authentication_error")
+        try:
+            body = await request.json()
+        except ValueError:
+            router.metrics.requests.labels(path, "400").inc()
+            return error(400, "the request body is not valid JSON")
+        try:
+            req = parse_request(kind, body, max_context)
+        except BadRequest as exc:
+            router.metrics.requests.labels(path, "400").inc()
+            return error(400, str(exc))
+        if router.stats.inflight >= router.max_inflight:
+            router.metrics.requests.labels(path, "503").inc()
+            return error(503, f"{router.max_inflight} requests are in flight: retry later", "overloaded")
+        try:
+            p, d = router.choose(req.input_tokens)
+        except NoBackend as exc:
+            router.metrics.requests.labels(path, "503").inc()
+            return error(503, str(exc), "unavailable")
+        room = random.getrandbits(63)
+        fwd = {**body, "bootstrap_host": p.spec.host, "bootstrap_port": p.spec.bootstrap_port,
+               "bootstrap_room": room}
+        router.admit(p, d, req.input_tokens, req.output_tokens)
+        router.metrics.decisions.labels("prefill", p.url).inc()
+        router.metrics.decisions.labels("decode", d.url).inc()
+        router.stats.inflight += 1
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=UPSTREAM_TIMEOUT_S)
+        t0 = time.monotonic()
+
+        async def to_prefill() -> None:
+            try:
+                async with router.session.post(f"{p.url}{path}", json=fwd, timeout=timeout) as r:
+                    await r.read()
+                    if r.status >= 500:
+                        router.mark_failed(p)
+            except (TimeoutError, aiohttp.ClientError):
+                router.mark_failed(p)
+            finally:
+                router.prefill_done(p, req.input_tokens)
+
+        pre_task = asyncio.ensure_future(to_prefill())
+        resp: web.StreamResponse | None = None
+        status = "200"
+        try:
+            async with router.session.post(f"{d.url}{path}", json=fwd, timeout=timeout) as up:
+                if up.status != 200 or not req.stream:
+                    data = await up.read()
+                    status = str(up.status)
+                    if up.status >= 500:
+                        router.mark_failed(d)
+                    return web.Response(body=data, status=up.status, content_type="application/json")
+                resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+                await resp.prepare(request)
+                last = None
+                async for chunk in up.content.iter_any():
+                    now = time.monotonic()
+                    if last is None:
+                        router.metrics.ttft.observe(now - t0)
+                    else:
+                        router.metrics.itl.observe(now - last)
+                    last = now
+                    try:
+                        await resp.write(chunk)
+                    except ConnectionError:  # the client left: leaving this block closes both upstream requests
+                        status = "499"
+                        pre_task.cancel()
+                        return resp
+                await resp.write_eof()
+                return resp
+        except asyncio.CancelledError:  # the client left before the answer began
+            status = "499"
+            pre_task.cancel()
+            raise
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            router.mark_failed(d)
+            status = "502"
+            if resp is not None:  # the stream had begun: end it with an error event
+                await resp.write(f'data: {{"error": {{"message": "decode instance {d.url} failed: '
+                                 f'{exc.__class__.__name__}", "type": "backend_error", "code": 502}}}}\n\n'.encode())
+                return resp
+            return error(502, f"decode instance {d.url} failed: {exc.__class__.__name__}", "backend_error")
+        finally:
+            router.stats.inflight -= 1
+            router.decode_done(d, req.input_tokens, req.output_tokens)
+            router.metrics.requests.labels(path, status).inc()
+            if status not in ("200", "499") and not pre_task.done():
+                pre_task.cancel()  # the decode side failed: the prefill's answer is not needed
+
+    for path in _INFER:
+        routes.post(path)(infer)
+
+    async def probe(app: web.Application) -> Any:
+        async def loop() -> None:
+            while True:
+                for b in router.backends():
+                    try:
+                        async with router.session.get(f"{b.url}/health", timeout=aiohttp.ClientTimeout(total=2)) as r:
+                            b.healthy = r.status == 200
+                    except (TimeoutError, aiohttp.ClientError):
+                        b.healthy = False
+                await asyncio.sleep(HEALTH_PERIOD_S)
+
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
+        router.session = aiohttp.ClientSession(connector=connector)
+        task = asyncio.ensure_future(loop())
+        yield
+        task.cancel()
+        await router.session.close()
+
+    app = web.Application(client_max_size=32 * 1024 * 1024)
+    app.add_routes(routes)
+    app.cleanup_ctx.append(probe)
+    return app
+
+
+async def run_router(router: Router, host: str, port: int, ready: Any = None) -> None:
+    """Serve the router on ``host:port`` until cancelled."""
+    from aiohttp import web
+
+    # Handlers are cancelled when their client disconnects: a request whose client left is aborted upstream.
+    runner = web.AppRunner(make_router_app(router), access_log=None, handler_cancellation=True)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise UserError(f"cannot listen on {host}:{port}: {exc.strerror or exc}: choose another --port or stop "
+                        "what holds it", field="port") from None
+    if ready:
+        ready()
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()

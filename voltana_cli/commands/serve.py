@@ -55,6 +55,9 @@ def serve(
                                        "require (env VOLTANA_API_KEY); required when --host is not loopback."),
     node: str | None = typer.Option(None, help="Start only the instances of this host of the --config (the "
                                     "router runs where the config's router host is)."),
+    router_only: bool = typer.Option(False, "--router-only", help="Start only the router, in front of instances "
+                                     "that already run (started by `voltana serve --node` on their hosts, or by "
+                                     "hand) at the config's URLs."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and the exact commands; start nothing."),
     ready_timeout_s: float = typer.Option(0.0, help="Seconds to wait for every instance's health (0: 60 for "
                                           "emulated engines, 1800 for SGLang, which loads weights)."),
@@ -74,14 +77,14 @@ def serve(
                             "(or VOLTANA_API_KEY) so that inference needs it", field="api_key")
         router = Router(spec, policy, admin_token, api_key)  # checks the policy before anything starts
         ipc_dir = Path(os.environ.get("VOLTANA_STATE_DIR") or tempfile.gettempdir())
-        planned = plan(spec, node, ipc_dir)
-        runs_router = node is None or node == spec.router.host
+        planned = [] if router_only else plan(spec, node, ipc_dir)
+        runs_router = router_only or node is None or node == spec.router.host
         if dry_run:
             _print_plan(spec, planned, runs_router, router.policy_name)
             return
-        if spec.engine == "sglang":
+        if spec.engine == "sglang" and planned:
             check_sglang(installed_sglang())
-        check_ports_free(spec, node, runs_router)
+        check_ports_free(spec, node, runs_router, instances=not router_only)
         log_dir = Path(tempfile.mkdtemp(prefix="voltana-serve-"))
         sup = Supervisor(log_dir)
         try:
@@ -89,12 +92,21 @@ def serve(
             sup.wait_healthy(ready_timeout_s or (60.0 if spec.engine == "sim" else 1800.0))
             console.print(f"voltana serve: {len(planned)} {spec.engine} instance(s) ready (logs in {log_dir})")
             if runs_router:
-                asyncio.run(_run(router, spec, sup, console))
+                _event_loop_runner()(_run(router, spec, sup, console))
             else:
                 _wait(sup)
         finally:
             sup.stop()
             console.print("voltana serve: stopped")
+
+
+def _event_loop_runner():  # type: ignore[no-untyped-def]
+    """``uvloop.run`` where uvloop is installed (a faster event loop for the router), else ``asyncio.run``."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run
+    return uvloop.run
 
 
 def _loopback(host: str) -> bool:

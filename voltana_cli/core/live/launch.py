@@ -128,9 +128,9 @@ def plan(spec: ClusterSpec, node: str | None, ipc_dir: Path) -> list[Planned]:
     return out
 
 
-def check_ports_free(spec: ClusterSpec, node: str | None, router: bool) -> None:
+def check_ports_free(spec: ClusterSpec, node: str | None, router: bool, instances: bool = True) -> None:
     """Refuse, before starting anything, a port of this node that something already listens on."""
-    wanted = [(i.host, p, f"{i.role} instance") for i in spec.on_node(node)
+    wanted = [(i.host, p, f"{i.role} instance") for i in (spec.on_node(node) if instances else [])
               for p in (i.port, i.bootstrap_port) if p is not None]
     if router:
         wanted.append((spec.router.host, spec.router.port, "the router"))

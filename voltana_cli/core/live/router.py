@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import random
 import time
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ UPSTREAM_TIMEOUT_S = 600.0
 #: In-flight requests beyond which new ones get 503.
 DEFAULT_MAX_INFLIGHT = 4096
 _INFER = {"/generate": "generate", "/v1/completions": "completions", "/v1/chat/completions": "chat"}
+_JSON = {"Content-Type": "application/json"}
 
 
 @dataclass
@@ -396,8 +398,9 @@ def make_router_app(router: Router) -> Any:
             router.metrics.requests.labels(path, "503").inc()
             return error(503, str(exc), "unavailable")
         room = random.getrandbits(63)
-        fwd = {**body, "bootstrap_host": p.spec.host, "bootstrap_port": p.spec.bootstrap_port,
-               "bootstrap_room": room}
+        # Serialised once for both instances.
+        fwd = json.dumps({**body, "bootstrap_host": p.spec.host, "bootstrap_port": p.spec.bootstrap_port,
+                          "bootstrap_room": room}).encode()
         router.admit(p, d, req.input_tokens, req.output_tokens)
         router.metrics.decisions.labels("prefill", p.url).inc()
         router.metrics.decisions.labels("decode", d.url).inc()
@@ -407,7 +410,7 @@ def make_router_app(router: Router) -> Any:
 
         async def to_prefill() -> None:
             try:
-                async with router.session.post(f"{p.url}{path}", json=fwd, timeout=timeout) as r:
+                async with router.session.post(f"{p.url}{path}", data=fwd, headers=_JSON, timeout=timeout) as r:
                     await r.read()
                     if r.status >= 500:
                         router.mark_failed(p)
@@ -420,7 +423,7 @@ def make_router_app(router: Router) -> Any:
         resp: web.StreamResponse | None = None
         status = "200"
         try:
-            async with router.session.post(f"{d.url}{path}", json=fwd, timeout=timeout) as up:
+            async with router.session.post(f"{d.url}{path}", data=fwd, headers=_JSON, timeout=timeout) as up:
                 if up.status != 200 or not req.stream:
                     data = await up.read()
                     status = str(up.status)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+from collections.abc import Callable, Coroutine
+from typing import Any
 import os
 import signal
 import tempfile
@@ -100,7 +102,7 @@ def serve(
             console.print("voltana serve: stopped")
 
 
-def _event_loop_runner():  # type: ignore[no-untyped-def]
+def _event_loop_runner() -> Callable[[Coroutine[Any, Any, None]], None]:
     """``uvloop.run`` where uvloop is installed (a faster event loop for the router), else ``asyncio.run``."""
     try:
         import uvloop

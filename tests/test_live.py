@@ -147,8 +147,10 @@ def _serve(tmp_path: Path, n_decode: int = 1) -> tuple[subprocess.Popen, str, Pa
     router = ports[-1]
     cfg = _cfg(tmp_path, {"engine": "sim", "instances": insts, "router": {"port": router}})
     log = tmp_path / "serve.log"
+    state = tmp_path / "state"  # this cluster's clock-lock records
     proc = subprocess.Popen([*VOLTANA, "serve", "--config", str(cfg), "--admin-token", "s3cret"],
-                            stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True,
+                            env={**os.environ, "VOLTANA_STATE_DIR": str(state)})
     url = f"http://127.0.0.1:{router}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -169,7 +171,7 @@ def _serve(tmp_path: Path, n_decode: int = 1) -> tuple[subprocess.Popen, str, Pa
 def _engine_pids(ports: list[int]) -> list[int]:
     pids = []
     for p in ports:
-        out = subprocess.run(["pgrep", "-f", f"voltana_cli.core.live.engine .*--port {p} "], capture_output=True,
+        out = subprocess.run(["pgrep", "-f", f"voltana_cli.core.live.run_engine .*--port {p} "], capture_output=True,
                              text=True)
         pids += [int(x) for x in out.stdout.split()]
     return pids
@@ -272,4 +274,43 @@ def test_a_backend_killed_midway_fails_its_requests_cleanly_and_the_rest_go_on(t
     finally:
         code = _stop(proc)
     assert code == 0, log.read_text()
+    assert _engine_pids(ports) == []
+
+
+def _locks(tmp_path: Path) -> dict[str, dict]:
+    folder = tmp_path / "state" / "locks"
+    return {p.name: json.loads(p.read_text()) for p in folder.glob("*.json")} if folder.is_dir() else {}
+
+
+def _wait_for(cond, timeout_s: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_sidecars_run_the_policy_and_a_killed_one_has_its_clocks_reset_by_serve(tmp_path):
+    """Each instance's sidecar holds its GPU's clock lock; kill -9 of one: serve resets that GPU's clocks from the
+    dead owner's record and restarts it; at shutdown every clock is reset and no record is left."""
+    proc, url, log, ports = _serve(tmp_path)
+    try:
+        status, body = _post(f"{url}/admin/policy", b'{"policy": "static:1200/990"}', {"Authorization": "Bearer s3cret"})
+        assert status == 200, body
+        assert _wait_for(lambda: {(i["role"], i["clock_mhz"]) for i in _get(f"{url}/cluster")[1]["instances"]}
+                         == {("prefill", 1200), ("decode", 990)})
+        locks = _locks(tmp_path)
+        assert len(locks) == 2 and {r["clock_mhz"] for r in locks.values()} == {1200, 990}
+        victim = next(r for r in locks.values() if r["clock_mhz"] == 990)["pid"]
+        os.kill(victim, signal.SIGKILL)
+        assert _wait_for(lambda: "locked its clocks at 990 MHz and is gone; the clocks are reset now" in log.read_text())
+        assert _wait_for(lambda: any(r["pid"] != victim and r["clock_mhz"] == 990 for r in _locks(tmp_path).values()))
+        # A dynamic policy runs in the sidecars too (the router cannot pin it).
+        status, body = _post(f"{url}/admin/policy", b'{"policy": "voltana"}', {"Authorization": "Bearer s3cret"})
+        assert status == 200 and body["policy"] == "voltana", body
+    finally:
+        code = _stop(proc)
+    assert code == 0, log.read_text()
+    assert "clocks reset" in log.read_text() and _locks(tmp_path) == {}
     assert _engine_pids(ports) == []

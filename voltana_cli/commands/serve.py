@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import os
 import signal
 import tempfile
 from collections.abc import Callable, Coroutine
@@ -16,17 +15,22 @@ from rich.console import Console
 
 from voltana_cli.commands import user_errors
 from voltana_cli.core.errors import UserError
+from voltana_cli.core.hardware import LockStore, default_lock_dir
 from voltana_cli.core.live import (
     ClusterSpec,
+    InstanceSpec,
     Router,
     Supervisor,
     check_ports_free,
     check_sglang,
     cluster_from_flags,
     installed_sglang,
+    instance_gpus,
     load_cluster,
     plan,
+    recover_clocks,
     run_router,
+    sidecar_plan,
 )
 from voltana_cli.core.models import defaults
 
@@ -65,7 +69,7 @@ def serve(
                                           "emulated engines, 1800 for SGLang, which loads weights)."),
 ) -> None:
     """Launch a P/D cluster behind voltana's router; runs in the foreground until SIGINT/SIGTERM."""
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True, highlight=False)  # one event, one line (logs are grepped)
     with user_errors(FLAGS):
         if config is not None:
             spec = load_cluster(config)
@@ -78,28 +82,94 @@ def serve(
             raise UserError(f"the router would listen on {spec.router.host}, beyond this machine: give --api-key "
                             "(or VOLTANA_API_KEY) so that inference needs it", field="api_key")
         router = Router(spec, policy, admin_token, api_key)  # checks the policy before anything starts
-        ipc_dir = Path(os.environ.get("VOLTANA_STATE_DIR") or tempfile.gettempdir())
-        planned = [] if router_only else plan(spec, node, ipc_dir)
         runs_router = router_only or node is None or node == spec.router.host
         if dry_run:
-            _print_plan(spec, planned, runs_router, router.policy_name)
+            ipc_dir = Path(tempfile.gettempdir()) / "voltana-serve-RUN"
+            planned = [] if router_only else plan(spec, node, ipc_dir)
+            sidecars = [] if router_only else sidecar_plan(spec, node, ipc_dir, router.policy_name)
+            _print_plan(spec, [*planned, *sidecars], runs_router, router.policy_name)
             return
-        if spec.engine == "sglang" and planned:
+        if spec.engine == "sglang" and not router_only:
             check_sglang(installed_sglang())
         check_ports_free(spec, node, runs_router, instances=not router_only)
-        log_dir = Path(tempfile.mkdtemp(prefix="voltana-serve-"))
-        sup = Supervisor(log_dir)
+        run_dir = Path(tempfile.mkdtemp(prefix="voltana-serve-"))  # logs and the metrics streams' sockets
+        cluster = _Cluster(spec, node, run_dir, console, with_sidecars=not router_only)
         try:
-            sup.start(planned)
-            sup.wait_healthy(ready_timeout_s or (60.0 if spec.engine == "sim" else 1800.0))
-            console.print(f"voltana serve: {len(planned)} {spec.engine} instance(s) ready (logs in {log_dir})")
+            cluster.start(router.policy_name, ready_timeout_s or (60.0 if spec.engine == "sim" else 1800.0))
             if runs_router:
-                _event_loop_runner()(_run(router, spec, sup, console))
+                if cluster.with_sidecars:
+                    router.on_policy = cluster.change_policy
+                _event_loop_runner()(_run(router, spec, cluster, console))
             else:
-                _wait(sup)
+                _wait(cluster)
         finally:
-            sup.stop()
-            console.print("voltana serve: stopped")
+            cluster.stop()
+            console.print("voltana serve: stopped; clocks reset")
+
+
+class _Cluster:
+    """This node's processes: the instances and their controller sidecars (started after the instances,
+    stopped before them, so that clocks are reset while the instances still answer)."""
+
+    def __init__(self, spec: ClusterSpec, node: str | None, run_dir: Path, console: Console, with_sidecars: bool):
+        self.spec, self.node, self.run_dir, self.console = spec, node, run_dir, console
+        self.with_sidecars = with_sidecars
+        self.instances = Supervisor(run_dir)
+        self.sidecars = Supervisor(run_dir)
+        self.policy = ""
+        self.store = LockStore(default_lock_dir())
+        self._restarts: dict[str, list[float]] = {}
+
+    def start(self, policy: str, timeout_s: float) -> None:
+        if self.with_sidecars:
+            self.instances.start(plan(self.spec, self.node, self.run_dir))
+            self.instances.wait_healthy(timeout_s)
+            self.policy = policy
+            self.sidecars.start(sidecar_plan(self.spec, self.node, self.run_dir, policy))
+        n = len(self.instances.plans)
+        self.console.print(f"voltana serve: {n} {self.spec.engine} instance(s) ready, {len(self.sidecars.plans)} "
+                           f"controller sidecar(s) (logs in {self.run_dir})")
+
+    async def change_policy(self, policy: str) -> list[str]:
+        """Restart the sidecars with ``policy`` (each resets its clocks on the way out); what failed to start."""
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self.sidecars.replace,
+                                   sidecar_plan(self.spec, self.node, self.run_dir, policy))
+        self.policy = policy
+        await asyncio.sleep(1.0)
+        return [f"{n} exited with code {c}: {self.sidecars.log_tail(n)}" for n, c in self.sidecars.dead()]
+
+    def _instance_of(self, sidecar: str) -> InstanceSpec:
+        _, role, index = sidecar.split("-")
+        return self.spec.of_role(role)[int(index)]
+
+    def recover(self, sidecar: str) -> list[str]:
+        """Reset the clocks a dead sidecar left locked (its lock records name it)."""
+        return recover_clocks(instance_gpus(self.spec, self._instance_of(sidecar)), self.store)
+
+    def check(self, now: float) -> bool:
+        """Restart what died (a sidecar after its clocks are reset); ``False`` when something keeps dying."""
+        for sup, kind in ((self.instances, "instance"), (self.sidecars, "sidecar")):
+            for name, code in sup.dead():
+                recent = [t for t in self._restarts.get(name, []) if now - t < RESTART_WINDOW_S]
+                if len(recent) >= MAX_RESTARTS:
+                    self.console.print(f"voltana serve: {name} exited with code {code} {MAX_RESTARTS + 1} times "
+                                       f"within {RESTART_WINDOW_S:g} s: {sup.log_tail(name)}; stopping")
+                    return False
+                if kind == "sidecar":
+                    for note in self.recover(name):
+                        self.console.print(f"voltana serve: {note}")
+                self.console.print(f"voltana serve: {name} exited with code {code}; restarting it")
+                self._restarts[name] = [*recent, now]
+                sup.restart(name)
+        return True
+
+    def stop(self) -> None:
+        self.sidecars.stop()
+        for name in self.sidecars.plans:  # one killed past its grace period left its records: reset now
+            for note in self.recover(name):
+                self.console.print(f"voltana serve: {note}")
+        self.instances.stop()
 
 
 def _event_loop_runner() -> Callable[[Coroutine[Any, Any, None]], None]:
@@ -130,8 +200,8 @@ def _print_plan(spec: ClusterSpec, planned: list, runs_router: bool, policy: str
         typer.echo(f"# router: voltana's, in this process, on http://{spec.router.host}:{spec.router.port}")
 
 
-async def _run(router: Router, spec: ClusterSpec, sup: Supervisor, console: Console) -> None:
-    """The router until SIGINT/SIGTERM, or until an instance process dies (then everything stops)."""
+async def _run(router: Router, spec: ClusterSpec, cluster: _Cluster, console: Console) -> None:
+    """The router until SIGINT/SIGTERM (or until a process keeps dying); dead processes are restarted."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -139,23 +209,12 @@ async def _run(router: Router, spec: ClusterSpec, sup: Supervisor, console: Cons
     task = asyncio.ensure_future(run_router(router, spec.router.host, spec.router.port, ready=lambda: console.print(
         f"voltana serve: router on http://{spec.router.host}:{spec.router.port} (policy {router.policy_name})")))
 
-    restarts: dict[str, list[float]] = {}
-
     async def watch() -> None:
-        # An instance that dies is restarted (its requests in flight got errors; the router routes around it
-        # until its health probe passes again); one that keeps dying stops the whole cluster.
+        # A dead instance's requests in flight got errors; the router routes around it until its health probe
+        # passes again. A dead sidecar's clocks are reset from its lock records before it is restarted.
         while not stop.is_set():
-            for name, code in sup.dead():
-                now = loop.time()
-                recent = [t for t in restarts.get(name, []) if now - t < RESTART_WINDOW_S]
-                if len(recent) >= MAX_RESTARTS:
-                    console.print(f"voltana serve: {name} exited with code {code} {MAX_RESTARTS + 1} times within "
-                                  f"{RESTART_WINDOW_S:g} s: {sup.log_tail(name)}; stopping")
-                    stop.set()
-                    break
-                console.print(f"voltana serve: {name} exited with code {code}; restarting it")
-                restarts[name] = [*recent, now]
-                sup.restart(name)
+            if not await loop.run_in_executor(None, cluster.check, loop.time()):
+                stop.set()
             await asyncio.sleep(0.5)
 
     watcher = asyncio.ensure_future(watch())
@@ -168,8 +227,10 @@ async def _run(router: Router, spec: ClusterSpec, sup: Supervisor, console: Cons
         raise task.exception()  # type: ignore[misc]
 
 
-def _wait(sup: Supervisor) -> None:
-    """This node runs instances only: until a signal, or until one of them dies."""
+def _wait(cluster: _Cluster) -> None:
+    """This node runs instances only: until a signal, or until a process keeps dying."""
+    import time
+
     stop = {"now": False}
 
     def on_signal(signum: int, frame: object) -> None:
@@ -177,7 +238,5 @@ def _wait(sup: Supervisor) -> None:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_signal)
-    import time
-
-    while not stop["now"] and not sup.dead():
+    while not stop["now"] and cluster.check(time.monotonic()):
         time.sleep(0.5)

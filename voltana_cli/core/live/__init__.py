@@ -14,11 +14,15 @@ from voltana_cli.core.live.launch import (
     installed_sglang,
     plan,
     sglang_argv,
+    sidecar_argv,
+    sidecar_plan,
 )
 from voltana_cli.core.live.router import Router, make_router_app, run_router
+from voltana_cli.core.live.sidecar import EngineGpu, instance_gpus, recover_clocks
 
 __all__ = [
     "ClusterSpec",
+    "EngineGpu",
     "InstanceSpec",
     "LiveRun",
     "Planned",
@@ -31,12 +35,16 @@ __all__ = [
     "engine_argv",
     "get_json",
     "installed_sglang",
+    "instance_gpus",
     "live_report",
     "load_cluster",
     "make_router_app",
     "plan",
+    "recover_clocks",
     "replay",
     "run_live_bench",
     "run_router",
     "sglang_argv",
+    "sidecar_argv",
+    "sidecar_plan",
 ]

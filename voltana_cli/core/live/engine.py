@@ -225,6 +225,7 @@ class EmulatedEngine:
         self._running: dict[int, int] = {}  # decode: request id -> tokens still to deliver
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.publish: Callable[[dict[str, Any]], None] | None = None  # per-iteration state (``ForwardPassStream``)
         self.started_requests = 0
         self.finished_requests = 0
 
@@ -403,6 +404,24 @@ class EmulatedEngine:
                     break
                 await asyncio.sleep(max(0.0, t + dt - self.now()))
                 self._after(inst.finish(self.now()))
+                if self.publish is not None:
+                    self.publish(self.forward_pass(dt))
+
+    def forward_pass(self, wall_s: float) -> dict[str, Any]:
+        """The iteration that just ran and the queue now, as SGLang's forward-pass metrics message
+        (``../shared/SGLANG.md``): what the sidecar reads of an emulated and a real instance alike."""
+        inst = self.inst
+        zero = {"num_prefill_requests": 0, "sum_prefill_tokens": 0, "var_prefill_length": 0.0,
+                "num_decode_requests": 0, "sum_decode_kv_tokens": 0, "var_decode_kv_tokens": 0.0}
+        sched, queued = dict(zero), dict(zero)
+        if isinstance(inst, DecodeInstance):
+            sched.update(num_decode_requests=inst.last_batch, sum_decode_kv_tokens=inst.last_tokens)
+            queued.update(num_decode_requests=len(inst.waiting) + len(inst.prealloc))
+        else:
+            sched.update(num_prefill_requests=inst.last_batch, sum_prefill_tokens=inst.last_tokens)
+            queued.update(num_prefill_requests=len(inst.queue), sum_prefill_tokens=inst.queued_tokens)
+        return {"version": 1, "worker_id": self.url, "dp_rank": 0, "counter_id": inst.record.iterations,
+                "wall_time": wall_s, "scheduled_requests": sched, "queued_requests": queued}
 
 
 # ---- HTTP ------------------------------------------------------------------------------------------------
@@ -626,7 +645,7 @@ def make_engine(role: str, gpu: str, model: str, tp: int, url: str, clock_mhz: i
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m voltana_cli.core.live.engine``: one emulated instance in the foreground (``voltana serve
+    """``python -m voltana_cli.core.live.run_engine``: one emulated instance in the foreground (``voltana serve
     --engine sim`` starts one per instance)."""
     ap = argparse.ArgumentParser(prog="voltana-emulated-engine", description=main.__doc__)
     ap.add_argument("--role", required=True, choices=["prefill", "decode"])
@@ -637,6 +656,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", required=True)
     ap.add_argument("--tp", type=int, default=1)
     ap.add_argument("--clock-mhz", type=int)
+    ap.add_argument("--forward-pass-metrics-ipc-name", help="Publish every iteration's state here, as SGLang's "
+                    "--forward-pass-metrics-ipc-name does (ipc:///path/name; the socket is name.0).")
     a = ap.parse_args(argv)
     try:
         import aiohttp
@@ -656,8 +677,18 @@ def main(argv: list[str] | None = None) -> int:
                         await asyncio.sleep(0.05 * (attempt + 1) * (1 + random.random()))
 
             eng = make_engine(a.role, a.gpu, a.model, a.tp, f"http://{a.host}:{a.port}", a.clock_mhz, post)
-            await serve_engine(eng, a.host, a.port, a.bootstrap_port,
-                               ready=lambda: print(f"ready {a.role} on {a.host}:{a.port}", flush=True))
+            stream = None
+            if a.forward_pass_metrics_ipc_name:
+                from voltana_cli.core.live.forward_pass import ForwardPassPublisher
+
+                stream = ForwardPassPublisher(a.forward_pass_metrics_ipc_name)
+                eng.publish = stream.send
+            try:
+                await serve_engine(eng, a.host, a.port, a.bootstrap_port,
+                                   ready=lambda: print(f"ready {a.role} on {a.host}:{a.port}", flush=True))
+            finally:
+                if stream is not None:
+                    stream.close()
 
     try:
         asyncio.run(amain())
@@ -670,7 +701,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {a.role} instance on {a.host}:{a.port}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -94,19 +94,45 @@ def sglang_argv(spec: ClusterSpec, inst: InstanceSpec, index: int, ipc_dir: Path
             "--nccl-port", str(NCCL_BASE + index), "--enable-metrics",
             # Per-iteration state for the controller sidecar, without patching SGLang (0.5.19+).
             "--enable-forward-pass-metrics", "--forward-pass-metrics-ipc-name",
-            f"ipc://{ipc_dir / f'voltana-{inst.role}-{inst.port}'}"]
+            ipc_name(inst, ipc_dir)]
     if inst.role == "prefill":
         argv += ["--disaggregation-bootstrap-port", str(inst.bootstrap_port)]
     return argv
 
 
-def engine_argv(spec: ClusterSpec, inst: InstanceSpec, python: str = sys.executable) -> list[str]:
+def ipc_name(inst: InstanceSpec, ipc_dir: Path) -> str:
+    """The forward-pass metrics stream of an instance (the engine publishes it, its sidecar reads it)."""
+    return f"ipc://{ipc_dir / f'voltana-{inst.role}-{inst.port}'}"
+
+
+def engine_argv(spec: ClusterSpec, inst: InstanceSpec, ipc_dir: Path, python: str = sys.executable) -> list[str]:
     """The emulated engine's command of one instance."""
-    argv = [python, "-m", "voltana_cli.core.live.engine", "--role", inst.role, "--host", inst.host,
-            "--port", str(inst.port), "--gpu", spec.gpu, "--model", spec.model, "--tp", str(inst.tp)]
+    argv = [python, "-m", "voltana_cli.core.live.run_engine", "--role", inst.role, "--host", inst.host,
+            "--port", str(inst.port), "--gpu", spec.gpu, "--model", spec.model, "--tp", str(inst.tp),
+            "--forward-pass-metrics-ipc-name", ipc_name(inst, ipc_dir)]
     if inst.bootstrap_port is not None:
         argv += ["--bootstrap-port", str(inst.bootstrap_port)]
     return argv
+
+
+def sidecar_argv(spec: ClusterSpec, inst: InstanceSpec, ipc_dir: Path, policy: str,
+                 python: str = sys.executable) -> list[str]:
+    """The controller sidecar's command of one instance (NVML on SGLang's GPUs, the emulated GPU otherwise)."""
+    argv = [python, "-m", "voltana_cli.core.live.run_sidecar", "--role", inst.role, "--ipc", ipc_name(inst, ipc_dir),
+            "--url", inst.url, "--gpu", spec.gpu, "--model", spec.model, "--tp", str(inst.tp), "--policy", policy,
+            "--slo-ttft-ms", f"{spec.slo_ttft_ms:g}", "--slo-itl-ms", f"{spec.slo_itl_ms:g}"]
+    if spec.engine == "sglang":
+        argv += ["--gpu-kind", "nvml", "--gpu-ids", ",".join(map(str, inst.gpu_ids))]
+    return argv
+
+
+def sidecar_plan(spec: ClusterSpec, node: str | None, ipc_dir: Path, policy: str) -> list[Planned]:
+    """One controller sidecar per instance of ``node`` (no health URL: it serves nothing)."""
+    out = []
+    for inst in spec.on_node(node):
+        index = spec.of_role(inst.role).index(inst)
+        out.append(Planned(f"sidecar-{inst.role}-{index}", sidecar_argv(spec, inst, ipc_dir, policy), "", {}))
+    return out
 
 
 def plan(spec: ClusterSpec, node: str | None, ipc_dir: Path) -> list[Planned]:
@@ -123,7 +149,7 @@ def plan(spec: ClusterSpec, node: str | None, ipc_dir: Path) -> list[Planned]:
         if spec.engine == "sglang":
             argv, env = sglang_argv(spec, inst, i, ipc_dir), dict[str, str]()
         else:
-            argv, env = engine_argv(spec, inst), dict[str, str]()
+            argv, env = engine_argv(spec, inst, ipc_dir), dict[str, str]()
         out.append(Planned(_name(inst, index), argv, f"{inst.url}/health", env))
     return out
 
@@ -174,6 +200,12 @@ class Supervisor:
         """Start a process that exited again (the router finds it healthy again by its probe)."""
         self._spawn(self.plans[name])
 
+    def replace(self, planned: list[Planned], grace_s: float = 10.0) -> None:
+        """Stop every process, then start ``planned`` instead (a policy change restarts the sidecars)."""
+        self.stop(grace_s)
+        self.procs, self.plans = {}, {}
+        self.start(planned)
+
     def log_tail(self, name: str, lines: int = 5) -> str:
         try:
             text = (self.log_dir / f"{name}.log").read_text(errors="replace").strip().splitlines()
@@ -188,7 +220,7 @@ class Supervisor:
     def wait_healthy(self, timeout_s: float) -> None:
         """Until every process answers its health URL; a process that exits, or the timeout, is a ``UserError``
         naming it with the end of its log."""
-        pending = dict(self.plans)
+        pending = {n: p for n, p in self.plans.items() if p.health_url}
         deadline = time.monotonic() + timeout_s
         while pending:
             for name, p in list(pending.items()):

@@ -26,6 +26,7 @@ import hmac
 import json
 import random
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,14 +103,14 @@ class Router:
         self.set_policy(policy or spec.policy)
         self.session: Any = None
         self.metrics = _RouterMetrics()
+        # Set where the cluster has controller sidecars (``voltana serve``): applies a policy's controllers by
+        # restarting them with it; returns what failed. Without it only static policies apply (clocks pinned
+        # through each instance's clock setter).
+        self.on_policy: Callable[[str], Awaitable[list[str]]] | None = None
 
     # ---- policy ----------------------------------------------------------------------------------------
-    def context(self, seed: int = 0) -> PolicyContext:
-        pm = self.pm
-        clocks = list(pm.clocks)
-        predictor = ModelPredictor(pm, 0.0, random_generator(seed), clocks)
-        return PolicyContext(tuple(clocks), tuple(pm.gpu.ecofreq_levels_mhz), self.spec.slo_ttft_ms / 1e3,
-                             self.spec.slo_itl_ms / 1e3, predictor, pm.engine.gemm_tile, prefill_router="round-robin")
+    def context(self) -> PolicyContext:
+        return live_context(self.pm, self.spec.slo_ttft_ms, self.spec.slo_itl_ms)
 
     def set_policy(self, name: str) -> Policy:
         """Place requests with policy ``name``'s routers from now on; a name the live world cannot run is a
@@ -175,6 +176,16 @@ class Router:
     def mark_failed(self, b: Backend) -> None:
         b.failures += 1
         b.healthy = False
+
+
+def live_context(pm: PerfModel, slo_ttft_ms: float, slo_itl_ms: float) -> PolicyContext:
+    """The policy context of the live world: the router's and the sidecars' policies predict with the
+    performance model of the cluster's GPU and model (exact: no drawn error); prefill instances are picked
+    round-robin."""
+    clocks = list(pm.clocks)
+    predictor = ModelPredictor(pm, 0.0, random_generator(0), clocks)
+    return PolicyContext(tuple(clocks), tuple(pm.gpu.ecofreq_levels_mhz), slo_ttft_ms / 1e3, slo_itl_ms / 1e3,
+                         predictor, pm.engine.gemm_tile, prefill_router="round-robin")
 
 
 class NoBackend(Exception):
@@ -360,12 +371,17 @@ def make_router_app(router: Router) -> Any:
             router.set_policy(name)
         except UserError as exc:
             return error(400, exc.problem)
+        if router.on_policy is not None:  # the sidecars run the policy's controllers
+            failed = await router.on_policy(name)
+            if failed:
+                return error(502, f"the controllers did not start: {'; '.join(failed)}", "backend_error")
+            return web.json_response({"policy": router.policy_name})
         clocks = router.static_clocks()
         if clocks is None:
             router.set_policy(previous)
             return error(409, f"{name} sets clocks per iteration: it needs the per-instance controller sidecars, "
-                         "which this voltana serve does not run yet; use static-max, static-min or "
-                         "static:<prefill>/<decode>", "unsupported")
+                         "which a router started with --router-only does not run; use static-max, static-min or "
+                         "static:<prefill>/<decode>, or start the instances with voltana serve", "unsupported")
         failed = await pin_clocks(clocks)
         if failed:
             return error(502, f"could not set the clock on {'; '.join(failed)}", "backend_error")
@@ -446,7 +462,10 @@ def make_router_app(router: Router) -> Any:
                         status = "499"
                         pre_task.cancel()
                         return resp
-                await resp.write_eof()
+                try:
+                    await resp.write_eof()
+                except ConnectionError:  # the client closed once it had every token: nothing is lost
+                    pass
                 return resp
         except asyncio.CancelledError:  # the client left before the answer began
             status = "499"

@@ -1,0 +1,211 @@
+"""The controller sidecar: one process per instance that reads the instance's per-iteration state, runs the
+pure controller, and sets the clocks of all the instance's GPUs through the GPU access layer.
+
+State comes from SGLang's forward-pass metrics stream (``forward_pass``; the emulated engine publishes the
+same messages), one message per iteration: the sidecar decides after each iteration for the ones that
+follow, on the shape of the iteration that just ran (the instance has already formed the next one when the
+message arrives: the decision lags one iteration; VoltanaLLM's own controller polls alike). A clock is
+lowered only after ``min_dwell_s`` at the current one (raising is immediate), so it does not flap; after
+the controller's idle timeout without an iteration it drops to the controller's idle clock.
+
+Clocks go through ``ClockGuard`` with a ``LockStore``: a second sidecar for a GPU that a live one holds is
+refused with the holder's pid; every exit path resets the clocks; and when the sidecar dies by ``kill -9``,
+``voltana serve`` (its supervisor) finds the record of a dead owner and resets them
+(``recover_clocks``). GPUs: NVML on a real card (root, or the record says why not); an emulated instance's
+clock setter over HTTP (``EngineGpu``) otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+from voltana_cli.core.errors import UserError
+from voltana_cli.core.hardware import ClockGuard, GpuDevice, LockStore, default_lock_dir
+from voltana_cli.core.policy import Observation
+
+#: Lowering the clock waits this long at the current one (raising is immediate).
+DEFAULT_MIN_DWELL_S = 0.05
+
+
+class EngineGpu:
+    """The GPU of an emulated instance: its clock setter is the engine's ``/_voltana/clock``.
+
+    Args:
+        url: the emulated instance.
+        clocks: its supported clocks, ascending.
+        default_mhz: the clock a reset returns to (an unlocked GPU boosts: the top clock).
+    """
+
+    def __init__(self, url: str, clocks: list[int], default_mhz: int, name: str = "emulated GPU"):
+        self.url = url.rstrip("/")
+        self.uid = f"emulated:{self.url}"
+        self.name = f"{name} of {self.url}"
+        self._clocks = clocks
+        self._default = default_mhz
+
+    def _post(self, mhz: int) -> None:
+        req = urllib.request.Request(f"{self.url}/_voltana/clock", data=json.dumps({"clock_mhz": mhz}).encode(),
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=5) as r:
+                r.read()
+        except (urllib.error.URLError, OSError) as exc:
+            raise RuntimeError(f"{self.url} did not take the clock: {exc}") from None
+
+    def _state(self) -> dict[str, Any]:
+        with urllib.request.urlopen(f"{self.url}/_voltana/state", timeout=5) as r:
+            return dict(json.loads(r.read()))
+
+    def supported_clocks_mhz(self) -> list[int]:
+        return list(self._clocks)
+
+    def sm_clock_mhz(self) -> int:
+        return int(self._state()["clock_mhz"])
+
+    def lock_clocks(self, min_mhz: int, max_mhz: int) -> None:
+        self._post(max_mhz)
+
+    def reset_clocks(self) -> None:
+        self._post(self._default)
+
+    def energy_j(self) -> float | None:
+        try:
+            return float(self._state()["total_j"])
+        except (urllib.error.URLError, OSError, KeyError):
+            return None
+
+    def power_w(self) -> float | None:
+        return None
+
+    def identity(self) -> dict[str, Any]:
+        return {"name": self.name, "uid": self.uid, "emulated": True}
+
+
+def observation(msg: dict[str, Any], role: str, now: float, clock: int) -> Observation:
+    """What the controller sees after one forward-pass message: the iteration that ran is the estimate of the
+    next one (its shape), and its duration and clock are the feedback."""
+    s, q = msg.get("scheduled_requests") or {}, msg.get("queued_requests") or {}
+    wall = float(msg.get("wall_time") or 0.0)
+    if role == "prefill":
+        batch, tokens = int(s.get("num_prefill_requests", 0)), int(s.get("sum_prefill_tokens", 0))
+        queued, queued_tokens = int(q.get("num_prefill_requests", 0)), int(q.get("sum_prefill_tokens", 0))
+    else:
+        batch, tokens = int(s.get("num_decode_requests", 0)), int(s.get("sum_decode_kv_tokens", 0))
+        queued, queued_tokens = int(q.get("num_decode_requests", 0)), 0
+    return Observation(now, batch, tokens, queued, 0.0, 0.0, wall, clock, batch, tokens, 0.0, queued_tokens, 0.0)
+
+
+def run(reader: Any, role: str, controller: Any, guard: ClockGuard, min_dwell_s: float = DEFAULT_MIN_DWELL_S,
+        now: Any = time.monotonic, until: Any = None) -> int:
+    """The sidecar loop: per message, decide and set; returns how many clock changes it made.
+
+    ``until()``: stop when true (``None``: run until the process is stopped)."""
+    current = controller.idle_clock_mhz
+    guard.set(current)
+    changed_at, last_msg, changes = now(), now(), 0
+    while until is None or not until():
+        msg = reader.read(0.5)
+        t = now()
+        if msg is None:
+            if t - last_msg > controller.idle_timeout_s and current != controller.idle_clock_mhz:
+                controller.on_idle_timeout()
+                current = controller.idle_clock_mhz
+                guard.set(current)
+                changes += 1
+            continue
+        last_msg = t
+        if not msg.get("scheduled_requests") or not msg.get("wall_time"):
+            continue  # an idle heartbeat
+        want = int(controller.decide(observation(msg, role, t, current)))
+        if want == current or (want < current and t - changed_at < min_dwell_s):
+            continue
+        guard.set(want)
+        current, changed_at = want, t
+        changes += 1
+    return changes
+
+
+def recover_clocks(gpus: list[GpuDevice], store: LockStore) -> list[str]:
+    """Reset the clocks a dead sidecar left locked (what its ``ClockGuard`` would have done); returns what was
+    reset. A GPU that a live sidecar holds is left alone."""
+    guard = ClockGuard(gpus, lock=False, store=store)
+    try:
+        guard._take_over()
+    except UserError:
+        return []
+    return guard.notices
+
+
+def instance_gpus(spec: Any, inst: Any) -> list[GpuDevice]:
+    """The GPUs whose clocks an instance's sidecar sets: NVML cards under SGLang, the emulated GPU otherwise."""
+    if spec.engine == "sglang":
+        from voltana_cli.core.hardware import NvmlGpu
+
+        return [NvmlGpu(i) for i in inst.gpu_ids]
+    from voltana_cli.core.models import PerfModel, engine_spec, gpu_spec, model_spec
+
+    clocks = list(PerfModel(gpu_spec(spec.gpu), model_spec(spec.model), engine_spec(), tp=inst.tp).clocks)
+    return [EngineGpu(inst.url, clocks, clocks[-1])]
+
+
+def build_controller(role: str, policy: str, gpu: str, model: str, tp: int, slo_ttft_ms: float,
+                     slo_itl_ms: float) -> tuple[Any, list[int]]:
+    """The policy's controller for ``role`` (and the GPU's clocks), built from the registry."""
+    from voltana_cli.core.live.router import live_context
+    from voltana_cli.core.models import PerfModel, engine_spec, gpu_spec, model_spec
+    from voltana_cli.core.policy import REGISTRY
+
+    pm = PerfModel(gpu_spec(gpu), model_spec(model), engine_spec(), tp=tp)
+    pol = REGISTRY.build(policy, live_context(pm, slo_ttft_ms, slo_itl_ms))
+    ctl = pol.make_prefill_controller() if role == "prefill" else pol.make_decode_controller()
+    return ctl, list(pm.clocks)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m voltana_cli.core.live.run_sidecar``: the controller of one instance (``voltana serve`` starts one
+    per instance)."""
+    ap = argparse.ArgumentParser(prog="voltana-sidecar", description=main.__doc__)
+    ap.add_argument("--role", required=True, choices=["prefill", "decode"])
+    ap.add_argument("--ipc", required=True, help="The instance's forward-pass metrics IPC name.")
+    ap.add_argument("--url", required=True, help="The instance's URL (the emulated GPU's clock setter).")
+    ap.add_argument("--gpu-kind", choices=["emulated", "nvml"], default="emulated")
+    ap.add_argument("--gpu-ids", default="", help="NVML: the instance's GPU indices, comma-separated.")
+    ap.add_argument("--gpu", required=True)
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--tp", type=int, default=1)
+    ap.add_argument("--policy", required=True)
+    ap.add_argument("--slo-ttft-ms", type=float, default=800.0)
+    ap.add_argument("--slo-itl-ms", type=float, default=50.0)
+    ap.add_argument("--min-dwell-s", type=float, default=DEFAULT_MIN_DWELL_S)
+    a = ap.parse_args(argv)
+    from voltana_cli.core.live.forward_pass import ForwardPassReader
+
+    try:
+        ctl, clocks = build_controller(a.role, a.policy, a.gpu, a.model, a.tp, a.slo_ttft_ms, a.slo_itl_ms)
+        gpus: list[GpuDevice]
+        if a.gpu_kind == "nvml":
+            from voltana_cli.core.hardware import NvmlGpu
+
+            gpus = [NvmlGpu(int(i)) for i in a.gpu_ids.split(",") if i.strip()]
+        else:
+            gpus = [EngineGpu(a.url, clocks, clocks[-1])]
+        store = LockStore(default_lock_dir())
+        reader = ForwardPassReader(a.ipc)
+        with ClockGuard(gpus, store=store, on_notice=lambda m: print(f"note: {m}", file=sys.stderr)) as guard:
+            print(f"sidecar {a.role} {a.url}: policy {a.policy}, clocks through "
+                  f"{'NVML' if a.gpu_kind == 'nvml' else 'the emulated GPU'}", flush=True)
+            run(reader, a.role, ctl, guard, a.min_dwell_s)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 0
+    except SystemExit as exc:  # SIGTERM inside the guard: clocks were reset on the way out
+        return 0 if exc.code in (143, 0, None) else int(exc.code) if isinstance(exc.code, int) else 1
+    return 0

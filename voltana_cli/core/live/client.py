@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from voltana_cli.core.errors import UserError
+from voltana_cli.core.live.sse import DONE, sse_message
 from voltana_cli.core.metrics import InstanceRecord, RequestLog
 from voltana_cli.core.workloads import Workload
 
@@ -103,14 +104,12 @@ async def _one(session: Any, base: str, n_in: int, n_out: int, api_key: str | No
                 out.error = f"HTTP {r.status}: {(await r.text())[:160]}"
                 return out
             async for raw in r.content:
-                line = raw.strip()
-                if not line.startswith(b"data:"):
+                msg = sse_message(raw)
+                if msg is None:
                     continue
-                data = line[5:].strip()
-                if data == b"[DONE]":
+                if msg == DONE or isinstance(msg, str):
                     break
                 now = time.monotonic() - t0
-                msg = json.loads(data)
                 if "error" in msg:
                     out.error = str(msg["error"].get("message", msg["error"]))[:160]
                     return out

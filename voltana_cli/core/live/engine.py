@@ -44,7 +44,7 @@ from typing import Any
 
 from voltana_cli.core.errors import UserError
 from voltana_cli.core.models import InstanceModel, PerfModel, engine_spec, gpu_spec, model_spec
-from voltana_cli.core.policy import Observation
+from voltana_cli.core.policy import StaticController
 from voltana_cli.core.sim import CostCache, DecodeInstance, Outcomes, PrefillInstance, Requests
 
 #: Bytes of UTF-8 text per token when a prompt comes as text (English BPE tokenisers average about 4).
@@ -57,22 +57,6 @@ TOKEN_TEXT = " tok"
 DEFAULT_MAX_TOKENS = {"generate": 128, "completions": 16, "chat": 128}
 #: Largest request body accepted (bytes).
 MAX_BODY_BYTES = 32 * 1024 * 1024
-
-
-class HeldClock:
-    """The frequency controller of an emulated instance: the clock the GPU access layer last set."""
-
-    idle_timeout_s = math.inf
-
-    def __init__(self, clock_mhz: int):
-        self.clock_mhz = clock_mhz
-        self.idle_clock_mhz = clock_mhz
-
-    def decide(self, obs: Observation) -> int:
-        return self.clock_mhz
-
-    def on_idle_timeout(self) -> None:
-        """Clocks are the sidecar's to change, never the engine's."""
 
 
 class BadRequest(Exception):
@@ -207,7 +191,9 @@ class EmulatedEngine:
         self._clock = now
         self._t0 = now()
         self._post = post
-        self.controller = HeldClock(model.check_clock(clock_mhz))
+        # The clock the GPU access layer last set: a static controller whose clock the setter moves (the
+        # engine never changes clocks itself; the sidecar does, through ``set_clock``).
+        self.controller = StaticController(model.check_clock(clock_mhz))
         self.requests = Requests()
         self.outcomes = Outcomes()
         costs = CostCache(model, model.engine.chunked_prefill_tokens)

@@ -33,6 +33,7 @@ from urllib.parse import urlsplit
 from voltana_cli import __version__
 from voltana_cli.core.errors import UserError
 from voltana_cli.core.hardware import ClockGuard, GpuDevice, NvmlGpu, total_energy_j
+from voltana_cli.core.live.sse import sse_message
 from voltana_cli.core.models.profile import Profile, ProfileMeta, Protocol, make_frame, now_iso, validate_frame, window_row
 from voltana_cli.core.profiling.measured import gpu_clocks, gpu_key_for, warn_if_no_energy
 from voltana_cli.core.profiling.plan import ProfilePlan
@@ -116,14 +117,12 @@ class SglangClient:
             if resp.status != 200:
                 return Stream(times, f"HTTP {resp.status}: {resp.read()[:200]!r}")
             for raw in resp:
-                line = raw.strip()
-                if not line.startswith(b"data:"):
+                msg = sse_message(raw)
+                if msg is None:
                     continue
-                data = line[5:].strip()
-                if data == b"[DONE]":
+                if isinstance(msg, str):  # the end marker
                     break
                 now = time.perf_counter()
-                msg = json.loads(data)
                 n = int(msg.get("meta_info", {}).get("completion_tokens", seen + 1))
                 times.extend([now] * max(0, n - seen))  # a chunk may carry several tokens
                 seen = max(seen, n)

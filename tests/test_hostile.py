@@ -79,6 +79,11 @@ def _make_files(d: Path) -> dict[str, Path]:
     text("azure-huge.csv", AZ + "2023-11-16 18:15:46.6805900,1e30,2\n")
     text("azure-header.csv", AZ)
     text("empty.csv", "")
+    text("cluster-yaml.yaml", "instances: [")
+    text("cluster-ok.yaml", "instances:\n- {role: prefill, port: 31000, bootstrap_port: 31001}\n"
+                            "- {role: decode, port: 31002}\n")
+    text("cluster-dup.yaml", "instances:\n- {role: prefill, port: 31000, bootstrap_port: 31001}\n"
+                             "- {role: decode, port: 31000}\n")
     text("garbage.bin", bytes(range(256)) * 16)
     text("trunc.json", '[{"id": "a", "conversations": [{"from": "human", "val')
     text("malformed.csv", "input_tokens,output_tokens\n1,abc\n")
@@ -163,6 +168,25 @@ ROWS: dict[str, Row] = {
     "bench-slo-inf": Row("numbers", "bench", ["--slo-itl-ms", "inf"], "--slo-itl-ms: "),
     "bench-slo-0": Row("numbers", "bench", ["--slo-ttft-ms", "0"], "--slo-ttft-ms: "),
     "bench-clock": Row("numbers", "bench", ["--policy", "static:1000"], "1000 MHz is not a supported clock"),
+    # serve: refused before anything starts (--dry-run where the row would otherwise launch a cluster).
+    "serve-zero-prefill": Row("numbers", "serve", ["--prefill", "0", "--dry-run"], "--prefill: 0 prefill instances"),
+    "serve-port": Row("numbers", "serve", ["--port", "70000", "--dry-run"], "65535"),
+    "serve-engine": Row("world", "serve", ["--engine", "vllm", "--dry-run"], "--engine"),
+    "serve-yardstick": Row("world", "serve", ["--policy", "oracle", "--dry-run"], "yardstick"),
+    "serve-public": Row("world", "serve", ["--host", "0.0.0.0", "--dry-run"], "--api-key"),
+    "serve-node": Row("world", "serve", lambda o, f: ["--config", str(f["cluster-ok.yaml"]), "--node", "10.9.9.9",
+                                                       "--dry-run"], "no instance of the cluster runs on '10.9.9.9'"),
+    "serve-no-config": Row("files", "serve", lambda o, f: ["--config", str(o / "none.yaml")], "cannot read"),
+    "serve-yaml": Row("files", "serve", lambda o, f: ["--config", str(f["cluster-yaml.yaml"])], "is not valid YAML"),
+    "serve-dup": Row("files", "serve", lambda o, f: ["--config", str(f["cluster-dup.yaml"])], "port 31000 on"),
+    "serve-config-dir": Row("files", "serve", lambda o, f: ["--config", str(f["adir"])], "cannot read"),
+    # bench --url: refused before any request is sent.
+    "url-scheme": Row("messages", "bench", ["--url", "ftp://x"], "is not an http(s) URL"),
+    "url-sim-only": Row("messages", "bench", ["--url", "http://127.0.0.1:9", "--noise", "0.1"], "--noise shapes"),
+    "url-plot": Row("writes", "bench", lambda o, f: ["--url", "http://127.0.0.1:9", "--plot", str(o / "p.png")],
+                    "--plot draws simulated runs"),
+    "url-unreachable": Row("world", "bench", lambda o, f: ["--url", "http://127.0.0.1:9", "--json",
+                                                           str(o / "r.json")], "cannot reach"),
     "bench-colocated-clock": Row("numbers", "bench", ["--policy", "colocated:fast"], "write it as colocated:<MHz>"),
     "bench-levels": Row("numbers", "bench", ["--ecofreq-clocks", "1005,1400"], "1400 MHz is not a supported clock"),
     "bench-levels-empty": Row("numbers", "bench", ["--ecofreq-clocks", ""], "--ecofreq-clocks ''"),

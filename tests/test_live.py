@@ -314,3 +314,16 @@ def test_sidecars_run_the_policy_and_a_killed_one_has_its_clocks_reset_by_serve(
     assert code == 0, log.read_text()
     assert "clocks reset" in log.read_text() and _locks(tmp_path) == {}
     assert _engine_pids(ports) == []
+
+
+def test_a_port_in_use_is_refused_before_anything_starts(tmp_path):
+    ports = _free_ports(4)
+    cfg = _cfg(tmp_path, {"engine": "sim", "router": {"port": ports[3]}, "instances": [
+        {"role": "prefill", "port": ports[0], "bootstrap_port": ports[1]}, {"role": "decode", "port": ports[2]}]})
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", ports[2]))
+        held.listen()
+        r = subprocess.run([*VOLTANA, "serve", "--config", str(cfg)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert f"port {ports[2]} on 127.0.0.1 (decode instance) is not free" in r.stderr
+    assert _engine_pids(ports) == []

@@ -327,3 +327,30 @@ def test_a_port_in_use_is_refused_before_anything_starts(tmp_path):
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
     assert f"port {ports[2]} on 127.0.0.1 (decode instance) is not free" in r.stderr
     assert _engine_pids(ports) == []
+
+
+def _tuned_file(tmp_path: Path, gpu: str = "a100-80g-sxm4") -> Path:
+    from voltana_cli.core.models import PerfModel, engine_spec, gpu_spec, model_spec
+    from voltana_cli.core.policy.feedback import TunedPolicy
+    from voltana_cli.core.tune import tune_document, write_document
+
+    pm = PerfModel(gpu_spec("a100-80g-sxm4"), model_spec("llama-3.1-8b"), engine_spec())
+    path = tmp_path / "tuned.yaml"
+    write_document(path, tune_document(TunedPolicy.default_for(tuple(pm.clocks), pm.gpu.ecofreq_levels_mhz),
+                                       {"gpu": gpu, "model": "llama-3.1-8b"}, {}))
+    return path
+
+
+def test_serve_tuned_runs_voltana_tuned_in_every_sidecar(tmp_path):
+    tuned = _tuned_file(tmp_path)
+    r = subprocess.run([*VOLTANA, "serve", "--tuned", str(tuned), "--dry-run"], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "policy voltana-tuned" in r.stdout
+    sidecars = [ln for ln in r.stdout.splitlines() if "run_sidecar" in ln]
+    assert len(sidecars) == 2 and all("--policy voltana-tuned " in ln and f"--tuned {tuned}" in ln for ln in sidecars)
+    (tmp_path / "h100").mkdir()
+    other = _tuned_file(tmp_path / "h100", gpu="h100-80g-sxm")
+    r = subprocess.run([*VOLTANA, "serve", "--tuned", str(other), "--dry-run"], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 2 and "is for h100-80g-sxm x llama-3.1-8b" in r.stderr and r.stderr.count("\n") == 1

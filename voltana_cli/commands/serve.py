@@ -53,6 +53,8 @@ def serve(
     base_port: int = typer.Option(30000, help="Instance i listens on BASE_PORT + i (without --config)."),
     policy: str | None = typer.Option(None, help="The policy the cluster starts with (static-max, static-min, "
                                       "static:<prefill>/<decode>, +router); default: the config's, else static-max."),
+    tuned: Path | None = typer.Option(None, help="A tuned config from `voltana tune`: the sidecars and the router "
+                                      "run voltana-tuned with its knobs (and its predictor); the default policy then."),
     host: str = typer.Option("127.0.0.1", help="The router's address; anything but loopback needs --api-key."),
     port: int = typer.Option(8000, help="The router's port."),
     admin_token: str | None = typer.Option(None, envvar="VOLTANA_ADMIN_TOKEN", help="Bearer token of the admin API "
@@ -78,6 +80,9 @@ def serve(
                                       **({"policy": policy} if policy else {}))
         if config is not None and (host != "127.0.0.1" or port != 8000):
             spec = ClusterSpec.model_validate({**spec.model_dump(), "router": {"host": host, "port": port}})
+        if tuned is not None:
+            spec = ClusterSpec.model_validate({**spec.model_dump(), "tuned": tuned.resolve(),
+                                               **({} if policy else {"policy": "voltana-tuned"})})
         if not _loopback(spec.router.host) and not api_key:
             raise UserError(f"the router would listen on {spec.router.host}, beyond this machine: give --api-key "
                             "(or VOLTANA_API_KEY) so that inference needs it", field="api_key")

@@ -130,6 +130,8 @@ class ClusterSpec(_Strict):
                 gpus[(inst.host, g)] = inst.port
         if self.engine == "sglang" and any(not i.gpu_ids for i in self.instances):
             raise ValueError("engine sglang: give every instance its gpu_ids")
+        if self.tuned is not None and "policy" not in self.model_fields_set:
+            object.__setattr__(self, "policy", "voltana-tuned")  # a tuned config is there to be run
         if self.transfer_backend not in TRANSFER_BACKENDS:
             raise ValueError(f"transfer_backend {self.transfer_backend!r}: use one of {', '.join(TRANSFER_BACKENDS)}")
         if self.transfer_backend == "fake" and self.engine == "sglang":
@@ -176,6 +178,9 @@ def load_cluster(path: Path) -> ClusterSpec:
     if not isinstance(data, dict):
         raise UserError(f"{path}: a cluster config is a mapping with an 'instances' list (see voltana serve --help)",
                         field="config")
+    tuned = data.get("tuned")
+    if isinstance(tuned, str) and not Path(tuned).is_absolute():
+        data = {**data, "tuned": str(Path(path).parent / tuned)}  # relative to the config file
     try:
         return _spec(data)
     except UserError as exc:

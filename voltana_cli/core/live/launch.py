@@ -123,6 +123,8 @@ def sidecar_argv(spec: ClusterSpec, inst: InstanceSpec, ipc_dir: Path, policy: s
             "--slo-ttft-ms", f"{spec.slo_ttft_ms:g}", "--slo-itl-ms", f"{spec.slo_itl_ms:g}"]
     if spec.engine == "sglang":
         argv += ["--gpu-kind", "nvml", "--gpu-ids", ",".join(map(str, inst.gpu_ids))]
+    if spec.tuned is not None:
+        argv += ["--tuned", str(spec.tuned)]
     return argv
 
 

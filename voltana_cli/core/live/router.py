@@ -28,6 +28,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from voltana_cli.core.errors import UserError
@@ -98,6 +99,7 @@ class Router:
         self.decodes = [Backend(s, i, InstanceView(i, 0, 0, self.pm.clocks[-1])) for i, s in
                         enumerate(spec.of_role("decode"))]
         self.stats = RouterStats()
+        self._context = live_context(self.pm, spec.slo_ttft_ms, spec.slo_itl_ms, spec.tuned)
         self.policy_name = ""
         self.policy: Policy | None = None
         self.set_policy(policy or spec.policy)
@@ -110,7 +112,7 @@ class Router:
 
     # ---- policy ----------------------------------------------------------------------------------------
     def context(self) -> PolicyContext:
-        return live_context(self.pm, self.spec.slo_ttft_ms, self.spec.slo_itl_ms)
+        return self._context
 
     def set_policy(self, name: str) -> Policy:
         """Place requests with policy ``name``'s routers from now on; a name the live world cannot run is a
@@ -178,14 +180,28 @@ class Router:
         b.healthy = False
 
 
-def live_context(pm: PerfModel, slo_ttft_ms: float, slo_itl_ms: float) -> PolicyContext:
+def live_context(pm: PerfModel, slo_ttft_ms: float, slo_itl_ms: float, tuned: str | Path | None = None) -> PolicyContext:
     """The policy context of the live world: the router's and the sidecars' policies predict with the
-    performance model of the cluster's GPU and model (exact: no drawn error); prefill instances are picked
-    round-robin."""
+    performance model of the cluster's GPU and model (exact: no drawn error), or with the EcoPred of the tuned
+    config ``tuned``, whose knobs ``voltana-tuned`` runs; prefill instances are picked round-robin."""
     clocks = list(pm.clocks)
-    predictor = ModelPredictor(pm, 0.0, random_generator(0), clocks)
+    predictor: Any = ModelPredictor(pm, 0.0, random_generator(0), clocks)
+    knobs = None
+    if tuned is not None:
+        from voltana_cli.core.tune import load_tuned
+
+        tc = load_tuned(tuned)
+        gpu, model = tc.provenance.get("gpu"), tc.provenance.get("model")
+        if (gpu, model) != (pm.gpu.name, pm.model.name) and gpu is not None:
+            raise UserError(f"{tuned} is for {gpu} x {model}, but the cluster is {pm.gpu.name} x {pm.model.name}: "
+                            "tune for this pair, or give a matching --tuned", field="tuned")
+        if tc.policy is None:
+            raise UserError(f"{tuned} has no policy section (a --fit-only predictor): write a tuned config with "
+                            "`voltana tune`", field="tuned")
+        knobs = tc.policy
+        predictor = tc.predictor or predictor
     return PolicyContext(tuple(clocks), tuple(pm.gpu.ecofreq_levels_mhz), slo_ttft_ms / 1e3, slo_itl_ms / 1e3,
-                         predictor, pm.engine.gemm_tile, prefill_router="round-robin")
+                         predictor, pm.engine.gemm_tile, prefill_router="round-robin", tuned=knobs)
 
 
 class NoBackend(Exception):

@@ -155,14 +155,14 @@ def instance_gpus(spec: Any, inst: Any) -> list[GpuDevice]:
 
 
 def build_controller(role: str, policy: str, gpu: str, model: str, tp: int, slo_ttft_ms: float,
-                     slo_itl_ms: float) -> tuple[Any, list[int]]:
+                     slo_itl_ms: float, tuned: str | None = None) -> tuple[Any, list[int]]:
     """The policy's controller for ``role`` (and the GPU's clocks), built from the registry."""
     from voltana_cli.core.live.router import live_context
     from voltana_cli.core.models import PerfModel, engine_spec, gpu_spec, model_spec
     from voltana_cli.core.policy import REGISTRY
 
     pm = PerfModel(gpu_spec(gpu), model_spec(model), engine_spec(), tp=tp)
-    pol = REGISTRY.build(policy, live_context(pm, slo_ttft_ms, slo_itl_ms))
+    pol = REGISTRY.build(policy, live_context(pm, slo_ttft_ms, slo_itl_ms, tuned))
     ctl = pol.make_prefill_controller() if role == "prefill" else pol.make_decode_controller()
     return ctl, list(pm.clocks)
 
@@ -183,11 +183,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--slo-ttft-ms", type=float, default=800.0)
     ap.add_argument("--slo-itl-ms", type=float, default=50.0)
     ap.add_argument("--min-dwell-s", type=float, default=DEFAULT_MIN_DWELL_S)
+    ap.add_argument("--tuned", help="A tuned config from voltana tune (voltana-tuned's knobs and predictor).")
     a = ap.parse_args(argv)
     from voltana_cli.core.live.forward_pass import ForwardPassReader
 
     try:
-        ctl, clocks = build_controller(a.role, a.policy, a.gpu, a.model, a.tp, a.slo_ttft_ms, a.slo_itl_ms)
+        ctl, clocks = build_controller(a.role, a.policy, a.gpu, a.model, a.tp, a.slo_ttft_ms, a.slo_itl_ms, a.tuned)
         gpus: list[GpuDevice]
         if a.gpu_kind == "nvml":
             from voltana_cli.core.hardware import NvmlGpu

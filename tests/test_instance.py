@@ -195,3 +195,48 @@ def test_prefill_overlap_fixes_the_next_batch_when_the_current_one_starts(a100_8
     inst.start(dt)
     # With overlap the next batch was fixed at t = 0 (request 1's rest only); without, request 2 joins it.
     assert inst._seqs == (1 if overlap else 2)
+
+
+def test_an_aborted_decode_request_frees_its_place_wherever_it_is(a100_8b):
+    """Running, waiting or pre-allocating: an abort frees the batch slot, the reservation and the KV it held, and
+    the instance goes on as if the request had never come."""
+    model = SmallKv(a100_8b, kv_capacity_tokens=100_000, max_batch=3)
+    inst, reqs, outs = _decode(model, 5, 300, 10)
+    assert not inst.prealloc  # every request's KV was allocated; the batch limit holds two back
+    dt = inst.start(0.0)
+    inst.finish(dt)  # requests 0-2 running (3 x 310 reserved), 3 and 4 waiting
+    assert inst.batch == 3 and list(inst.waiting) == [3, 4]
+    kv_before = inst.kv_tokens
+    assert inst.abort(1)  # running: its prompt and its one token so far are freed
+    assert inst.batch == 2 and inst.kv_tokens == kv_before - 301 and inst.reserved == 2 * 310
+    assert inst.abort(4)  # waiting
+    assert list(inst.waiting) == [3]
+    end = drive(inst, dt)
+    assert math.isnan(outs.finish_s[1]) and math.isnan(outs.finish_s[4])
+    assert all(math.isfinite(outs.finish_s[i]) for i in (0, 2, 3)) and end > dt
+    assert inst.batch == 0 and inst.kv_tokens == 0 and inst.reserved == 0 and inst.allocated == 0
+    v = inst.view()
+    assert v.num_requests == 0 and v.queued_tokens == 0 and v.kv_tokens == 0
+
+
+def test_an_aborted_request_whose_kv_is_in_flight_is_dropped_when_it_lands(a100_8b):
+    reqs = Requests([0.0], [200], [5])
+    inst = DecodeInstance(0, StaticController(1410), CostCache(a100_8b, 8192), reqs, Outcomes.empty(1),
+                          lambda: 1.0, 0.003, 0.0)
+    inst.route(0)
+    inst.preallocate(0.0)  # allocated: its prefill may run, its KV is on the way
+    assert inst.abort(0) and inst.allocated == 1
+    inst.submit(0, 0.1)  # lands: dropped, its allocation freed
+    assert inst.allocated == 0 and not inst.has_work() and inst.view().num_requests == 0
+
+
+def test_an_aborted_prefill_leaves_the_queue_unless_it_already_ran(a100_8b):
+    reqs = Requests([0.0, 0.0, 0.0], [5000, 100, 100], [10, 10, 10])
+    inst = PrefillInstance(0, StaticController(1410), CostCache(a100_8b, 4096), reqs, Outcomes.empty(3),
+                           lambda: 1.0, 0.003, 0.0, overlap=False)
+    for rid in range(3):
+        inst.submit(rid, 0.0)
+    inst.start(0.0)  # request 0's first chunk runs
+    assert not inst.abort(0)  # in the running batch
+    assert inst.abort(2) and [item[0] for item in inst.queue] == [0, 1]
+    assert inst.queued_tokens == 5100 and inst.view().num_requests == 2

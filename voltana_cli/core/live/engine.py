@@ -209,6 +209,7 @@ class EmulatedEngine:
         self.rooms: dict[int, Job] = {}  # by bootstrap room
         self._early: dict[int, str] = {}  # prefill: allocation notices that came before their request
         self._running: dict[int, int] = {}  # decode: request id -> tokens still to deliver
+        self._aborts: list[int] = []  # requests whose client went away, to drop between iterations
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self.publish: Callable[[dict[str, Any]], None] | None = None  # per-iteration state (``ForwardPassStream``)
@@ -278,13 +279,15 @@ class EmulatedEngine:
     async def prefill(self, req: ParsedRequest) -> dict[str, Any]:
         """Prefill one request (once its decode instance has allocated KV); answers when its KV is handed over."""
         job = self._new_job(req)
+        done = False
         try:
             early = self._early.pop(job.room, None)
             if early is not None:
                 self._release(job, early)
             await job.done.wait()
+            done = True
         finally:
-            self._forget(job)
+            self.finish_job(job, complete=done)
         return {"text": "", "meta_info": {"id": str(job.room), "prompt_tokens": job.input_tokens,
                                           "completion_tokens": 0, "finish_reason": None}}
 
@@ -323,8 +326,21 @@ class EmulatedEngine:
         self._wake.set()
         return True
 
-    def finish_job(self, job: Job) -> None:
+    def finish_job(self, job: Job, complete: bool = True) -> None:
+        """The answer of ``job`` is over; one that is not ``complete`` (its client went away) is aborted in the
+        scheduler, freeing its KV (at once between iterations, else when the running one ends)."""
         self._forget(job)
+        if not complete:
+            self._running.pop(job.rid, None)
+            self._aborts.append(job.rid)
+            if not self.inst.busy:
+                self._apply_aborts()
+
+    def _apply_aborts(self) -> None:
+        for rid in self._aborts:
+            self.inst.abort(rid)
+        self._aborts.clear()
+        self._wake.set()  # freed KV may admit or pre-allocate others
 
     # ---- scheduler callbacks -------------------------------------------------------------------------
     def _spawn(self, coro: Any) -> None:
@@ -390,6 +406,8 @@ class EmulatedEngine:
                     break
                 await asyncio.sleep(max(0.0, t + dt - self.now()))
                 self._after(inst.finish(self.now()))
+                if self._aborts:
+                    self._apply_aborts()
                 if self.publish is not None:
                     self.publish(self.forward_pass(dt))
 
@@ -536,24 +554,32 @@ def make_app(engine: EmulatedEngine) -> Any:
             return _error(400, str(exc))
         rid = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex[:24]}"
         model = req.model or engine.model_name
+        complete = False
         try:
             if not req.stream:
                 got = [n async for n in _token_stream(job)]
+                complete = True
                 return web.json_response(_bodies(kind, req, rid, len(got), model, True))
             resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
             await resp.prepare(request)
             async for n in _token_stream(job):
                 await resp.write(_sse(_chunk(kind, req, rid, n, model, n == req.output_tokens)))
+            complete = True
             if req.include_usage and kind != "generate":
                 usage = _bodies(kind, req, rid, req.output_tokens, model, True)["usage"]
                 obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
                 await resp.write(_sse({"id": rid, "object": obj, "created": int(time.time()), "model": model,
                                        "choices": [], "usage": usage}))
-            await resp.write(_sse("[DONE]"))
-            await resp.write_eof()
+            try:
+                await resp.write(_sse("[DONE]"))
+                await resp.write_eof()
+            except ConnectionError:
+                pass  # every token was sent: a client that closed now lost nothing
             return resp
+        except ConnectionError:  # the client (the router) went away mid-answer
+            return web.Response(status=499)
         finally:
-            engine.finish_job(job)
+            engine.finish_job(job, complete)
 
     @routes.post("/generate")
     async def generate(request: web.Request) -> web.StreamResponse:
@@ -606,7 +632,8 @@ async def serve_engine(engine: EmulatedEngine, host: str, port: int, bootstrap_p
     from aiohttp import web
 
     app = make_app(engine)
-    runner = web.AppRunner(app, access_log=None)
+    # A handler whose client disconnects is cancelled: its request is aborted in the scheduler.
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
     await runner.setup()
     sites = [web.TCPSite(runner, host, port)]
     if bootstrap_port is not None:

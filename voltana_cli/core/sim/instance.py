@@ -306,6 +306,25 @@ class PrefillInstance(Instance):
     def has_work(self) -> bool:
         return bool(self.queue)
 
+    def abort(self, rid: int) -> bool:
+        """Drop request ``rid`` from the queue (its client went away) if no chunk of it has run or is running;
+        returns whether it was dropped (a request already in prefill finishes it)."""
+        running = len(self._chunks) if self.busy else 0
+        for i, item in enumerate(self.queue):
+            if item[0] != rid:
+                continue
+            if i < running or item[2] > 0:
+                return False
+            del self.queue[i]
+            self.queued_tokens -= item[1]
+            if i < self._visible:
+                self._visible -= 1
+            v = self._view
+            v.num_requests -= 1
+            v.queued_tokens -= item[1]
+            return True
+        return False
+
     def form(self, now: float) -> Observation | None:
         q = self.queue
         if not q:
@@ -400,6 +419,7 @@ class DecodeInstance(Instance):
         self.kv_tokens = 0
         self.reserved = 0  # input + output tokens of the running requests
         self.iteration = 0
+        self._dropped: set[int] = set()  # aborted while their KV was in flight (``abort``)
 
     def view(self) -> InstanceView:
         """What a router may know of this instance now: requests running, waiting and in flight to it, their
@@ -446,6 +466,14 @@ class DecodeInstance(Instance):
         """A routed request's KV cache arrived: it waits for admission."""
         r = self.requests
         self.inflight -= 1
+        if self._dropped and rid in self._dropped:  # aborted on the way: free its allocation
+            self._dropped.discard(rid)
+            v = self._view
+            self.allocated -= 1
+            self.allocated_tokens -= r.input_tokens[rid]
+            v.num_requests -= 1
+            v.kv_tokens -= r.input_tokens[rid]
+            return
         self.waiting.append(rid)
         need = r.input_tokens[rid] + r.output_tokens[rid]
         self.waiting_tokens += need
@@ -455,6 +483,48 @@ class DecodeInstance(Instance):
 
     def has_work(self) -> bool:
         return self.batch > 0 or bool(self.waiting) or bool(self.prealloc)
+
+    def abort(self, rid: int) -> bool:
+        """Drop request ``rid`` wherever it is (its client went away) and free what it holds: its place in the
+        pre-allocation queue, its allocated KV, or its running reservation and KV. Call it between iterations
+        (a live engine does); a request whose KV is still in flight is dropped when it lands (``submit``).
+        Returns whether the request was here."""
+        r, v = self.requests, self._view
+        n_in, need = r.input_tokens[rid], r.input_tokens[rid] + r.output_tokens[rid]
+        if rid in self.prealloc:
+            self.prealloc.remove(rid)
+            self.inflight -= 1
+            v.num_requests -= 1
+            v.kv_tokens -= n_in
+            return True
+        if rid in self.waiting:
+            self.waiting.remove(rid)
+            self.waiting_tokens -= need
+            self.allocated -= 1
+            self.allocated_tokens -= n_in
+            v.num_requests -= 1
+            v.queued_tokens -= need
+            v.kv_tokens -= n_in
+            return True
+        first = self.outcomes.first_iter[rid]
+        if first >= 0 and math.isnan(self.outcomes.finish_s[rid]):  # running
+            last = first + r.output_tokens[rid] - 2
+            ends = self._ends.get(last)
+            if ends is None or rid not in ends:
+                return False
+            ends.remove(rid)
+            if not ends:
+                del self._ends[last]
+            held = n_in + (self.iteration - first)  # its prompt and the tokens it got so far
+            self.batch -= 1
+            self.kv_tokens -= held
+            self.reserved -= need
+            v.num_requests -= 1
+            v.queued_tokens -= need
+            v.kv_tokens -= held
+            return True
+        self._dropped.add(rid)  # allocated, its KV still on the way: dropped when it lands
+        return True
 
     def _admit(self, now: float) -> None:
         w = self.waiting

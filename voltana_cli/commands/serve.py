@@ -6,6 +6,7 @@ import asyncio
 import ipaddress
 import signal
 import tempfile
+import threading
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -124,6 +125,9 @@ class _Cluster:
         self.policy = ""
         self.store = LockStore(default_lock_dir())
         self._restarts: dict[str, list[float]] = {}
+        # A policy change replaces the sidecars while the watcher thread checks for dead processes: one at a
+        # time, or the watcher would take a sidecar stopped on purpose for a crash and start it again.
+        self._lock = threading.Lock()
 
     def start(self, policy: str, timeout_s: float) -> None:
         if self.with_sidecars:
@@ -138,8 +142,13 @@ class _Cluster:
     async def change_policy(self, policy: str) -> list[str]:
         """Restart the sidecars with ``policy`` (each resets its clocks on the way out); what failed to start."""
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, self.sidecars.replace,
-                                   sidecar_plan(self.spec, self.node, self.run_dir, policy))
+        plans = sidecar_plan(self.spec, self.node, self.run_dir, policy)
+
+        def replace() -> None:
+            with self._lock:
+                self.sidecars.replace(plans)
+
+        await loop.run_in_executor(None, replace)
         self.policy = policy
         await asyncio.sleep(1.0)
         return [f"{n} exited with code {c}: {self.sidecars.log_tail(n)}" for n, c in self.sidecars.dead()]
@@ -154,6 +163,14 @@ class _Cluster:
 
     def check(self, now: float) -> bool:
         """Restart what died (a sidecar after its clocks are reset); ``False`` when something keeps dying."""
+        if not self._lock.acquire(blocking=False):
+            return True  # the sidecars are being replaced
+        try:
+            return self._check(now)
+        finally:
+            self._lock.release()
+
+    def _check(self, now: float) -> bool:
         for sup, kind in ((self.instances, "instance"), (self.sidecars, "sidecar")):
             for name, code in sup.dead():
                 recent = [t for t in self._restarts.get(name, []) if now - t < RESTART_WINDOW_S]
@@ -170,6 +187,10 @@ class _Cluster:
         return True
 
     def stop(self) -> None:
+        with self._lock:  # after any check or replacement in flight
+            self._stop()
+
+    def _stop(self) -> None:
         self.sidecars.stop()
         for name in self.sidecars.plans:  # one killed past its grace period left its records: reset now
             for note in self.recover(name):

@@ -365,3 +365,32 @@ def test_serve_tuned_runs_voltana_tuned_in_every_sidecar(tmp_path):
     r = subprocess.run([*VOLTANA, "serve", "--tuned", str(other), "--dry-run"], capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 2 and "is for h100-80g-sxm x llama-3.1-8b" in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_a_decode_request_aborted_before_its_kv_lands_frees_its_allocation():
+    """The emulated engine in process: pre-allocation notifies the prefill's bootstrap server; a client that
+    leaves before the KV lands leaves nothing allocated once it does."""
+    import asyncio
+
+    from voltana_cli.core.live.engine import make_engine, parse_request
+
+    async def main() -> None:
+        posts: list[tuple[str, dict]] = []
+
+        async def post(url: str, body: dict) -> None:
+            posts.append((url, body))
+
+        eng = make_engine("decode", "a100-80g-sxm4", "llama-3.1-8b", 1, "http://decode", None, post)
+        loop = asyncio.ensure_future(eng.run())
+        body = {"input_ids": [1] * 100, "sampling_params": {"max_new_tokens": 5}, "bootstrap_host": "pre",
+                "bootstrap_port": 9, "bootstrap_room": 7}
+        job = eng.decode(parse_request("generate", body, 100_000))
+        await asyncio.sleep(0.05)
+        assert posts == [("http://pre:9/_voltana/allocated", {"room": 7, "decode_url": "http://decode"})]
+        assert eng.inst.allocated == 1
+        eng.finish_job(job, complete=False)  # the client left before its KV arrived
+        assert eng.kv_arrived(7)  # it lands, and is dropped
+        assert eng.inst.allocated == 0 and not eng.inst.has_work() and eng.inst.view().num_requests == 0
+        loop.cancel()
+
+    asyncio.run(main())

@@ -210,6 +210,7 @@ class EmulatedEngine:
         self._early: dict[int, str] = {}  # prefill: allocation notices that came before their request
         self._running: dict[int, int] = {}  # decode: request id -> tokens still to deliver
         self._aborts: list[int] = []  # requests whose client went away, to drop between iterations
+        self._aborted_in_flight: dict[int, int] = {}  # decode: room -> request aborted before its KV landed
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self.publish: Callable[[dict[str, Any]], None] | None = None  # per-iteration state (``ForwardPassStream``)
@@ -318,11 +319,12 @@ class EmulatedEngine:
         return job
 
     def kv_arrived(self, room: int) -> bool:
-        """The KV cache of ``room`` landed here: it waits for admission."""
+        """The KV cache of ``room`` landed here: it waits for admission (or, aborted on the way, is dropped)."""
         job = self.rooms.get(room)
-        if job is None:
+        rid = job.rid if job is not None else self._aborted_in_flight.pop(room, None)
+        if rid is None:
             return False
-        self.inst.submit(job.rid, self.now())
+        self.inst.submit(rid, self.now())
         self._wake.set()
         return True
 
@@ -331,6 +333,10 @@ class EmulatedEngine:
         scheduler, freeing its KV (at once between iterations, else when the running one ends)."""
         self._forget(job)
         if not complete:
+            inst = self.inst
+            if isinstance(inst, DecodeInstance) and math.isnan(self.outcomes.first_token_s[job.rid]) \
+                    and job.rid not in inst.waiting and job.rid not in inst.prealloc:
+                self._aborted_in_flight[job.room] = job.rid  # allocated, its KV on the way: ``kv_arrived`` drops it
             self._running.pop(job.rid, None)
             self._aborts.append(job.rid)
             if not self.inst.busy:

@@ -255,6 +255,20 @@ class _RouterMetrics:
         self.healthy = Gauge("voltana_instance_healthy", "1 when the instance answers its health probe",
                              ["role", "url"], registry=reg)
         self._last: dict[str, tuple[float, float]] = {}
+        self._counts: dict[tuple[str, str], Any] = {}  # labelled children, looked up once (per-request path)
+        self._decided: dict[str, Any] = {}
+
+    def count(self, path: str, status: str) -> None:
+        child = self._counts.get((path, status))
+        if child is None:
+            child = self._counts[(path, status)] = self.requests.labels(path, status)
+        child.inc()
+
+    def decided(self, b: Backend) -> None:
+        child = self._decided.get(b.url)
+        if child is None:
+            child = self._decided[b.url] = self.decisions.labels(b.role, b.url)
+        child.inc()
 
     def observe_instances(self, router: Router, states: dict[str, dict[str, Any] | None]) -> None:
         now = time.monotonic()
@@ -281,6 +295,7 @@ def make_router_app(router: Router) -> Any:
 
     routes = web.RouteTableDef()
     max_context = router.pm.model.max_context_tokens
+    upstream_timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=UPSTREAM_TIMEOUT_S)
 
     def error(status: int, message: str, kind: str = "invalid_request_error") -> web.Response:
         return web.json_response({"error": {"message": message, "type": kind, "code": status}}, status=status)
@@ -409,35 +424,35 @@ def make_router_app(router: Router) -> Any:
         path = request.path
         kind = _INFER[path]
         if not allowed(bearer(request), router.api_key):
-            router.metrics.requests.labels(path, "401").inc()
+            router.metrics.count(path, "401")
             return error(401, "wrong or missing API key: send 'Authorization: Bearer <key>'", "authentication_error")
         try:
             body = await request.json()
         except ValueError:
-            router.metrics.requests.labels(path, "400").inc()
+            router.metrics.count(path, "400")
             return error(400, "the request body is not valid JSON")
         try:
             req = parse_request(kind, body, max_context)
         except BadRequest as exc:
-            router.metrics.requests.labels(path, "400").inc()
+            router.metrics.count(path, "400")
             return error(400, str(exc))
         if router.stats.inflight >= router.max_inflight:
-            router.metrics.requests.labels(path, "503").inc()
+            router.metrics.count(path, "503")
             return error(503, f"{router.max_inflight} requests are in flight: retry later", "overloaded")
         try:
             p, d = router.choose(req.input_tokens)
         except NoBackend as exc:
-            router.metrics.requests.labels(path, "503").inc()
+            router.metrics.count(path, "503")
             return error(503, str(exc), "unavailable")
         room = random.getrandbits(63)
         # Serialised once for both instances.
         fwd = json.dumps({**body, "bootstrap_host": p.spec.host, "bootstrap_port": p.spec.bootstrap_port,
                           "bootstrap_room": room}).encode()
         router.admit(p, d, req.input_tokens, req.output_tokens)
-        router.metrics.decisions.labels("prefill", p.url).inc()
-        router.metrics.decisions.labels("decode", d.url).inc()
+        router.metrics.decided(p)
+        router.metrics.decided(d)
         router.stats.inflight += 1
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=UPSTREAM_TIMEOUT_S)
+        timeout = upstream_timeout
         t0 = time.monotonic()
 
         async def to_prefill() -> None:
@@ -498,7 +513,7 @@ def make_router_app(router: Router) -> Any:
         finally:
             router.stats.inflight -= 1
             router.decode_done(d, req.input_tokens, req.output_tokens)
-            router.metrics.requests.labels(path, status).inc()
+            router.metrics.count(path, status)
             if status not in ("200", "499") and not pre_task.done():
                 pre_task.cancel()  # the decode side failed: the prefill's answer is not needed
 

@@ -24,6 +24,7 @@ from voltana_cli.core.live import (
     Supervisor,
     check_ports_free,
     check_sglang,
+    clock_path,
     cluster_from_flags,
     installed_sglang,
     instance_gpus,
@@ -137,7 +138,8 @@ class _Cluster:
             self.sidecars.start(sidecar_plan(self.spec, self.node, self.run_dir, policy))
         n = len(self.instances.plans)
         self.console.print(f"voltana serve: {n} {self.spec.engine} instance(s) ready, {len(self.sidecars.plans)} "
-                           f"controller sidecar(s) (logs in {self.run_dir})")
+                           f"controller sidecar(s) setting clocks through {clock_path(self.spec)} "
+                           f"(logs in {self.run_dir})")
 
     async def change_policy(self, policy: str) -> list[str]:
         """Restart the sidecars with ``policy`` (each resets its clocks on the way out); what failed to start."""
@@ -218,7 +220,8 @@ def _loopback(host: str) -> bool:
 
 def _print_plan(spec: ClusterSpec, planned: list, runs_router: bool, policy: str) -> None:
     typer.echo(f"# voltana serve plan: {spec.model} on {spec.gpu}, engine {spec.engine}, "
-               f"{len(spec.of_role('prefill'))}P{len(spec.of_role('decode'))}D, policy {policy}")
+               f"{len(spec.of_role('prefill'))}P{len(spec.of_role('decode'))}D, policy {policy}, clocks through "
+               f"{clock_path(spec)}")
     for p in planned:
         typer.echo(f"# {p.name} (health: {p.health_url})")
         typer.echo(p.shell())

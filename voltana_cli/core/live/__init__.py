@@ -18,7 +18,7 @@ from voltana_cli.core.live.launch import (
     sidecar_plan,
 )
 from voltana_cli.core.live.router import Router, make_router_app, run_router
-from voltana_cli.core.live.sidecar import EngineGpu, instance_gpus, recover_clocks
+from voltana_cli.core.live.sidecar import EngineGpu, clock_path, instance_gpus, recover_clocks
 
 __all__ = [
     "ClusterSpec",
@@ -31,6 +31,7 @@ __all__ = [
     "Supervisor",
     "check_ports_free",
     "check_sglang",
+    "clock_path",
     "cluster_from_flags",
     "engine_argv",
     "get_json",

@@ -13,6 +13,7 @@ Example::
     engine: sglang            # or sim: emulated engines, no GPU
     model_path: meta-llama/Llama-3.1-8B-Instruct
     transfer_backend: mooncake
+    gpu_access: nvml          # or zeusd: clocks through the Zeus daemon, no root (zeusd_socket, or ZEUSD_SOCK_PATH)
     router: {host: 127.0.0.1, port: 8000}
     slo_ttft_ms: 800
     slo_itl_ms: 50
@@ -105,6 +106,8 @@ class ClusterSpec(_Strict):
     slo_itl_ms: float = Field(default=50.0, gt=0, le=3_600_000)
     tuned: Path | None = None
     policy: str = "static-max"
+    gpu_access: Literal["nvml", "zeusd"] = "nvml"
+    zeusd_socket: str | None = None
     instances: list[InstanceSpec]
 
     @model_validator(mode="after")

@@ -122,7 +122,9 @@ def sidecar_argv(spec: ClusterSpec, inst: InstanceSpec, ipc_dir: Path, policy: s
             "--url", inst.url, "--gpu", spec.gpu, "--model", spec.model, "--tp", str(inst.tp), "--policy", policy,
             "--slo-ttft-ms", f"{spec.slo_ttft_ms:g}", "--slo-itl-ms", f"{spec.slo_itl_ms:g}"]
     if spec.engine == "sglang":
-        argv += ["--gpu-kind", "nvml", "--gpu-ids", ",".join(map(str, inst.gpu_ids))]
+        argv += ["--gpu-kind", spec.gpu_access, "--gpu-ids", ",".join(map(str, inst.gpu_ids))]
+        if spec.gpu_access == "zeusd" and spec.zeusd_socket:
+            argv += ["--zeusd-socket", spec.zeusd_socket]
     if spec.tuned is not None:
         argv += ["--tuned", str(spec.tuned)]
     return argv

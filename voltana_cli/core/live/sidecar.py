@@ -145,13 +145,31 @@ def recover_clocks(gpus: list[GpuDevice], store: LockStore) -> list[str]:
 def instance_gpus(spec: Any, inst: Any) -> list[GpuDevice]:
     """The GPUs whose clocks an instance's sidecar sets: NVML cards under SGLang, the emulated GPU otherwise."""
     if spec.engine == "sglang":
-        from voltana_cli.core.hardware import NvmlGpu
-
-        return [NvmlGpu(i) for i in inst.gpu_ids]
+        return real_gpus(inst.gpu_ids, spec.gpu_access, spec.zeusd_socket)
     from voltana_cli.core.models import PerfModel, engine_spec, gpu_spec, model_spec
 
     clocks = list(PerfModel(gpu_spec(spec.gpu), model_spec(spec.model), engine_spec(), tp=inst.tp).clocks)
     return [EngineGpu(inst.url, clocks, clocks[-1])]
+
+
+def real_gpus(ids: list[int], access: str, zeusd_path: str | None = None) -> list[GpuDevice]:
+    """An instance's real GPUs: clocks set through NVML (root), or through the Zeus daemon (no root; NVML reads)."""
+    from voltana_cli.core.hardware import NvmlGpu, ZeusdGpu, zeusd_socket
+
+    readers = [NvmlGpu(i) for i in ids]
+    if access != "zeusd":
+        return list(readers)
+    path = zeusd_socket(zeusd_path)
+    return [ZeusdGpu(i, r, path) for i, r in zip(ids, readers, strict=True)]
+
+
+def clock_path(spec: Any) -> str:
+    """How the cluster's clocks are set, said at start-up."""
+    if spec.engine == "sim":
+        return "the emulated GPUs' clock setters"
+    if spec.gpu_access == "zeusd":
+        return f"the Zeus daemon at {spec.zeusd_socket or '$ZEUSD_SOCK_PATH'} (no root needed)"
+    return "NVML (needs root or CAP_SYS_ADMIN)"
 
 
 def build_controller(role: str, policy: str, gpu: str, model: str, tp: int, slo_ttft_ms: float,
@@ -174,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--role", required=True, choices=["prefill", "decode"])
     ap.add_argument("--ipc", required=True, help="The instance's forward-pass metrics IPC name.")
     ap.add_argument("--url", required=True, help="The instance's URL (the emulated GPU's clock setter).")
-    ap.add_argument("--gpu-kind", choices=["emulated", "nvml"], default="emulated")
+    ap.add_argument("--gpu-kind", choices=["emulated", "nvml", "zeusd"], default="emulated")
+    ap.add_argument("--zeusd-socket", help="zeusd: the daemon's socket (default: $ZEUSD_SOCK_PATH).")
     ap.add_argument("--gpu-ids", default="", help="NVML: the instance's GPU indices, comma-separated.")
     ap.add_argument("--gpu", required=True)
     ap.add_argument("--model", required=True)
@@ -190,17 +209,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         ctl, clocks = build_controller(a.role, a.policy, a.gpu, a.model, a.tp, a.slo_ttft_ms, a.slo_itl_ms, a.tuned)
         gpus: list[GpuDevice]
-        if a.gpu_kind == "nvml":
-            from voltana_cli.core.hardware import NvmlGpu
-
-            gpus = [NvmlGpu(int(i)) for i in a.gpu_ids.split(",") if i.strip()]
+        if a.gpu_kind in ("nvml", "zeusd"):
+            gpus = real_gpus([int(i) for i in a.gpu_ids.split(",") if i.strip()], a.gpu_kind, a.zeusd_socket)
         else:
             gpus = [EngineGpu(a.url, clocks, clocks[-1])]
         store = LockStore(default_lock_dir())
         reader = ForwardPassReader(a.ipc)
         with ClockGuard(gpus, store=store, on_notice=lambda m: print(f"note: {m}", file=sys.stderr)) as guard:
-            print(f"sidecar {a.role} {a.url}: policy {a.policy}, clocks through "
-                  f"{'NVML' if a.gpu_kind == 'nvml' else 'the emulated GPU'}", flush=True)
+            how = {"nvml": "NVML", "zeusd": "the Zeus daemon", "emulated": "the emulated GPU"}[a.gpu_kind]
+            print(f"sidecar {a.role} {a.url}: policy {a.policy}, clocks through {how}", flush=True)
             run(reader, a.role, ctl, guard, a.min_dwell_s)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

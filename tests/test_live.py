@@ -394,3 +394,26 @@ def test_a_decode_request_aborted_before_its_kv_lands_frees_its_allocation():
         loop.cancel()
 
     asyncio.run(main())
+
+
+def test_a_dead_prefill_instance_ends_its_decode_half_with_a_502(tmp_path):
+    """The decode half of a request would wait for a KV cache that never comes: the router ends it when the
+    prefill half fails, and the decode instance frees what it allocated."""
+    proc, url, log, ports = _serve(tmp_path)
+    try:
+        prefill = _engine_pids([ports[0]])
+        assert len(prefill) == 1
+        os.kill(prefill[0], signal.SIGKILL)
+        t = time.monotonic()
+        status, body = _post(f"{url}/v1/completions", b'{"prompt": [1, 2, 3], "max_tokens": 5}')
+        assert time.monotonic() - t < 10
+        # 502 naming the prefill; 503 only if the health probe saw it dead first (then nothing was sent at all).
+        assert (status == 502 and "failed before this request's KV cache" in body["error"]["message"]) or \
+            status == 503, body
+        decode_url = f"http://127.0.0.1:{ports[-1]}"
+        assert _wait_for(lambda: _get(f"{decode_url}/_voltana/state")[1]["requests"] == 0, 5.0)
+        st = _get(f"{decode_url}/_voltana/state")[1]
+        assert st["kv_tokens"] == 0 and st["preallocating"] == 0 and st["waiting"] == 0
+    finally:
+        code = _stop(proc)
+    assert code == 0, log.read_text()

@@ -22,6 +22,7 @@ no token is set). Inference takes ``Authorization: Bearer <api key>`` when an AP
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import random
@@ -455,16 +456,28 @@ def make_router_app(router: Router) -> Any:
         timeout = upstream_timeout
         t0 = time.monotonic()
 
+        handler = asyncio.current_task()
+        prefill_failed = False
+        first_token = False  # once the decode streams, its KV was handed over: a prefill failure no longer matters
+
         async def to_prefill() -> None:
+            nonlocal prefill_failed
+            ok = False
             try:
                 async with router.session.post(f"{p.url}{path}", data=fwd, headers=_JSON, timeout=timeout) as r:
                     await r.read()
-                    if r.status >= 500:
-                        router.mark_failed(p)
+                    ok = r.status < 500
             except (TimeoutError, aiohttp.ClientError):
-                router.mark_failed(p)
+                pass
             finally:
                 router.prefill_done(p, req.input_tokens)
+            if not ok:
+                # The decode half would wait for a KV cache that never comes: end it now (closing the decode
+                # request aborts it there), with a 502 that names the prefill instance.
+                router.mark_failed(p)
+                if not first_token and handler is not None and not handler.done():
+                    prefill_failed = True
+                    handler.cancel()
 
         pre_task = asyncio.ensure_future(to_prefill())
         resp: web.StreamResponse | None = None
@@ -483,6 +496,7 @@ def make_router_app(router: Router) -> Any:
                 async for chunk in up.content.iter_any():
                     now = time.monotonic()
                     if last is None:
+                        first_token = True
                         router.metrics.ttft.observe(now - t0)
                     else:
                         router.metrics.itl.observe(now - last)
@@ -498,10 +512,21 @@ def make_router_app(router: Router) -> Any:
                 except ConnectionError:  # the client closed once it had every token: nothing is lost
                     pass
                 return resp
-        except asyncio.CancelledError:  # the client left before the answer began
-            status = "499"
-            pre_task.cancel()
-            raise
+        except asyncio.CancelledError:
+            if not prefill_failed:  # the client left
+                status = "499"
+                pre_task.cancel()
+                raise
+            if handler is not None:
+                handler.uncancel()  # cancelled by ``to_prefill``: answer instead
+            status = "502"
+            msg = f"prefill instance {p.url} failed before this request's KV cache was handed over"
+            if resp is not None:
+                with contextlib.suppress(ConnectionError):
+                    await resp.write(f'data: {{"error": {{"message": "{msg}", "type": "backend_error", '
+                                     f'"code": 502}}}}\n\n'.encode())
+                return resp
+            return error(502, msg, "backend_error")
         except (TimeoutError, aiohttp.ClientError) as exc:
             router.mark_failed(d)
             status = "502"

@@ -417,3 +417,15 @@ def test_a_dead_prefill_instance_ends_its_decode_half_with_a_502(tmp_path):
     finally:
         code = _stop(proc)
     assert code == 0, log.read_text()
+
+
+def test_kill_9_of_serve_leaves_no_process_and_no_clock_locked(tmp_path):
+    """serve itself killed by SIGKILL: its engines and sidecars notice their parent is gone and stop; each sidecar
+    resets its clocks on the way out, so no lock record is left."""
+    proc, url, log, ports = _serve(tmp_path)
+    assert len(_engine_pids(ports)) == 2
+    assert _wait_for(lambda: len(_locks(tmp_path)) == 2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+    assert _wait_for(lambda: _engine_pids(ports) == [], 15.0)
+    assert _wait_for(lambda: _locks(tmp_path) == {}, 15.0), _locks(tmp_path)

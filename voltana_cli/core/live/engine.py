@@ -34,6 +34,7 @@ import argparse
 import asyncio
 import json
 import math
+import os
 import random
 import sys
 import time
@@ -649,8 +650,12 @@ async def serve_engine(engine: EmulatedEngine, host: str, port: int, bootstrap_p
     loop = asyncio.ensure_future(engine.run())
     if ready:
         ready()
+    parent = os.getppid()
     try:
-        await asyncio.Event().wait()
+        # Until cancelled, or until the process that started it is gone (even by kill -9): no orphan engine.
+        while os.getppid() == parent:
+            await asyncio.sleep(1.0)
+        await asyncio.sleep(2.0)  # orphaned: let its sidecar reset the clock through it first
     finally:
         loop.cancel()
         await runner.cleanup()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import urllib.error
@@ -218,7 +219,9 @@ def main(argv: list[str] | None = None) -> int:
         with ClockGuard(gpus, store=store, on_notice=lambda m: print(f"note: {m}", file=sys.stderr)) as guard:
             how = {"nvml": "NVML", "zeusd": "the Zeus daemon", "emulated": "the emulated GPU"}[a.gpu_kind]
             print(f"sidecar {a.role} {a.url}: policy {a.policy}, clocks through {how}", flush=True)
-            run(reader, a.role, ctl, guard, a.min_dwell_s)
+            parent = os.getppid()
+            # Ends (clocks reset on the way out) when its supervisor is gone, however it went, even by kill -9.
+            run(reader, a.role, ctl, guard, a.min_dwell_s, until=lambda: os.getppid() != parent)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

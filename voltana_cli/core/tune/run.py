@@ -18,7 +18,7 @@ from typing import Any
 from voltana_cli.core.errors import UserError
 from voltana_cli.core.policy.feedback import TunedPolicy
 from voltana_cli.core.tune.scenario import Scenario
-from voltana_cli.core.tune.search import Requirement, StudyResult, default_params, overload_range, run_study
+from voltana_cli.core.tune.search import Requirement, StudyResult, default_params, run_study, search_space
 from voltana_cli.core.tune.static_best import find_searched, find_static_best, requirement_for
 
 #: The policies validation compares, in report order (``static-best`` and ``colocated`` are searched).
@@ -116,9 +116,7 @@ def warm_starts(scn: Scenario, reqs: list[Requirement], spec: TuneSpec,
     for r in ([ends[0], ends[-1]] if len(ends) > 1 else ends):
         sb = find_static_best(scn, r.rate, spec.training, r.attainment, progress)
         if sb.best is not None:
-            ranges = overload_range(scn, spec.rates)
-            out.append(default_params(tuple(scn.model.clocks), tuple(scn.model.gpu.ecofreq_levels_mhz), ranges,
-                                      (sb.best.prefill_mhz, sb.best.decode_mhz)))
+            out.append(default_params(*search_space(scn, spec.rates), (sb.best.prefill_mhz, sb.best.decode_mhz)))
     return out
 
 

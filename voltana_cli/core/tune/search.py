@@ -156,9 +156,15 @@ def overload_range(scn: Scenario, rates: list[float]) -> dict[str, tuple[float, 
     return out
 
 
+def search_space(scn: Scenario, rates: list[float]) -> tuple[tuple[int, ...], tuple[int, ...],
+                                                               dict[str, tuple[float, float]]]:
+    """What ``suggest`` and ``default_params`` take for this world and these rates: the supported clocks, the
+    GPU's EcoFreq levels, and each phase's overload-threshold range."""
+    return tuple(scn.model.clocks), tuple(scn.model.gpu.ecofreq_levels_mhz), overload_range(scn, rates)
+
+
 def _objective(scn: Scenario, reqs: list[Requirement], seeds: list[int]) -> Callable[[Any], float]:
-    clocks, levels = tuple(scn.model.clocks), tuple(scn.model.gpu.ecofreq_levels_mhz)
-    ranges = overload_range(scn, [r.rate for r in reqs])
+    clocks, levels, ranges = search_space(scn, [r.rate for r in reqs])
 
     def objective(trial: Any) -> float:
         tuned = suggest(trial, clocks, levels, ranges)
@@ -225,9 +231,7 @@ def run_study(scn: Scenario, reqs: list[Requirement], seeds: list[int], trials: 
                                     sampler=_sampler(optuna, seed, startup))
 
         if not study.trials:  # a new study starts from the untuned defaults: the search knows a sane point
-            ranges = overload_range(scn, [r.rate for r in reqs])
-            study.enqueue_trial(default_params(tuple(scn.model.clocks), tuple(scn.model.gpu.ecofreq_levels_mhz),
-                                               ranges))
+            study.enqueue_trial(default_params(*search_space(scn, [r.rate for r in reqs])))
             for params in warm or []:
                 study.enqueue_trial(params)
 
@@ -286,10 +290,9 @@ def _run_queued(scn: Scenario, reqs: list[Requirement], trials: int, study: Any,
     n = min(len(waiting), trials)
     if n == 0:
         return 0
-    clocks, levels = tuple(scn.model.clocks), tuple(scn.model.gpu.ecofreq_levels_mhz)
-    ranges = overload_range(scn, [r.rate for r in reqs])
+    space = search_space(scn, [r.rate for r in reqs])
     asked = [study.ask() for _ in range(n)]
-    tuned = [suggest(t, clocks, levels, ranges) for t in asked]
+    tuned = [suggest(t, *space) for t in asked]
     for trial, (value, shortfall) in zip(asked, pool.map(_score_worker, tuned), strict=True):
         trial.set_constraint("shortfall", shortfall)
         study.tell(trial, value)
@@ -311,16 +314,4 @@ def _best(study: Any) -> tuple[Any, float | None]:
 
 def _tuned_of(trial: Any, scn: Scenario, reqs: list[Requirement]) -> TunedPolicy:
     """The knobs of a finished trial, rebuilt from its parameters."""
-
-    class Fixed:
-        def __init__(self, params: dict[str, Any]):
-            self.params = params
-
-        def suggest_float(self, name: str, *a: Any, **k: Any) -> float:
-            return float(self.params[name])
-
-        def suggest_categorical(self, name: str, choices: Any) -> Any:
-            return self.params[name]
-
-    return suggest(Fixed(trial.params), tuple(scn.model.clocks), tuple(scn.model.gpu.ecofreq_levels_mhz),
-                   overload_range(scn, [r.rate for r in reqs]))
+    return suggest(import_optuna().trial.FixedTrial(dict(trial.params)), *search_space(scn, [r.rate for r in reqs]))

@@ -211,6 +211,8 @@ def test_serve_sim_end_to_end_with_the_openai_client_and_bench_url(tmp_path):
             status, err = _post(f"{url}/v1/completions", body)
             assert status == 400 and want in err["error"]["message"], (status, err)
         assert _post(f"{url}/admin/policy", b'{"policy": "static-min"}')[0] == 401
+        status, err = _post(f"http://127.0.0.1:{ports[-1]}/_voltana/clock", b"not json")  # an engine's own route
+        assert status == 400 and "not valid JSON" in err["error"]["message"]
         assert _post(f"{url}/admin/policy", b'{"policy": "static-min"}', {"Authorization": "Bearer nope"})[0] == 401
         status, body = _post(f"{url}/admin/policy", b'{"policy": "oracle"}', {"Authorization": "Bearer s3cret"})
         assert status == 400 and "yardstick" in body["error"]["message"]

@@ -436,10 +436,33 @@ class EmulatedEngine:
 
 
 # ---- HTTP ------------------------------------------------------------------------------------------------
-def _error(status: int, message: str, kind: str = "invalid_request_error") -> Any:
+def error_response(status: int, message: str, kind: str = "invalid_request_error") -> Any:
+    """An OpenAI-style JSON error (the engine's and the router's)."""
     from aiohttp import web
 
     return web.json_response({"error": {"message": message, "type": kind, "code": status}}, status=status)
+
+
+async def read_json(request: Any) -> Any:
+    """The request's JSON body; ``BadRequest`` when it is not JSON."""
+    try:
+        return await request.json()
+    except ValueError:  # JSONDecodeError, UnicodeDecodeError
+        raise BadRequest("the request body is not valid JSON") from None
+
+
+def bad_requests() -> Any:
+    """aiohttp middleware: a ``BadRequest`` from any handler is a 400 JSON error, not a 500."""
+    from aiohttp import web
+
+    @web.middleware
+    async def middleware(request: Any, handler: Any) -> Any:
+        try:
+            return await handler(request)
+        except BadRequest as exc:
+            return error_response(400, str(exc))
+
+    return middleware
 
 
 def _sse(data: dict[str, Any] | str) -> bytes:
@@ -523,42 +546,42 @@ def make_app(engine: EmulatedEngine) -> Any:
 
     @routes.post("/_voltana/clock")
     async def clock(request: web.Request) -> web.Response:
-        body = await _json(request)
+        body = await read_json(request)
         mhz = body.get("clock_mhz") if isinstance(body, dict) else None
         if isinstance(mhz, bool) or not isinstance(mhz, int):
-            return _error(400, "give {\"clock_mhz\": <integer MHz>}")
+            return error_response(400, "give {\"clock_mhz\": <integer MHz>}")
         try:
             engine.set_clock(mhz)
         except UserError as exc:
-            return _error(400, exc.problem)
+            return error_response(400, exc.problem)
         return web.json_response({"clock_mhz": mhz})
 
     @routes.post("/_voltana/allocated")
     async def allocated(request: web.Request) -> web.Response:
-        body = await _json(request)
+        body = await read_json(request)
         if engine.role != "prefill" or not isinstance(body, dict) or not isinstance(body.get("room"), int) \
                 or not isinstance(body.get("decode_url"), str):
-            return _error(400, "allocation notices go to a prefill's bootstrap server: {room, decode_url}")
+            return error_response(400, "allocation notices go to a prefill's bootstrap server: {room, decode_url}")
         engine.allocated(body["room"], body["decode_url"])
         return web.json_response({"ok": True})
 
     @routes.post("/_voltana/kv")
     async def kv(request: web.Request) -> web.Response:
-        body = await _json(request)
+        body = await read_json(request)
         if engine.role != "decode" or not isinstance(body, dict) or not isinstance(body.get("room"), int):
-            return _error(400, "KV hand-overs go to a decode instance: {room}")
+            return error_response(400, "KV hand-overs go to a decode instance: {room}")
         if not engine.kv_arrived(body["room"]):
-            return _error(404, f"no request with bootstrap_room {body['room']} here", "not_found")
+            return error_response(404, f"no request with bootstrap_room {body['room']} here", "not_found")
         return web.json_response({"ok": True})
 
     async def infer(request: web.Request, kind: str) -> web.StreamResponse:
         try:
-            req = parse_request(kind, await _json(request), max_context)
+            req = parse_request(kind, await read_json(request), max_context)
             if engine.role == "prefill":
                 return web.json_response(await engine.prefill(req))
             job = engine.decode(req)
         except BadRequest as exc:
-            return _error(400, str(exc))
+            return error_response(400, str(exc))
         rid = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex[:24]}"
         model = req.model or engine.model_name
         complete = False
@@ -604,16 +627,9 @@ def make_app(engine: EmulatedEngine) -> Any:
     async def metrics(request: web.Request) -> web.Response:
         return web.Response(body=_metrics_text(engine), content_type="text/plain", charset="utf-8")
 
-    app = web.Application(client_max_size=MAX_BODY_BYTES)
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[bad_requests()])
     app.add_routes(routes)
     return app
-
-
-async def _json(request: Any) -> Any:
-    try:
-        return await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise BadRequest("the request body is not valid JSON") from None
 
 
 def _metrics_text(engine: EmulatedEngine) -> bytes:

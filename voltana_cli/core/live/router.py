@@ -34,9 +34,9 @@ from typing import Any
 
 from voltana_cli.core.errors import UserError
 from voltana_cli.core.live.config import ClusterSpec, InstanceSpec
-from voltana_cli.core.live.engine import BadRequest, parse_request
+from voltana_cli.core.live.engine import BadRequest, bad_requests, error_response, parse_request, read_json
 from voltana_cli.core.models import ModelPredictor, PerfModel, engine_spec, gpu_spec, model_spec
-from voltana_cli.core.policy import REGISTRY, InstanceView, Policy, PolicyContext
+from voltana_cli.core.policy import REGISTRY, InstanceView, Policy, PolicyContext, StaticController
 
 #: Seconds between health probes of an unhealthy backend (a healthy one is probed every HEALTH_PERIOD_S).
 HEALTH_PERIOD_S = 2.0
@@ -137,8 +137,8 @@ class Router:
         if self.policy is None:
             return None
         pre, dec = self.policy.make_prefill_controller(), self.policy.make_decode_controller()
-        if getattr(pre, "idle_timeout_s", 0) == float("inf") and type(pre).__name__ == "StaticController":
-            return pre.idle_clock_mhz, dec.idle_clock_mhz
+        if isinstance(pre, StaticController) and isinstance(dec, StaticController):
+            return pre.clock_mhz, dec.clock_mhz
         return None
 
     # ---- placement -------------------------------------------------------------------------------------
@@ -175,6 +175,60 @@ class Router:
 
     def backends(self) -> list[Backend]:
         return [*self.prefills, *self.decodes]
+
+    async def instance_states(self) -> dict[str, dict[str, Any] | None]:
+        """Each instance's ``/_voltana/state`` by URL (``None`` where it does not answer); notes each clock."""
+        import aiohttp
+
+        async def one(b: Backend) -> tuple[str, dict[str, Any] | None]:
+            try:
+                async with self.session.get(f"{b.url}/_voltana/state", timeout=aiohttp.ClientTimeout(total=2)) as r:
+                    if r.status == 200:
+                        st = await r.json()
+                        b.clock_mhz = st.get("clock_mhz")
+                        return b.url, st
+            except (TimeoutError, aiohttp.ClientError):
+                pass
+            return b.url, None
+
+        return dict(await asyncio.gather(*(one(b) for b in self.backends())))
+
+    async def pin_clocks(self, clocks: tuple[int, int]) -> list[str]:
+        """Set (prefill, decode) clocks through each instance's clock setter; what failed."""
+        import aiohttp
+
+        failed = []
+        for b in self.backends():
+            c = clocks[0] if b.role == "prefill" else clocks[1]
+            try:
+                async with self.session.post(f"{b.url}/_voltana/clock", json={"clock_mhz": c},
+                                             timeout=aiohttp.ClientTimeout(total=5)) as r:
+                    if r.status != 200:
+                        failed.append(f"{b.url}: HTTP {r.status}")
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                failed.append(f"{b.url}: {exc.__class__.__name__}")
+        return failed
+
+    async def session_and_probe(self, app: Any) -> Any:
+        """aiohttp cleanup context: the upstream session, and a health probe of every backend every
+        ``HEALTH_PERIOD_S`` (an unhealthy one is routed around until it answers again)."""
+        import aiohttp
+
+        async def loop() -> None:
+            while True:
+                for b in self.backends():
+                    try:
+                        async with self.session.get(f"{b.url}/health", timeout=aiohttp.ClientTimeout(total=2)) as r:
+                            b.healthy = r.status == 200
+                    except (TimeoutError, aiohttp.ClientError):
+                        b.healthy = False
+                await asyncio.sleep(HEALTH_PERIOD_S)
+
+        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300))
+        task = asyncio.ensure_future(loop())
+        yield
+        task.cancel()
+        await self.session.close()
 
     def mark_failed(self, b: Backend) -> None:
         b.failures += 1
@@ -289,24 +343,32 @@ class _RouterMetrics:
             self._last[b.url] = (now, e)
 
 
+def _bearer(request: Any) -> str | None:
+    h = request.headers.get("Authorization", "")
+    return h[7:].strip() if h.startswith("Bearer ") else None
+
+
+def _allowed(given: str | None, want: str | None) -> bool:
+    return want is None or (given is not None and hmac.compare_digest(given.encode(), want.encode()))
+
+
 def make_router_app(router: Router) -> Any:
-    """The router's aiohttp application."""
-    import aiohttp
+    """The router's aiohttp application: status, admin and inference routes, and the health probe."""
     from aiohttp import web
 
     routes = web.RouteTableDef()
-    max_context = router.pm.model.max_context_tokens
-    upstream_timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=UPSTREAM_TIMEOUT_S)
+    _status_routes(router, routes)
+    _admin_routes(router, routes)
+    _inference_routes(router, routes)
+    app = web.Application(client_max_size=32 * 1024 * 1024, middlewares=[bad_requests()])
+    app.add_routes(routes)
+    app.cleanup_ctx.append(router.session_and_probe)
+    return app
 
-    def error(status: int, message: str, kind: str = "invalid_request_error") -> web.Response:
-        return web.json_response({"error": {"message": message, "type": kind, "code": status}}, status=status)
 
-    def bearer(request: web.Request) -> str | None:
-        h = request.headers.get("Authorization", "")
-        return h[7:].strip() if h.startswith("Bearer ") else None
-
-    def allowed(given: str | None, want: str | None) -> bool:
-        return want is None or (given is not None and hmac.compare_digest(given.encode(), want.encode()))
+def _status_routes(router: Router, routes: Any) -> None:
+    """``/health``, ``/v1/models``, ``/cluster``, ``/energy`` and ``/metrics``."""
+    from aiohttp import web
 
     @routes.get("/health")
     async def health(request: web.Request) -> web.Response:
@@ -318,24 +380,9 @@ def make_router_app(router: Router) -> Any:
         return web.json_response({"object": "list", "data": [{"id": router.spec.model, "object": "model",
                                                               "created": 0, "owned_by": "voltana"}]})
 
-    async def states() -> dict[str, dict[str, Any] | None]:
-        async def one(b: Backend) -> tuple[str, dict[str, Any] | None]:
-            try:
-                async with router.session.get(f"{b.url}/_voltana/state",
-                                              timeout=aiohttp.ClientTimeout(total=2)) as r:
-                    if r.status == 200:
-                        st = await r.json()
-                        b.clock_mhz = st.get("clock_mhz")
-                        return b.url, st
-            except (TimeoutError, aiohttp.ClientError):
-                pass
-            return b.url, None
-
-        return dict(await asyncio.gather(*(one(b) for b in router.backends())))
-
     @routes.get("/cluster")
     async def cluster(request: web.Request) -> web.Response:
-        st = await states()
+        st = await router.instance_states()
         return web.json_response({
             "policy": router.policy_name, "model": router.spec.model, "gpu": router.spec.gpu,
             "slo_ttft_ms": router.spec.slo_ttft_ms, "slo_itl_ms": router.spec.slo_itl_ms,
@@ -345,7 +392,7 @@ def make_router_app(router: Router) -> Any:
 
     @routes.get("/energy")
     async def energy(request: web.Request) -> web.Response:
-        st = await states()
+        st = await router.instance_states()
         inst = [{"url": b.url, "role": b.role,
                  "energy_j": (st.get(b.url) or {}).get("total_j"),
                  "busy_j": (st.get(b.url) or {}).get("busy_j"), "idle_j": (st.get(b.url) or {}).get("idle_j")}
@@ -358,93 +405,87 @@ def make_router_app(router: Router) -> Any:
     async def metrics(request: web.Request) -> web.Response:
         from prometheus_client import generate_latest
 
-        router.metrics.observe_instances(router, await states())
+        router.metrics.observe_instances(router, await router.instance_states())
         router.metrics.inflight.set(router.stats.inflight)
         return web.Response(body=generate_latest(router.metrics.registry), content_type="text/plain",
                             charset="utf-8")
 
-    # ---- admin -----------------------------------------------------------------------------------------
-    async def admin_guard(request: web.Request) -> web.Response | None:
-        if router.admin_token is None:
-            return error(403, "the admin API is disabled: start voltana serve with --admin-token "
-                         "(or VOLTANA_ADMIN_TOKEN)", "permission_error")
-        if not allowed(bearer(request), router.admin_token):
-            return error(401, "wrong or missing admin token: send 'Authorization: Bearer <token>'",
-                         "authentication_error")
-        return None
 
-    async def pin_clocks(clocks: tuple[int, int]) -> list[str]:
-        failed = []
-        for b in router.backends():
-            c = clocks[0] if b.role == "prefill" else clocks[1]
-            try:
-                async with router.session.post(f"{b.url}/_voltana/clock", json={"clock_mhz": c},
-                                               timeout=aiohttp.ClientTimeout(total=5)) as r:
-                    if r.status != 200:
-                        failed.append(f"{b.url}: HTTP {r.status}")
-            except (TimeoutError, aiohttp.ClientError) as exc:
-                failed.append(f"{b.url}: {exc.__class__.__name__}")
-        return failed
+def _admin_routes(router: Router, routes: Any) -> None:
+    """``/admin/policy`` behind the admin token."""
+    from aiohttp import web
+
+    def denied(request: web.Request) -> web.Response | None:
+        if router.admin_token is None:
+            return error_response(403, "the admin API is disabled: start voltana serve with --admin-token "
+                                  "(or VOLTANA_ADMIN_TOKEN)", "permission_error")
+        if not _allowed(_bearer(request), router.admin_token):
+            return error_response(401, "wrong or missing admin token: send 'Authorization: Bearer <token>'",
+                                  "authentication_error")
+        return None
 
     @routes.post("/admin/policy")
     async def admin_policy(request: web.Request) -> web.Response:
-        denied = await admin_guard(request)
-        if denied is not None:
-            return denied
-        try:
-            body = await request.json()
-        except ValueError:
-            return error(400, "the request body is not valid JSON")
+        refused = denied(request)
+        if refused is not None:
+            return refused
+        body = await read_json(request)
         name = body.get("policy") if isinstance(body, dict) else None
         if not isinstance(name, str):
-            return error(400, "give {\"policy\": \"<name>\"}, e.g. static-max or static:1200/990")
+            return error_response(400, "give {\"policy\": \"<name>\"}, e.g. static-max or static:1200/990")
         previous = router.policy_name
         try:
             router.set_policy(name)
         except UserError as exc:
-            return error(400, exc.problem)
+            return error_response(400, exc.problem)
         if router.on_policy is not None:  # the sidecars run the policy's controllers
             failed = await router.on_policy(name)
             if failed:
-                return error(502, f"the controllers did not start: {'; '.join(failed)}", "backend_error")
+                return error_response(502, f"the controllers did not start: {'; '.join(failed)}", "backend_error")
             return web.json_response({"policy": router.policy_name})
         clocks = router.static_clocks()
         if clocks is None:
             router.set_policy(previous)
-            return error(409, f"{name} sets clocks per iteration: it needs the per-instance controller sidecars, "
-                         "which a router started with --router-only does not run; use static-max, static-min or "
-                         "static:<prefill>/<decode>, or start the instances with voltana serve", "unsupported")
-        failed = await pin_clocks(clocks)
+            return error_response(409, f"{name} sets clocks per iteration: it needs the per-instance controller "
+                                  "sidecars, which a router started with --router-only does not run; use static-max, "
+                                  "static-min or static:<prefill>/<decode>, or start the instances with voltana serve",
+                                  "unsupported")
+        failed = await router.pin_clocks(clocks)
         if failed:
-            return error(502, f"could not set the clock on {'; '.join(failed)}", "backend_error")
+            return error_response(502, f"could not set the clock on {'; '.join(failed)}", "backend_error")
         return web.json_response({"policy": router.policy_name, "prefill_clock_mhz": clocks[0],
                                   "decode_clock_mhz": clocks[1]})
 
-    # ---- inference -------------------------------------------------------------------------------------
+
+def _inference_routes(router: Router, routes: Any) -> None:
+    """``/generate``, ``/v1/completions`` and ``/v1/chat/completions``: the P/D proxy."""
+    import aiohttp
+    from aiohttp import web
+
+    max_context = router.pm.model.max_context_tokens
+    upstream_timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=UPSTREAM_TIMEOUT_S)
+
+    def refuse(path: str, status: int, message: str, kind: str) -> web.Response:
+        router.metrics.count(path, str(status))
+        return error_response(status, message, kind)
+
     async def infer(request: web.Request) -> web.StreamResponse:
         path = request.path
         kind = _INFER[path]
-        if not allowed(bearer(request), router.api_key):
-            router.metrics.count(path, "401")
-            return error(401, "wrong or missing API key: send 'Authorization: Bearer <key>'", "authentication_error")
+        if not _allowed(_bearer(request), router.api_key):
+            return refuse(path, 401, "wrong or missing API key: send 'Authorization: Bearer <key>'",
+                                "authentication_error")
         try:
-            body = await request.json()
-        except ValueError:
-            router.metrics.count(path, "400")
-            return error(400, "the request body is not valid JSON")
-        try:
+            body = await read_json(request)
             req = parse_request(kind, body, max_context)
         except BadRequest as exc:
-            router.metrics.count(path, "400")
-            return error(400, str(exc))
+            return refuse(path, 400, str(exc), "invalid_request_error")
         if router.stats.inflight >= router.max_inflight:
-            router.metrics.count(path, "503")
-            return error(503, f"{router.max_inflight} requests are in flight: retry later", "overloaded")
+            return refuse(path, 503, f"{router.max_inflight} requests are in flight: retry later", "overloaded")
         try:
             p, d = router.choose(req.input_tokens)
         except NoBackend as exc:
-            router.metrics.count(path, "503")
-            return error(503, str(exc), "unavailable")
+            return refuse(path, 503, str(exc), "unavailable")
         room = random.getrandbits(63)
         # Serialised once for both instances.
         fwd = json.dumps({**body, "bootstrap_host": p.spec.host, "bootstrap_port": p.spec.bootstrap_port,
@@ -526,7 +567,7 @@ def make_router_app(router: Router) -> Any:
                     await resp.write(f'data: {{"error": {{"message": "{msg}", "type": "backend_error", '
                                      f'"code": 502}}}}\n\n'.encode())
                 return resp
-            return error(502, msg, "backend_error")
+            return error_response(502, msg, "backend_error")
         except (TimeoutError, aiohttp.ClientError) as exc:
             router.mark_failed(d)
             status = "502"
@@ -534,7 +575,7 @@ def make_router_app(router: Router) -> Any:
                 await resp.write(f'data: {{"error": {{"message": "decode instance {d.url} failed: '
                                  f'{exc.__class__.__name__}", "type": "backend_error", "code": 502}}}}\n\n'.encode())
                 return resp
-            return error(502, f"decode instance {d.url} failed: {exc.__class__.__name__}", "backend_error")
+            return error_response(502, f"decode instance {d.url} failed: {exc.__class__.__name__}", "backend_error")
         finally:
             router.stats.inflight -= 1
             router.decode_done(d, req.input_tokens, req.output_tokens)
@@ -544,29 +585,6 @@ def make_router_app(router: Router) -> Any:
 
     for path in _INFER:
         routes.post(path)(infer)
-
-    async def probe(app: web.Application) -> Any:
-        async def loop() -> None:
-            while True:
-                for b in router.backends():
-                    try:
-                        async with router.session.get(f"{b.url}/health", timeout=aiohttp.ClientTimeout(total=2)) as r:
-                            b.healthy = r.status == 200
-                    except (TimeoutError, aiohttp.ClientError):
-                        b.healthy = False
-                await asyncio.sleep(HEALTH_PERIOD_S)
-
-        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
-        router.session = aiohttp.ClientSession(connector=connector)
-        task = asyncio.ensure_future(loop())
-        yield
-        task.cancel()
-        await router.session.close()
-
-    app = web.Application(client_max_size=32 * 1024 * 1024)
-    app.add_routes(routes)
-    app.cleanup_ctx.append(probe)
-    return app
 
 
 async def run_router(router: Router, host: str, port: int, ready: Any = None) -> None:

@@ -135,38 +135,43 @@ async def _one(session: Any, base: str, n_in: int, n_out: int, api_key: str | No
     return out
 
 
-async def replay(base: str, wl: Workload, api_key: str | None = None, warmup: int = DEFAULT_WARMUP,
-                 timeout_s: float = 600.0, progress: Callable[[int, int], None] | None = None) -> LiveResult:
-    """Send ``wl`` to the router at ``base`` at its arrival times; return what the client measured."""
+def client_session() -> Any:
+    """The live client's HTTP session: no cap on connections (each request in flight holds one)."""
     import aiohttp
 
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+
+
+async def replay(session: Any, base: str, wl: Workload, api_key: str | None = None, warmup: int = DEFAULT_WARMUP,
+                 timeout_s: float = 600.0, progress: Callable[[int, int], None] | None = None) -> LiveResult:
+    """Send ``wl`` to the router at ``base`` at its arrival times, through ``session`` (``client_session``);
+    return what the client measured."""
     base = base.rstrip("/")
-    conn = aiohttp.TCPConnector(limit=0)
-    async with aiohttp.ClientSession(connector=conn) as session:
-        cluster = await get_json(session, f"{base}/cluster")
-        for _ in range(warmup):
-            await _one(session, base, 16, 4, api_key, time.monotonic(), timeout_s)
-        e0 = await get_json(session, f"{base}/energy")
-        arrivals = wl.arrival_s.astype(float) - float(wl.arrival_s[0])
-        n = len(wl)
-        t0 = time.monotonic()
-        done = 0
+    cluster = await get_json(session, f"{base}/cluster")
+    for _ in range(warmup):
+        await _one(session, base, 16, 4, api_key, time.monotonic(), timeout_s)
+    e0 = await get_json(session, f"{base}/energy")
+    arrivals = wl.arrival_s.astype(float) - float(wl.arrival_s[0])
+    n = len(wl)
+    t0 = time.monotonic()
+    done = 0
 
-        async def send(i: int) -> _Outcome:
-            nonlocal done
-            delay = arrivals[i] - (time.monotonic() - t0)
-            if delay > 0:
-                await asyncio.sleep(delay)
-            res = await _one(session, base, int(wl.input_tokens[i]), int(wl.output_tokens[i]), api_key, t0 + 0.0,
-                             timeout_s)
-            # TTFT counts from the request's arrival (its scheduled send time), as in the simulator.
-            done += 1
-            if progress:
-                progress(done, n)
-            return res
+    async def send(i: int) -> _Outcome:
+        nonlocal done
+        delay = arrivals[i] - (time.monotonic() - t0)
+        if delay > 0:
+            await asyncio.sleep(delay)
+        # Times count from t0, so TTFT is measured from the request's arrival (its scheduled send time), as in
+        # the simulator.
+        res = await _one(session, base, int(wl.input_tokens[i]), int(wl.output_tokens[i]), api_key, t0,
+                         timeout_s)
+        done += 1
+        if progress:
+            progress(done, n)
+        return res
 
-        outs = await asyncio.gather(*(send(i) for i in range(n)))
-        e1 = await get_json(session, f"{base}/energy")
+    outs = await asyncio.gather(*(send(i) for i in range(n)))
+    e1 = await get_json(session, f"{base}/energy")
     return LiveResult(_log(wl, arrivals, outs, e0, e1), str(cluster.get("policy", "")),
                       sum(1 for o in outs if o.error), [o.error for o in outs if o.error][:5])
 
@@ -223,9 +228,7 @@ def run_live_bench(prep: Any, url: str, policies: list[str] | None, admin_token:
     cfg = prep.cfg
 
     async def main() -> None:
-        import aiohttp
-
-        async with aiohttp.ClientSession() as session:
+        async with client_session() as session:
             await get_json(session, f"{url.rstrip('/')}/cluster")  # reachable before any work
             for rate in cfg.request_rates:
                 wl = prep.scenario.workload(rate, cfg.seed)
@@ -235,7 +238,7 @@ def run_live_bench(prep: Any, url: str, policies: list[str] | None, admin_token:
                         await set_policy(session, url.rstrip("/"), name, admin_token)
                     if progress:
                         progress(f"{rate:g} req/s, {name or 'the server policy'}: {len(wl)} requests")
-                    res = await replay(url, wl, api_key, warmup)
+                    res = await replay(session, url, wl, api_key, warmup)
                     s = summarize(res.log, cfg.slo_ttft_ms / 1e3, cfg.slo_itl_ms / 1e3).as_dict()
                     s["failed_requests"] = res.failed
                     if res.errors:

@@ -1,12 +1,14 @@
 """Calibration of the simulated A100-80G-SXM4 + Llama-3.1-8B 2P2D cluster against VoltanaLLM (PAPER.md §6).
 
 Runs ShareGPT at 50..100 req/s step 5 (120 s Poisson, seed 0) under static 1410, static 1005 and the
-VoltanaLLM policy (``voltana``) and prints every column of the paper's table beside ours, then the worst
+VoltanaLLM policy (``voltana``, with the targets of the paper's run scripts) on the paper's testbed (the
+``sglang-voltanallm-testbed`` engine spec: its server flags, fake KV transfer, the router posting the decode
+after the prefill) and prints every column of the paper's table beside ours, then the worst
 deviation per column and whether each target holds: E@1410 within 10 %, E1005/E1410 within 0.04, saving
 within 6 points, every readable attainment column within 10 points. Paper cells marked "ovl" (hidden under
 another marker) are printed as ``ovl`` and not scored.
 
-Usage: python benchmarks/calibration.py [--seed 0] [--duration-s 120]
+Usage: python benchmarks/calibration.py [--seed 0] [--duration-s 120] [--engine sglang-voltanallm-testbed]
 """
 
 from __future__ import annotations
@@ -67,9 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--duration-s", type=float, default=120.0)
+    ap.add_argument("--engine", default="sglang-voltanallm-testbed",
+                    help="engine spec to simulate (sglang: stock SGLang's defaults instead of the paper's flags)")
     args = ap.parse_args(argv)
     cfg = BenchConfig(dataset="sharegpt", request_rates=[float(r) for r in PAPER], duration_s=args.duration_s,
-                      seed=args.seed, gpu="a100-80g-sxm4", model="llama-3.1-8b", policies=list(POLICIES.values()),
+                      seed=args.seed, gpu="a100-80g-sxm4", model="llama-3.1-8b", engine=args.engine, policies=list(POLICIES.values()),
                       slo_ttft_ms=800, slo_itl_ms=50)
     by = {(r["request_rate"], r["policy"]): r for r in run_bench(cfg)["runs"]}
     cols = ["E1410", "E1005", "E_V", "E1005/E1410", "saving", "TTFT V", "TTFT 1410", "TTFT 1005",

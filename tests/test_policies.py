@@ -203,3 +203,17 @@ def test_the_prefill_router_comes_from_the_registry(a100_8b):
     with pytest.raises(UserError) as err:
         build_policy("voltana", replace(ctx, prefill_router="nope"))
     assert err.value.field == "prefill_router"
+
+
+def test_ecofreq_targets_default_to_the_paper_run_scripts_and_a_margin_sets_both(a100_8b):
+    """Without a margin, EcoFreq aims where the paper's run scripts set it: 450 ms for prefill and 45 ms for
+    decode of an 800 ms / 50 ms SLO (0.5625 and 0.9 of each); a given margin applies to both phases."""
+    from tests.conftest import policy_context
+    from voltana_cli.core.policy import EcoFreqParams, build_policy
+
+    pol = build_policy("voltana", policy_context(a100_8b))
+    assert pol.make_prefill_controller().target_s == pytest.approx(0.45)
+    assert pol.make_decode_controller().target_s == pytest.approx(0.045)
+    loose = build_policy("voltana", policy_context(a100_8b, ecofreq=EcoFreqParams(margin=0.35)))
+    assert loose.make_prefill_controller().target_s == pytest.approx(0.8 * 1.35)
+    assert loose.make_decode_controller().target_s == pytest.approx(0.05 * 1.35)

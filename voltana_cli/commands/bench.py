@@ -36,7 +36,7 @@ FLAGS = {
     "request_rates": "--request-rate", "n_prefill": "--prefill", "n_decode": "--decode", "policies": "--policy",
     "ecofreq_clocks_mhz": "--ecofreq-clocks", "json": "--json", "csv": "--csv", "plot": "--plot",
     "workload": "--request-rate/--duration-s/--num-prompts", "profile": "--profile", "predictor": "--predictor",
-    "tuned": "--tuned",
+    "tuned": "--tuned", "engine": "--engine-spec",
 }
 
 
@@ -67,7 +67,12 @@ def bench(
         f"{ROUTERS} (random: as the paper's reference load balancer does)."),
     slo_ttft_ms: float = typer.Option(800.0, help="TTFT SLO (ms)."),
     slo_itl_ms: float = typer.Option(50.0, help="ITL SLO (ms)."),
-    ecofreq_margin: float = typer.Option(0.35, help="EcoFreq margin: the target is SLO x (1 + margin)."),
+    ecofreq_margin: float | None = typer.Option(
+        None, help="EcoFreq margin for both phases: the target is SLO x (1 + margin). Default: the targets of the "
+        "paper's run scripts, 0.5625 x the TTFT SLO for prefill and 0.9 x the ITL SLO for decode."),
+    engine_spec: str = typer.Option(
+        "sglang", help="Serving engine spec: sglang (stock SGLang's defaults) or sglang-voltanallm-testbed (the "
+        "paper's server flags: 16k prefill chunks, no overlap, fake KV transfer)."),
     ecofreq_clocks: str | None = typer.Option(
         None, help="EcoFreq clock levels in MHz, comma-separated (default: the GPU's two from its spec, "
         "the paper's 1005,1410 on A100)."),
@@ -109,7 +114,7 @@ def bench(
             dataset=dataset, dataset_path=dataset_path, tokenizer=tokenizer, request_rates=rates,
             duration_s=None if num_prompts is not None else duration_s, num_prompts=num_prompts, arrival=arrival,
             burstiness=burstiness, seed=seed,
-            gpu=gpu, model=model, tp=tp, n_prefill=prefill, n_decode=decode,
+            gpu=gpu, model=model, tp=tp, engine=engine_spec, n_prefill=prefill, n_decode=decode,
             policies=_policies(policy, tuned), prefill_router=prefill_router, tuned=tuned,
             slo_ttft_ms=slo_ttft_ms,
             slo_itl_ms=slo_itl_ms, ecofreq_margin=ecofreq_margin, ecofreq_clocks_mhz=clocks,
@@ -158,6 +163,11 @@ def _parse_clocks(text: str) -> list[int]:
     return clocks
 
 
+def _margins(cfg: dict) -> str:
+    m = cfg.get("ecofreq_margins") or {}
+    return ", ".join(f"{ph} {m[ph]:+g}" for ph in ("prefill", "decode") if ph in m) or "n/a"
+
+
 def _fmt(x: float | None, spec: str) -> str:
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "-"
@@ -175,7 +185,7 @@ def _render(console: Console, report: dict) -> None:
     )
     console.print(
         f"SLOs: TTFT {cfg['slo_ttft_ms']:g} ms, ITL {cfg['slo_itl_ms']:g} ms. ITL rule: {ITL_RULE}. "
-        f"EcoFreq levels {cfg['ecofreq_clocks_mhz']} MHz, margin {cfg['ecofreq_margin']:g}."
+        f"EcoFreq levels {cfg['ecofreq_clocks_mhz']} MHz, margins {_margins(cfg)}."
     )
     table = Table(show_lines=False)
     for col, just in [
@@ -202,7 +212,7 @@ def _render(console: Console, report: dict) -> None:
 
 #: Options that shape the simulated world only: given with --url they are refused, not ignored.
 SIM_ONLY = ("noise", "profile", "predictor", "prediction_error", "tuned", "prefill", "decode", "prefill_router",
-            "ecofreq_margin", "ecofreq_clocks", "gpu", "model", "tp")
+            "ecofreq_margin", "ecofreq_clocks", "gpu", "model", "tp", "engine_spec")
 
 
 def _live(ctx: typer.Context, url: str, admin_token: str | None, api_key: str | None, json_path: Path | None,

@@ -29,7 +29,7 @@ from voltana_cli.core.models import (
 )
 from voltana_cli.core.models.ecopred import EcoPred
 from voltana_cli.core.models.profile import load_profile
-from voltana_cli.core.policy import REGISTRY, EcoFreqParams
+from voltana_cli.core.policy import PAPER_RUN_MARGINS, REGISTRY, EcoFreqParams
 from voltana_cli.core.report import Timeline
 from voltana_cli.core.sim import ClusterConfig
 from voltana_cli.core.tune import Scenario, find_searched, load_predictor, load_tuned, requirement_for
@@ -60,12 +60,13 @@ class BenchConfig(BaseModel):
     gpu: str = Field(default_factory=lambda: defaults().gpu)
     model: str = Field(default_factory=lambda: defaults().model)
     tp: int | None = None
+    engine: str = "sglang"  # the serving engine's spec (data/engines): how it batches, its flags
     n_prefill: int = 2
     n_decode: int = 2
     policies: list[str] = Field(default_factory=lambda: list(DEFAULT_POLICIES))
     slo_ttft_ms: float = 800.0
     slo_itl_ms: float = 50.0
-    ecofreq_margin: float = 0.35
+    ecofreq_margin: float | None = None  # None: the targets of the paper's run (policy.registry.PAPER_RUN_MARGINS)
     ecofreq_clocks_mhz: list[int] | None = None
     prediction_error: float = 0.05
     noise: float = 0.02
@@ -227,7 +228,7 @@ def prepare_bench(cfg: BenchConfig) -> PreparedBench:
     """Validate ``cfg`` and load what it needs; raises ``UserError`` before any simulation runs."""
     cfg = make_config(**cfg.model_dump())
     gpu, model = gpu_spec(cfg.gpu), model_spec(cfg.model)
-    pm = PerfModel(gpu, model, engine_spec(), tp=cfg.tp or model.default_tp)
+    pm = PerfModel(gpu, model, engine_spec(cfg.engine), tp=cfg.tp or model.default_tp)
     truth: InstanceModel = pm
     if cfg.profile is not None:
         prof = load_profile(cfg.profile)
@@ -356,6 +357,8 @@ def bench_report(prep: PreparedBench, out_runs: list[dict], notes: list[str], li
             **(live if live is not None else sim),
             "itl_rule": ITL_RULE,
             "ecofreq_clocks_mhz": list(ecof.clocks_mhz or pm.gpu.ecofreq_levels_mhz),
+            "ecofreq_margins": {ph: round(PAPER_RUN_MARGINS[ph] if ecof.margin is None else ecof.margin, 6)
+                                for ph in ("prefill", "decode")},
             "kv_capacity_tokens_per_decode_instance": pm.kv_capacity_tokens,
             "workload_notes": [*lengths.notes, *notes],
             "dataset_name": lengths.name,

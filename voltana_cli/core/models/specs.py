@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import cache
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -160,6 +161,13 @@ class EngineSpec(_Strict):
     mem_fraction_static: float = Field(gt=0, le=1)
     kv_transfer_gbps: float = Field(gt=0)
     kv_transfer_latency_ms: float = Field(ge=0)
+    pd_handoff: Literal["bootstrap", "after_prefill"] = Field(
+        "bootstrap", description="bootstrap: the router posts a request to its prefill and decode instances at once "
+        "and the prefill waits for the decode's KV pre-allocation (a real transfer backend); after_prefill: the "
+        "router posts it to the decode instance only when its prefill has answered, and no KV moves (SGLang's "
+        "fake transfer backend behind the VoltanaLLM router's --fake-transfer-v2)")
+    decode_max_running_requests: int | None = Field(None, gt=0, description="--max-running-requests of a decode "
+                                                    "instance (None: SGLang's default, which does not bind here)")
 
 
 def _available(kind: str) -> list[str]:

@@ -94,31 +94,33 @@ class EcoFreqController:
     work the instance drops to its lowest clock. It starts at the lowest clock.
 
     How this compares with the paper's run (evidence in ``docs/notes/voltanallm-reference.md``, read from the
-    reference code at f7789acf, ``managers/freq_manager.py`` and ``disaggregation/decode.py``):
+    reference code at f7789acf, ``managers/freq_manager.py``, ``disaggregation/{decode,mini_lb}.py`` and
+    ``voltana-llm-scripts/demo``):
 
-    - Same rule and semantics: the target is ``slo * (1 + margin)`` (the margin loosens it), queued work
-      forces the top clock, the lowest fitting level wins, 5 s without work drops to the lowest clock.
+    - Same rule: queued work forces the top clock, the lowest fitting level wins, 5 s without work drops to
+      the lowest clock; the target is ``slo * (1 + margin)``.
+    - The targets. The paper's text gives a margin of 0.35 (looser). Its run scripts never pass one: the
+      server flag ``--freq-manager-slo margin 0.35`` does not parse; the client posts ``slo_p50: 45`` and the
+      router forwards 45 ms to the decode instances and ten times that, 450 ms, to the prefill instances.
+      ``registry.PAPER_RUN_MARGINS`` takes those two (0.9 and 0.5625 of the paper's 50 ms / 800 ms SLOs) as
+      the default. The figure agrees with them and not with 0.35: Fig. 8 reports 99 % ITL attainment for
+      VoltanaLLM at 75 req/s where static 1005 MHz keeps 50 %, and a 67.5 ms decode target runs decode at
+      1005 MHz whenever it predicts under 67.5 ms per token, which leaves roughly static 1005 MHz's ITL
+      attainment (in our world, which matches both static runs there: 43 % with 0.35, 100 % with the
+      scripts' 45 ms; ``benchmarks/calibration.py``). Neither value was fitted to the figure.
     - The reference decides in a polling process on the median batch size and token count of the
       iterations since its previous poll (interval 0: about one iteration); this port decides on the
       iteration about to run. On a decode instance the reference's "queued" test reads SGLang's waiting
       queue after the scheduler has drained it into a prebuilt batch, so it almost never fires there;
       here ``queued`` counts requests whose KV has arrived but which admission held back, which is
-      likewise rare. Both ports therefore run decode at the low level until its predicted ITL passes
-      ``slo * (1 + margin)``.
-    - What the port cannot reproduce with the published knobs: Fig. 8 reports 99 % ITL attainment for
-      VoltanaLLM at 75 req/s where static 1005 MHz keeps 50 % and static 1410 MHz 99 %; with a target 35 %
-      above the ITL SLO the rule runs decode at 1005 MHz up to ~67 ms per token, so any world in which the
-      two static runs match the figure (ours does at 75 req/s: 51 % and 100 %) leaves EcoFreq with roughly
-      static 1005 MHz's ITL attainment there (ours: 43 %). The demo script that sets the margin
-      (``--freq-manager-slo margin 0.35``) does not parse, so the margin behind the figure is unknown; the
-      published 0.35 stays the default and is not fitted to the figure.
+      likewise rare.
 
     Args:
         phase: ``"prefill"`` or ``"decode"``.
         predictor: latency predictor (never the simulator's ground truth).
         clocks_mhz: the clock levels, any order (the paper: 1005 and 1410 MHz on A100).
         slo_s: TTFT SLO for prefill, ITL SLO for decode.
-        margin: relative loosening of the target (paper demo: 0.35).
+        margin: relative loosening of the target (``registry.PAPER_RUN_MARGINS``: the paper's run).
         overload_rps: arrival rate above which the top clock is forced (``None``: off).
     """
 

@@ -5,7 +5,10 @@ this module only orders events: arrivals (merged from the sorted arrival array),
 caches landing on their decode instance. When a request arrives, the policy's prefill router picks its
 prefill instance and its decode router its decode instance (as SGLang's P/D routers do: the request is
 posted to both at once); the decode instance pre-allocates its KV, which releases it to its prefill
-instance; when its prefill completes, its KV cache travels to that decode instance. The
+instance; when its prefill completes, its KV cache travels to that decode instance. An engine spec with
+``pd_handoff: after_prefill`` (the paper's testbed: fake KV transfer, the router posting the decode once the
+prefill answered) starts the prefill at arrival instead, and hands the request to its decode instance when
+the prefill ends: pre-allocation there is its KV's arrival. The
 "real" GPU is the ground-truth ``InstanceModel`` times a per-iteration lognormal noise that the
 controllers' predictor never sees.
 
@@ -162,6 +165,12 @@ class _Cluster:
                                            on_first_token=self._first_token, on_preallocated=self._preallocated)
                             for i in range(cluster.n_decode)]
             self.runners = self.decodes
+            if model.engine.pd_handoff == "after_prefill":
+                self._arrive = self._arrive_after_prefill  # type: ignore[method-assign]
+                self._kv_arrive = self._handoff  # type: ignore[method-assign]
+                self._preallocated = self._landed  # type: ignore[method-assign]
+                for dec in self.decodes:
+                    dec.on_preallocated = self._landed
         for c in {inst.clock for inst in (*self.prefills, *self.runners)}:
             model.check_clock(c)
         self.router = policy.decode_router
@@ -201,6 +210,30 @@ class _Cluster:
         if not dec.busy:  # an idle decode instance pre-allocates at once (a scheduler pass with no batch)
             self._start_decode(d, now)
 
+    def _arrive_after_prefill(self, rid: int, now: float) -> None:
+        # The router picks both instances now, but posts the request to its decode instance only once its
+        # prefill has answered (``_handoff``): the prefill starts at once, ungated by the decode's memory.
+        n_in = self.requests.input_tokens[rid]
+        p = self.prefill_of[rid] = self.prefill_router.choose(n_in, self.prefill_views)
+        d = self.decode_of[rid] = self.router.choose(n_in, self.decode_views)
+        self.decodes[d].route(rid, enqueue=False)
+        inst = self.prefills[p]
+        inst.submit(rid, now)
+        if not inst.busy:
+            self._start_prefill(p, now)
+
+    def _handoff(self, rid: int, now: float) -> None:
+        # The request reaches its decode instance after its prefill answered: it queues for pre-allocation.
+        d = self.decode_of[rid]
+        inst = self.decodes[d]
+        inst.enqueue(rid)
+        if not inst.busy:
+            self._start_decode(d, now)
+
+    def _landed(self, rid: int, now: float) -> None:
+        # No KV moves (a fake transfer backend): pre-allocation is the KV's arrival, in the same scheduler pass.
+        self.decodes[self.decode_of[rid]].submit(rid, now)
+
     def _arrive_colocated(self, rid: int, now: float) -> None:
         # One instance serves the request from prompt to last token: the decode router picks it.
         d = self.decode_of[rid] = self.prefill_of[rid] = self.router.choose(self.requests.input_tokens[rid],
@@ -225,10 +258,13 @@ class _Cluster:
             self._start_prefill(p, now)
 
     def _transfer_s(self, tokens: int) -> float:
-        """The ground truth's KV transfer time, memoised per input length (a pure function of it)."""
+        """The ground truth's KV transfer time, memoised per input length (a pure function of it); with the
+        after-prefill handoff no KV moves and it is the router's second post, the fixed latency alone."""
         t = self._transfer.get(tokens)
         if t is None:
-            t = self._transfer[tokens] = self.model.kv_transfer_s(tokens)
+            e = self.model.engine
+            t = e.kv_transfer_latency_ms / 1e3 if e.pd_handoff == "after_prefill" else self.model.kv_transfer_s(tokens)
+            self._transfer[tokens] = t
         return t
 
     def _prefill_done(self, p: int, now: float) -> None:

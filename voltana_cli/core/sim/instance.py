@@ -403,9 +403,11 @@ class DecodeInstance(Instance):
                  on_preallocated: Callable[[int, float], None] | None = None):
         super().__init__("decode", index, controller, costs, requests, outcomes, noise, switch_s, start_s,
                          record_timeline)
+        engine = costs.model.engine
         self.capacity = costs.model.kv_capacity_tokens
-        self.max_batch = costs.model.max_batch
-        self.margin = costs.model.engine.decode_reserved_tokens
+        cap = engine.decode_max_running_requests
+        self.max_batch = costs.model.max_batch if cap is None else min(cap, costs.model.max_batch)
+        self.margin = engine.decode_reserved_tokens
         self.on_first_token = on_first_token
         self.on_preallocated = on_preallocated
         self.prealloc: deque[int] = deque()  # routed here, KV not yet allocated: their prefill may not start
@@ -427,13 +429,20 @@ class DecodeInstance(Instance):
         instance changes (a router reads it during its call only)."""
         return self._view
 
-    def route(self, rid: int) -> None:
-        """Request ``rid`` was routed here: it waits for its KV to be pre-allocated."""
+    def route(self, rid: int, enqueue: bool = True) -> None:
+        """Request ``rid`` was routed here: the instance counts it from now on. With ``enqueue`` it also waits
+        for its KV to be pre-allocated at once (the router posted it here); without, ``enqueue`` comes later
+        (a router that posts it only once its prefill has answered)."""
         self.inflight += 1
-        self.prealloc.append(rid)
+        if enqueue:
+            self.prealloc.append(rid)
         v = self._view
         v.num_requests += 1
         v.kv_tokens += self.requests.input_tokens[rid]  # its prompt's KV is coming
+
+    def enqueue(self, rid: int) -> None:
+        """Routed request ``rid`` reaches this instance now: it waits for its KV to be pre-allocated."""
+        self.prealloc.append(rid)
 
     def preallocate(self, now: float) -> None:
         """Allocate input KV to the head of the pre-allocation queue while it fits (see the class docstring)."""

@@ -105,9 +105,10 @@ class EcoFreqController:
       ``registry.PAPER_RUN_MARGINS`` takes those two (0.9 and 0.5625 of the paper's 50 ms / 800 ms SLOs) as
       the default. The figure agrees with them and not with 0.35: Fig. 8 reports 99 % ITL attainment for
       VoltanaLLM at 75 req/s where static 1005 MHz keeps 50 %, and a 67.5 ms decode target runs decode at
-      1005 MHz whenever it predicts under 67.5 ms per token, which leaves roughly static 1005 MHz's ITL
-      attainment (in our world, which matches both static runs there: 43 % with 0.35, 100 % with the
-      scripts' 45 ms; ``benchmarks/calibration.py``). Neither value was fitted to the figure.
+      1005 MHz whenever it predicts under 67.5 ms per token, which leaves about static 1005 MHz's ITL
+      attainment: simulating the paper's testbed at 75 req/s, 59 % with 0.35 and 100 % with the scripts'
+      targets (``benchmarks/calibration.py``; static 1410 and 1005 MHz there: 100 % and 75 %). Neither value
+      was fitted to the figure.
     - The reference decides in a polling process on the median batch size and token count of the
       iterations since its previous poll (interval 0: about one iteration); this port decides on the
       iteration about to run. On a decode instance the reference's "queued" test reads SGLang's waiting

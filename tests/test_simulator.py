@@ -217,3 +217,18 @@ def test_the_testbed_engine_differs_from_stock_sglang_only_in_the_run_scripts_fl
     assert differ == {"name", "cuda_graph_max_bs", "chunked_prefill_tokens", "prefill_overlap_schedule",
                       "decode_reserved_tokens", "mem_fraction_static", "pd_handoff", "decode_max_running_requests"}
     assert testbed["pd_handoff"] == "after_prefill" and stock["pd_handoff"] == "bootstrap"
+
+
+def test_every_shipped_model_has_default_slos_with_a_source_and_bench_uses_them():
+    from voltana_cli.core.bench import BenchConfig, prepare_bench
+    from voltana_cli.core.models.specs import _available, model_spec
+
+    for name in _available("models"):
+        slo = model_spec(name).slo
+        assert slo.ttft_ms > 0 and slo.itl_ms > 0 and len(slo.source) > 20
+    prep = prepare_bench(BenchConfig(model="qwen3-32b", request_rates=[5.0], duration_s=5.0))
+    assert (prep.cfg.slo_ttft_ms, prep.cfg.slo_itl_ms) == (400.0, 100.0)
+    assert prep.scenario.slo_ttft_s == 0.4 and prep.scenario.slo_itl_s == 0.1
+    given = prepare_bench(BenchConfig(model="qwen3-32b", request_rates=[5.0], duration_s=5.0, slo_ttft_ms=900.0))
+    assert (given.cfg.slo_ttft_ms, given.cfg.slo_itl_ms) == (900.0, 100.0)
+    assert prepare_bench(BenchConfig(request_rates=[5.0], duration_s=5.0)).cfg.slo_ttft_ms == 800.0

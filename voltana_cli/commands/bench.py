@@ -65,8 +65,9 @@ def bench(
     prefill_router: str = typer.Option(
         "random", help="Router that picks each request's prefill instance: "
         f"{ROUTERS} (random: as the paper's reference load balancer does)."),
-    slo_ttft_ms: float = typer.Option(800.0, help="TTFT SLO (ms)."),
-    slo_itl_ms: float = typer.Option(50.0, help="ITL SLO (ms)."),
+    slo_ttft_ms: float | None = typer.Option(
+        None, help="TTFT SLO (ms). Default: the model's (800 for Llama-3.1-8B, the paper's; spec data names each source)."),
+    slo_itl_ms: float | None = typer.Option(None, help="ITL SLO (ms). Default: the model's (50 for Llama-3.1-8B)."),
     ecofreq_margin: float | None = typer.Option(
         None, help="EcoFreq margin for both phases: the target is SLO x (1 + margin). Default: the targets of the "
         "paper's run scripts, 0.5625 x the TTFT SLO for prefill and 0.9 x the ITL SLO for decode."),

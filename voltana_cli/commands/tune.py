@@ -61,8 +61,9 @@ def tune(
     duration_s: float = typer.Option(60.0, help="Seconds of arrivals per simulated run."),
     num_prompts: int | None = typer.Option(None, help="Requests per run instead of a duration."),
     request_rate: str = typer.Option("50:100:10", help="The rates to serve: START:STOP:STEP or one rate."),
-    slo_ttft_ms: float = typer.Option(800.0, help="TTFT SLO (ms)."),
-    slo_itl_ms: float = typer.Option(50.0, help="ITL SLO (ms)."),
+    slo_ttft_ms: float | None = typer.Option(
+        None, help="TTFT SLO (ms). Default: the model's (800 for Llama-3.1-8B, the paper's; spec data names each source)."),
+    slo_itl_ms: float | None = typer.Option(None, help="ITL SLO (ms). Default: the model's (50 for Llama-3.1-8B)."),
     target_attainment: float = typer.Option(0.99, help="Joint SLO attainment asked at every rate (0-1]; a rate "
                                             "static-max cannot serve that well asks for what static-max keeps."),
     trials: int = typer.Option(40, help="Search trials (this worker's share of the study)."),
@@ -123,6 +124,7 @@ def _tune(console: Console, spec: TuneSpec, cfg: BenchConfig, profile_path: str 
         cfg = make_config(**{**cfg.model_dump(), "gpu": prof.meta.gpu, "model": prof.meta.model})
         fit = (evaluate(prof, holdout=holdout, seed=seed, compare_gbt=False), holdout)
     prep = prepare_bench(cfg)
+    cfg = prep.cfg  # the SLOs resolved (a model's defaults when not given)
     if fit is not None:
         prep.scenario.fitted = fit[0].predictor
     t0 = time.perf_counter()

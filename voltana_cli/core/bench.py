@@ -64,8 +64,8 @@ class BenchConfig(BaseModel):
     n_prefill: int = 2
     n_decode: int = 2
     policies: list[str] = Field(default_factory=lambda: list(DEFAULT_POLICIES))
-    slo_ttft_ms: float = 800.0
-    slo_itl_ms: float = 50.0
+    slo_ttft_ms: float | None = None  # None: the model's default (spec data, with its source)
+    slo_itl_ms: float | None = None
     ecofreq_margin: float | None = None  # None: the targets of the paper's run (policy.registry.PAPER_RUN_MARGINS)
     ecofreq_clocks_mhz: list[int] | None = None
     prediction_error: float = 0.05
@@ -100,8 +100,8 @@ class BenchConfig(BaseModel):
 
     @field_validator("slo_ttft_ms", "slo_itl_ms")
     @classmethod
-    def _slo(cls, v: float) -> float:
-        if not (v > 0 and math.isfinite(v)):
+    def _slo(cls, v: float | None) -> float | None:
+        if v is not None and not (v > 0 and math.isfinite(v)):
             raise ValueError(f"SLO {v} must be a number > 0 ms")
         return v
 
@@ -228,6 +228,9 @@ def prepare_bench(cfg: BenchConfig) -> PreparedBench:
     """Validate ``cfg`` and load what it needs; raises ``UserError`` before any simulation runs."""
     cfg = make_config(**cfg.model_dump())
     gpu, model = gpu_spec(cfg.gpu), model_spec(cfg.model)
+    # SLOs not given are the model's defaults (spec data names their source).
+    cfg = cfg.model_copy(update={"slo_ttft_ms": cfg.slo_ttft_ms or model.slo.ttft_ms,
+                                 "slo_itl_ms": cfg.slo_itl_ms or model.slo.itl_ms})
     pm = PerfModel(gpu, model, engine_spec(cfg.engine), tp=cfg.tp or model.default_tp)
     truth: InstanceModel = pm
     if cfg.profile is not None:

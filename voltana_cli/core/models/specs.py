@@ -89,9 +89,18 @@ class GpuSpec(_Strict):
         return self.clocks_mhz[0]
 
 
+class ModelSlo(_Strict):
+    """A model's default SLOs and where they come from (bench and tune use them unless told otherwise)."""
+
+    ttft_ms: float = Field(gt=0)
+    itl_ms: float = Field(gt=0)
+    source: str = Field(min_length=1)
+
+
 class ModelSpec(_Strict):
     name: str
     hf_id: str
+    slo: ModelSlo
     num_layers: int = Field(gt=0)
     hidden_size: int = Field(gt=0)
     num_attention_heads: int = Field(gt=0)

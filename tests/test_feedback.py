@@ -247,3 +247,21 @@ def test_router_does_not_send_more_to_an_instance_whose_kv_cache_holds_prefills_
     assert r.choose(500, [view(0, 40, 40_000), view(1, 60, 60_000)]) == 0  # the less loaded, as cheap
     full = InstanceView(0, 40, 40_000, 1005, 40_000, gated=3)
     assert r.choose(500, [full, view(1, 60, 60_000)]) == 1  # the same instance, but its prefills already wait
+
+
+def test_the_overload_rule_reads_a_smoothed_rate_so_a_burst_does_not_switch_but_a_sustained_load_does():
+    """With ``overload_tau_s`` the top clock needs the arrival rate above the threshold for a while: a
+    one-second burst over it leaves a light batch at the lowest clock; the same rate held does not."""
+    p = FeedbackParams(headroom=0.0, dwell_s=0.0, overload_rps=30.0, overload_tau_s=5.0)
+
+    def run(ctl: FeedbackController, rates: list[float]) -> list[int]:
+        return [ctl.decide(Observation(0.02 * i, 8, 4000, rate_rps=r)) for i, r in enumerate(rates)]
+
+    calm, burst = [10.0] * 250, [40.0] * 50  # 5 s at 10 req/s, then 1 s at 40
+    seen = run(FeedbackController("decode", Linear(), CLOCKS, 0.05, p), calm + burst + calm)
+    assert max(seen) == 1005  # the smoothed rate peaks near 10 + 30 (1 - e^-0.2) = 15.4 < 30
+    held = run(FeedbackController("decode", Linear(), CLOCKS, 0.05, p), calm + [40.0] * 1000)
+    assert held[-1] == 1410 and held[300] == 1005  # switched after about 5 ln(3) = 5.5 s above, not at once
+    raw = run(FeedbackController("decode", Linear(), CLOCKS, 0.05, FeedbackParams(headroom=0.0, dwell_s=0.0,
+                                                                                  overload_rps=30.0)), calm + burst)
+    assert raw[-1] == 1410  # without smoothing the burst switches it

@@ -28,7 +28,10 @@ twice, and plans over the queue:
    to it (scaled by the predicted speed ratio) stays below ``max_utilization``. (Queueing theory's
    stability condition; the one-step queue plan below cannot see the arrivals to come.)
 5. **Overload.** Above a tuned arrival rate the instance runs at its top clock (EcoFreq's rule 1, whose
-   published thresholds sit above any load; here the threshold is searched like every other knob).
+   published thresholds sit above any load; here the threshold is searched like every other knob). The
+   rate it compares is the instance's arrival rate smoothed further over ``overload_tau_s``: a Poisson
+   stream's one-second bursts at a load below the threshold then do not switch the instance to its top
+   clock, and a sustained load above it does within a few time constants.
 6. **Queue planning (prefill).** A prefill iteration must serve its own oldest request in time *and* leave
    time for the work queued behind it: the clock must fit ``budget - oldest_wait`` for this batch and
    ``budget - queued_oldest_wait`` for this batch plus the queued tokens, at the same clock. (BiScale plans
@@ -74,6 +77,8 @@ class FeedbackParams:
         max_utilization: prefill: the busy fraction a clock may be projected to reach (1: no limit).
         overload_rps: the instance's arrival rate (req/s) above which it runs at its top clock: EcoFreq's
             rule 1, as a tuned threshold (infinity: off).
+        overload_tau_s: time constant (s) of the further smoothing of the arrival rate that the overload
+            rule reads (0: the rate as observed).
         hysteresis: a lower clock must fit ``budget * (1 - hysteresis)`` to be taken.
         idle_timeout_s: idle time after which the instance drops to its lowest clock.
     """
@@ -90,6 +95,7 @@ class FeedbackParams:
     backlog_gain: float = 2.0
     max_utilization: float = 0.85
     overload_rps: float = float("inf")
+    overload_tau_s: float = 0.0
     hysteresis: float = 0.03
     idle_timeout_s: float = 5.0
 
@@ -104,7 +110,7 @@ class FeedbackParams:
     def check(self) -> None:
         """Refuse knobs no controller can run with (``ValueError`` naming the knob)."""
         for name in ("kp", "ki", "integral_limit", "max_correction", "dwell_s", "backlog_gain", "hysteresis",
-                     "idle_timeout_s"):
+                     "idle_timeout_s", "overload_tau_s"):
             v = getattr(self, name)
             if not (v >= 0 and (math.isfinite(v) or name == "idle_timeout_s")):  # NaN fails ``v >= 0``
                 raise ValueError(f"feedback {name} {v} must be a finite number >= 0")
@@ -154,6 +160,8 @@ class FeedbackController:
         self.busy = 0.0  # smoothed busy fraction (prefill)
         self._prev_start: float | None = None  # when the previous iteration was decided
         self._is_decode = phase == "decode"
+        self.load_rps = 0.0  # the arrival rate the overload rule reads (smoothed over overload_tau_s)
+        self._load_t: float | None = None
         self._energy = getattr(predictor, "decode_j" if self._is_decode else "prefill_j", None)
         if self._energy is not None and not getattr(predictor, "has_energy", True):
             self._energy = None
@@ -217,8 +225,18 @@ class FeedbackController:
             return float(self._energy(obs.batch_size, obs.num_tokens, clock))
         return float(self._energy(obs.num_tokens, obs.batch_size, clock))
 
+    def _load(self, obs: Observation) -> float:
+        """The arrival rate the overload rule compares, after folding in this observation's."""
+        tau = self.params.overload_tau_s
+        last, self._load_t = self._load_t, obs.now_s
+        if tau <= 0 or last is None:
+            self.load_rps = obs.rate_rps
+        elif obs.now_s > last:
+            self.load_rps += (1.0 - math.exp((last - obs.now_s) / tau)) * (obs.rate_rps - self.load_rps)
+        return self.load_rps
+
     def _want(self, obs: Observation) -> int:
-        if obs.rate_rps > self.params.overload_rps:
+        if self._load(obs) > self.params.overload_rps:
             return self.max_clock
         budget = self.target_s * (1.0 + self.correction)
         if self._is_decode and obs.queued_oldest_wait_s > 0:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from voltana_cli.core.errors import UserError
+from voltana_cli.core.policy import PAPER_RUN_MARGINS
 from voltana_cli.core.policy.feedback import TunedPolicy
 from voltana_cli.core.tune.scenario import Scenario
 from voltana_cli.core.tune.search import Requirement, StudyResult, default_params, run_study, search_space
@@ -108,15 +109,44 @@ def requirements(scn: Scenario, rates: list[float], seeds: list[int], target: fl
 
 def warm_starts(scn: Scenario, reqs: list[Requirement], spec: TuneSpec,
                 progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
-    """Starting points from static-best at the least and the most loaded rate (training seeds): the
-    untuned knobs with their floors at the clocks that static pair found, so the search begins where the
-    strongest hand-made baseline already is."""
-    out = []
+    """Starting points for the search, so that it begins where the strongest hand-made baseline and the
+    paper's rule already are (training seeds only):
+
+    - the untuned knobs with their floors at static-best's clocks at the least and the most loaded rate;
+    - EcoFreq as the paper ran it, within the feedback family (its run's targets, no PI terms, no
+      utilisation cap, the least-loaded router), with both phases switched to their top clock above an
+      arrival rate smoothed over 5 s: the paper's rule serves the light rates cheaply and misses the heavy
+      ones, so the switch is placed a quarter and a half of the way from the last rate where the paper's
+      policy meets its requirement to the next one (per instance)."""
+    space = search_space(scn, spec.rates)
     ends = sorted(reqs, key=lambda r: r.rate)
+    out = []
     for r in ([ends[0], ends[-1]] if len(ends) > 1 else ends):
         sb = find_static_best(scn, r.rate, spec.training, r.attainment, progress)
         if sb.best is not None:
-            out.append(default_params(*search_space(scn, spec.rates), (sb.best.prefill_mhz, sb.best.decode_mhz)))
+            out.append(default_params(*space, (sb.best.prefill_mhz, sb.best.decode_mhz)))
+    meets = []
+    for r in ends:
+        if progress:
+            progress(f"voltana at {r.rate:g} req/s")
+        runs = [scn.run("voltana", r.rate, s) for s in spec.training]
+        meets.append(sum(x["attainment"]["both"] for x in runs) / len(runs) >= r.attainment)
+    if all(meets):
+        return out  # the paper's rule serves every rate: the search's own EcoFreq-like points will do
+    k = meets.index(False)
+    low = ends[k - 1].rate if k > 0 else 0.8 * ends[0].rate
+    high = ends[k].rate
+    eco = {**default_params(*space), "prefill_headroom": -PAPER_RUN_MARGINS["prefill"],
+           "decode_headroom": -PAPER_RUN_MARGINS["decode"], "prefill_kp": 0.0, "prefill_ki": 0.0, "decode_kp": 0.0,
+           "decode_ki": 0.0, "prefill_max_utilization": 1.0, "decode_backlog_gain": 0.0, "router": "least-loaded"}
+    for frac in (0.25, 0.5):
+        switch = low + frac * (high - low)
+        point = dict(eco)
+        for phase, n in (("prefill", scn.cluster.n_prefill), ("decode", scn.cluster.n_decode)):
+            lo, hi = space[2][phase]
+            point[f"{phase}_overload_rps"] = min(max(switch / n, lo), hi)
+            point[f"{phase}_overload_tau_s"] = 5.0
+        out.append(point)
     return out
 
 

@@ -93,6 +93,7 @@ def suggest(trial: Any, clocks: tuple[int, ...], levels: tuple[int, ...],
             backlog_gain=trial.suggest_float(f"{name}_backlog_gain", 0.0, 10.0) if name == "decode" else 0.0,
             max_utilization=trial.suggest_float(f"{name}_max_utilization", 0.5, 1.0) if name == "prefill" else 1.0,
             overload_rps=trial.suggest_float(f"{name}_overload_rps", *overload_range[name]),
+            overload_tau_s=trial.suggest_float(f"{name}_overload_tau_s", 0.0, 10.0),
         )
 
     return TunedPolicy(prefill=phase("prefill"), decode=phase("decode"),
@@ -112,7 +113,8 @@ def default_params(clocks: tuple[int, ...], levels: tuple[int, ...],
     for (name, p), f in zip((("prefill", base.prefill), ("decode", base.decode)), want, strict=True):
         floor = min(grid, key=lambda c: abs(c - f))  # noqa: B023  (used at once, inside this iteration)
         out.update({f"{name}_headroom": p.headroom, f"{name}_kp": p.kp, f"{name}_ki": p.ki,
-                    f"{name}_floor_mhz": floor, f"{name}_dwell_s": p.dwell_s})
+                    f"{name}_floor_mhz": floor, f"{name}_dwell_s": p.dwell_s,
+                    f"{name}_overload_tau_s": p.overload_tau_s})
         out[f"{name}_overload_rps"] = ranges[name][1]
     out["decode_backlog_gain"] = base.decode.backlog_gain
     out["prefill_max_utilization"] = base.prefill.max_utilization

@@ -431,3 +431,47 @@ def test_kill_9_of_serve_leaves_no_process_and_no_clock_locked(tmp_path):
     proc.wait(10)
     assert _wait_for(lambda: _engine_pids(ports) == [], 15.0)
     assert _wait_for(lambda: _locks(tmp_path) == {}, 15.0), _locks(tmp_path)
+
+
+def test_router_arrivals_give_the_rate_the_router_counts_smoothed_as_the_simulator_does():
+    """The sidecar's arrival rate: requests the router sent to its instance per second, smoothed with the
+    simulator's time constant; other instances, a router that does not answer and a garbled reply change
+    nothing."""
+    import math
+
+    from voltana_cli.core.live.sidecar import RouterArrivals, observation
+    from voltana_cli.core.sim.instance import RATE_TAU_S
+
+    docs: list = []
+
+    def fetch() -> dict:
+        d = docs.pop(0)
+        if isinstance(d, Exception):
+            raise d
+        return d
+
+    def cluster(mine: int, other: int) -> dict:
+        return {"instances": [{"url": "http://d0", "routed": other}, {"url": "http://d1", "routed": mine}]}
+
+    a = RouterArrivals("http://router", "http://d1", fetch=fetch)
+    docs += [cluster(0, 0), cluster(20, 500), urllib.error.URLError("down"), {"instances": "?"}, cluster(40, 9)]
+    a.poll(0.0)
+    assert a.rate_rps == 0.0  # the first reading only sets the origin
+    a.poll(0.5)  # 20 requests in 0.5 s: 40 req/s, of which the estimate takes 1 - e^(-0.5/tau)
+    want = 40.0 * (1 - math.exp(-0.5 / RATE_TAU_S))
+    assert a.rate_rps == pytest.approx(want)
+    a.poll(1.0)
+    a.poll(1.5)
+    assert a.rate_rps == pytest.approx(want)  # no answer, then a garbled one: unchanged
+    a.poll(2.0)  # 20 more in 1.5 s
+    assert a.rate_rps == pytest.approx(want + (1 - math.exp(-1.5 / RATE_TAU_S)) * (20 / 1.5 - want))
+    msg = {"scheduled_requests": {"num_decode_requests": 3, "sum_decode_kv_tokens": 90}, "wall_time": 0.01}
+    assert observation(msg, "decode", 2.0, 1410, a.rate_rps).rate_rps == a.rate_rps
+
+
+def test_every_sidecar_is_told_where_the_router_is():
+    from voltana_cli.core.live.launch import sidecar_argv
+
+    spec = cluster_from_flags("sim", 1, 1, host="0.0.0.0", port=8123)
+    argv = sidecar_argv(spec, spec.instances[0], Path("/tmp"), "voltana")
+    assert argv[argv.index("--router-url") + 1] == "http://127.0.0.1:8123"

@@ -127,6 +127,8 @@ def sidecar_argv(spec: ClusterSpec, inst: InstanceSpec, ipc_dir: Path, policy: s
             argv += ["--zeusd-socket", spec.zeusd_socket]
     if spec.tuned is not None:
         argv += ["--tuned", str(spec.tuned)]
+    host = "127.0.0.1" if spec.router.host in ("0.0.0.0", "::") else spec.router.host
+    argv += ["--router-url", f"http://{host}:{spec.router.port}"]
     return argv
 
 

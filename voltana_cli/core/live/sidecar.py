@@ -13,22 +13,30 @@ refused with the holder's pid; every exit path resets the clocks; and when the s
 ``voltana serve`` (its supervisor) finds the record of a dead owner and resets them
 (``recover_clocks``). GPUs: NVML on a real card (root, or the record says why not); an emulated instance's
 clock setter over HTTP (``EngineGpu``) otherwise.
+
+The forward-pass stream says what an instance runs, not what arrives at it; the arrival rate a controller's
+overload rule reads comes from the router, which counts every request it sends to each instance
+(``RouterArrivals``: ``GET /cluster``, polled twice a second, smoothed as the simulator smooths it).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 from voltana_cli.core.errors import UserError
 from voltana_cli.core.hardware import ClockGuard, GpuDevice, LockStore, default_lock_dir
 from voltana_cli.core.policy import Observation
+from voltana_cli.core.sim.instance import RATE_TAU_S
 
 #: Lowering the clock waits this long at the current one (raising is immediate).
 DEFAULT_MIN_DWELL_S = 0.05
@@ -88,7 +96,62 @@ class EngineGpu:
         return {"name": self.name, "uid": self.uid, "emulated": True}
 
 
-def observation(msg: dict[str, Any], role: str, now: float, clock: int) -> Observation:
+class RouterArrivals:
+    """The arrival rate at one instance as the router counts it (``routed`` in its ``GET /cluster``).
+
+    ``sample(routed, t)`` folds in a reading: the requests routed since the last one, over the time between,
+    smoothed with the simulator's time constant (``RATE_TAU_S``), so a controller tuned in the simulator
+    reads the same estimate live. ``start()`` polls in a daemon thread; a router that does not answer
+    leaves the estimate as it was.
+
+    Args:
+        router_url: the router's base URL.
+        instance_url: the instance's URL as the router knows it.
+        period_s: the polling period.
+        fetch: returns the parsed ``/cluster`` document (tests pass their own).
+    """
+
+    def __init__(self, router_url: str, instance_url: str, period_s: float = 0.5,
+                 fetch: Callable[[], dict[str, Any]] | None = None):
+        self.router_url, self.instance_url, self.period_s = router_url.rstrip("/"), instance_url, period_s
+        self.fetch = fetch or self._fetch
+        self.rate_rps = 0.0
+        self._last: tuple[int, float] | None = None
+
+    def _fetch(self) -> dict[str, Any]:
+        with urllib.request.urlopen(f"{self.router_url}/cluster", timeout=2) as r:
+            return dict(json.loads(r.read()))
+
+    def sample(self, routed: int, t: float) -> float:
+        last, self._last = self._last, (routed, t)
+        if last is not None and t > last[1]:
+            inst = max(routed - last[0], 0) / (t - last[1])
+            self.rate_rps += (1.0 - math.exp((last[1] - t) / RATE_TAU_S)) * (inst - self.rate_rps)
+        return self.rate_rps
+
+    def poll(self, t: float) -> None:
+        try:
+            doc = self.fetch()
+        except (urllib.error.URLError, OSError, ValueError):
+            return
+        instances = doc.get("instances") if isinstance(doc, dict) else None
+        for inst in instances if isinstance(instances, list) else []:
+            if isinstance(inst, dict) and inst.get("url") == self.instance_url and isinstance(inst.get("routed"), int):
+                self.sample(inst["routed"], t)
+                return
+
+    def start(self) -> threading.Thread:
+        def loop() -> None:
+            while True:
+                self.poll(time.monotonic())
+                time.sleep(self.period_s)
+
+        th = threading.Thread(target=loop, name="router-arrivals", daemon=True)
+        th.start()
+        return th
+
+
+def observation(msg: dict[str, Any], role: str, now: float, clock: int, rate_rps: float = 0.0) -> Observation:
     """What the controller sees after one forward-pass message: the iteration that ran is the estimate of the
     next one (its shape), and its duration and clock are the feedback."""
     s, q = msg.get("scheduled_requests") or {}, msg.get("queued_requests") or {}
@@ -99,14 +162,15 @@ def observation(msg: dict[str, Any], role: str, now: float, clock: int) -> Obser
     else:
         batch, tokens = int(s.get("num_decode_requests", 0)), int(s.get("sum_decode_kv_tokens", 0))
         queued, queued_tokens = int(q.get("num_decode_requests", 0)), 0
-    return Observation(now, batch, tokens, queued, 0.0, 0.0, wall, clock, batch, tokens, 0.0, queued_tokens, 0.0)
+    return Observation(now, batch, tokens, queued, 0.0, rate_rps, wall, clock, batch, tokens, 0.0, queued_tokens, 0.0)
 
 
 def run(reader: Any, role: str, controller: Any, guard: ClockGuard, min_dwell_s: float = DEFAULT_MIN_DWELL_S,
-        now: Any = time.monotonic, until: Any = None) -> int:
+        now: Any = time.monotonic, until: Any = None, arrivals: RouterArrivals | None = None) -> int:
     """The sidecar loop: per message, decide and set; returns how many clock changes it made.
 
-    ``until()``: stop when true (``None``: run until the process is stopped)."""
+    ``until()``: stop when true (``None``: run until the process is stopped). ``arrivals``: the instance's
+    arrival rate (``None``: 0, and an overload rule never fires)."""
     current = controller.idle_clock_mhz
     guard.set(current)
     changed_at, last_msg, changes = now(), now(), 0
@@ -123,7 +187,8 @@ def run(reader: Any, role: str, controller: Any, guard: ClockGuard, min_dwell_s:
         last_msg = t
         if not msg.get("scheduled_requests") or not msg.get("wall_time"):
             continue  # an idle heartbeat
-        want = int(controller.decide(observation(msg, role, t, current)))
+        rate = arrivals.rate_rps if arrivals is not None else 0.0
+        want = int(controller.decide(observation(msg, role, t, current, rate)))
         if want == current or (want < current and t - changed_at < min_dwell_s):
             continue
         guard.set(want)
@@ -204,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--slo-itl-ms", type=float, default=50.0)
     ap.add_argument("--min-dwell-s", type=float, default=DEFAULT_MIN_DWELL_S)
     ap.add_argument("--tuned", help="A tuned config from voltana tune (voltana-tuned's knobs and predictor).")
+    ap.add_argument("--router-url", help="The router's URL: the instance's arrival rate comes from its /cluster.")
     a = ap.parse_args(argv)
     from voltana_cli.core.live.forward_pass import ForwardPassReader
 
@@ -221,7 +287,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"sidecar {a.role} {a.url}: policy {a.policy}, clocks through {how}", flush=True)
             parent = os.getppid()
             # Ends (clocks reset on the way out) when its supervisor is gone, however it went, even by kill -9.
-            run(reader, a.role, ctl, guard, a.min_dwell_s, until=lambda: os.getppid() != parent)
+            arrivals = RouterArrivals(a.router_url, a.url) if a.router_url else None
+            if arrivals is not None:
+                arrivals.start()
+            run(reader, a.role, ctl, guard, a.min_dwell_s, until=lambda: os.getppid() != parent, arrivals=arrivals)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

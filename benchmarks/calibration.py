@@ -73,8 +73,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="engine spec to simulate (sglang: stock SGLang's defaults instead of the paper's flags)")
     args = ap.parse_args(argv)
     cfg = BenchConfig(dataset="sharegpt", request_rates=[float(r) for r in PAPER], duration_s=args.duration_s,
-                      seed=args.seed, gpu="a100-80g-sxm4", model="llama-3.1-8b", engine=args.engine, policies=list(POLICIES.values()),
-                      slo_ttft_ms=800, slo_itl_ms=50)
+                      seed=args.seed, gpu="a100-80g-sxm4", model="llama-3.1-8b", engine=args.engine,
+                      policies=list(POLICIES.values()), slo_ttft_ms=800, slo_itl_ms=50)
     by = {(r["request_rate"], r["policy"]): r for r in run_bench(cfg)["runs"]}
     cols = ["E1410", "E1005", "E_V", "E1005/E1410", "saving", "TTFT V", "TTFT 1410", "TTFT 1005",
             "ITL V", "ITL 1410", "ITL 1005"]

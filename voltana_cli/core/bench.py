@@ -229,8 +229,8 @@ def prepare_bench(cfg: BenchConfig) -> PreparedBench:
     cfg = make_config(**cfg.model_dump())
     gpu, model = gpu_spec(cfg.gpu), model_spec(cfg.model)
     # SLOs not given are the model's defaults (spec data names their source).
-    cfg = cfg.model_copy(update={"slo_ttft_ms": cfg.slo_ttft_ms or model.slo.ttft_ms,
-                                 "slo_itl_ms": cfg.slo_itl_ms or model.slo.itl_ms})
+    slo_ttft_ms, slo_itl_ms = cfg.slo_ttft_ms or model.slo.ttft_ms, cfg.slo_itl_ms or model.slo.itl_ms
+    cfg = cfg.model_copy(update={"slo_ttft_ms": slo_ttft_ms, "slo_itl_ms": slo_itl_ms})
     pm = PerfModel(gpu, model, engine_spec(cfg.engine), tp=cfg.tp or model.default_tp)
     truth: InstanceModel = pm
     if cfg.profile is not None:
@@ -265,7 +265,7 @@ def prepare_bench(cfg: BenchConfig) -> PreparedBench:
     _check_size(cfg)
     lengths, arrival = _lengths(cfg)
     scenario = Scenario(pm, truth, cluster, lengths, arrival, duration_s=cfg.duration_s, num_prompts=cfg.num_prompts,
-                        burstiness=cfg.burstiness, slo_ttft_s=cfg.slo_ttft_ms / 1e3, slo_itl_s=cfg.slo_itl_ms / 1e3,
+                        burstiness=cfg.burstiness, slo_ttft_s=slo_ttft_ms / 1e3, slo_itl_s=slo_itl_ms / 1e3,
                         prediction_error=cfg.prediction_error, ecofreq=ecof, tile=cfg.tile or pm.engine.gemm_tile,
                         prefill_router=cfg.prefill_router, fitted=predictor, tuned=tuned)
     for name in cfg.policies:
@@ -325,7 +325,7 @@ def run_bench_full(cfg: BenchConfig | PreparedBench, progress: Callable[[str], N
                 progress(f"{rate:g} req/s, {name}")
             ran_as = _resolve(prep, name, rate)
             res = prep.scenario.simulate(ran_as, wl, cfg.seed)
-            s = summarize(res, cfg.slo_ttft_ms / 1e3, cfg.slo_itl_ms / 1e3).as_dict()
+            s = summarize(res, prep.scenario.slo_ttft_s, prep.scenario.slo_itl_s).as_dict()
             runs.append(RunRecord(rate, name, res, s))
             # A searched policy says what its search found (e.g. static-best ran as static:1095/780).
             # A yardstick (the oracle reads the simulator's truth) is flagged in every report.

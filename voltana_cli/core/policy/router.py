@@ -91,24 +91,29 @@ class TileAwareRouter:
         self.tile = tile
 
     def choose(self, input_tokens: int, views: Sequence[InstanceView]) -> int:
+        # The orders below are tuple orders written out field by field (this runs once per request; building
+        # the tuples cost more than the comparisons).
         tile = self.tile
         for v in views:
             if v.num_requests >= tile:
                 break
         else:  # every instance is below the tile: the lowest (clock, count, index)
             low = views[0]
+            lc, ln = low.clock_mhz, low.num_requests
             for v in views:
-                if (v.clock_mhz, v.num_requests, v.index) < (low.clock_mhz, low.num_requests, low.index):
-                    low = v
+                c, n = v.clock_mhz, v.num_requests
+                if c < lc or (c == lc and (n < ln or (n == ln and v.index < low.index))):
+                    low, lc, ln = v, c, n
             return low.index
         # The first in (tiles in use, -count, index) order that can absorb the request without opening a tile.
-        best, best_key = None, None
+        best = None
+        bt = bn = 0
         for v in views:
             n = v.num_requests
-            if n == 0 or n % tile:
-                key = (-(-n // tile), -n, v.index)
-                if best_key is None or key < best_key:
-                    best, best_key = v, key
+            if n % tile or n == 0:
+                t = -(-n // tile)
+                if best is None or t < bt or (t == bt and (n > bn or (n == bn and v.index < best.index))):
+                    best, bt, bn = v, t, n
         if best is not None:
             return best.index
         least = views[0]  # all sit on a boundary: the least loaded opens a tile

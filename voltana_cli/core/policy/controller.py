@@ -9,6 +9,7 @@ it served), so a feedback controller needs no second path to its measurements.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -152,30 +153,32 @@ class EcoFreqController:
         self.min_hold_s = min_hold_s
         self.idle_timeout_s = idle_timeout_s
         self.overload_rps = overload_rps
+        self._overload = math.inf if overload_rps is None else overload_rps  # no overload rule: no rate is above
         self.idle_clock_mhz = self.min_clock
         self.current = self.min_clock
         self._since = -1e18
         self._is_decode = phase == "decode"
 
-    def _rule(self, obs: Observation) -> int:
-        if obs.queued > 0 or (self.overload_rps is not None and obs.rate_rps > self.overload_rps):
-            return self.max_clock
-        if self._is_decode:
-            budget = self.target_s
-            decode_s = self.predictor.decode_s
-            for c in self._lower:
-                if decode_s(obs.batch_size, obs.num_tokens, c) <= budget:
-                    return c
-        else:
-            budget = self.target_s - obs.oldest_wait_s
-            prefill_s = self.predictor.prefill_s
-            for c in self._lower:
-                if prefill_s(obs.num_tokens, obs.batch_size, c) <= budget:
-                    return c
-        return self.max_clock
-
     def decide(self, obs: Observation) -> int:
-        want = self._rule(obs)
+        # The rule, then the hold, in one function: this runs once per iteration.
+        want = self.max_clock  # queued work or an overload forces it; else the lowest level that fits
+        if not (obs.queued > 0 or obs.rate_rps > self._overload):
+            if self._is_decode:
+                budget = self.target_s
+                decode_s = self.predictor.decode_s
+                batch, tokens = obs.batch_size, obs.num_tokens
+                for c in self._lower:
+                    if decode_s(batch, tokens, c) <= budget:
+                        want = c
+                        break
+            else:
+                budget = self.target_s - obs.oldest_wait_s
+                prefill_s = self.predictor.prefill_s
+                tokens, seqs = obs.num_tokens, obs.batch_size
+                for c in self._lower:
+                    if prefill_s(tokens, seqs, c) <= budget:
+                        want = c
+                        break
         cur = self.current
         if want == cur:
             return want

@@ -151,26 +151,21 @@ class _Cluster:
         self.mixed: list[ColocatedInstance] = []
         # The instances whose iterations end in a decode token (P/D: the decode ones; colocated: all), by index.
         self.runners: list[DecodeInstance] | list[ColocatedInstance]
+        # P/D: the router posts each request to its decode instance at arrival (bootstrap), or once its
+        # prefill has answered (after_prefill: no KV moves, pre-allocation is the KV's arrival).
+        self.after_prefill = model.engine.pd_handoff == "after_prefill"
         if cluster.layout == "colocated":
             # The same GPUs, each instance serving both phases; its one controller is the policy's decode one.
             self.mixed = self.runners = [ColocatedInstance(i, policy.make_decode_controller(), *common)
                                          for i in range(cluster.n_prefill + cluster.n_decode)]
-            self._arrive = self._arrive_colocated  # type: ignore[method-assign]
-            self._decode_done = self._colocated_done  # type: ignore[method-assign]
         else:
             overlap = model.engine.prefill_overlap_schedule
             self.prefills = [PrefillInstance(i, policy.make_prefill_controller(), *common, overlap=overlap)
                              for i in range(cluster.n_prefill)]
-            self.decodes = [DecodeInstance(i, policy.make_decode_controller(), *common,
-                                           on_first_token=self._first_token, on_preallocated=self._preallocated)
+            # Their callbacks are set by the event loop (``_loop_pd``), whose state they share.
+            self.decodes = [DecodeInstance(i, policy.make_decode_controller(), *common)
                             for i in range(cluster.n_decode)]
             self.runners = self.decodes
-            if model.engine.pd_handoff == "after_prefill":
-                self._arrive = self._arrive_after_prefill  # type: ignore[method-assign]
-                self._kv_arrive = self._handoff  # type: ignore[method-assign]
-                self._preallocated = self._landed  # type: ignore[method-assign]
-                for dec in self.decodes:
-                    dec.on_preallocated = self._landed
         for c in {inst.clock for inst in (*self.prefills, *self.runners)}:
             model.check_clock(c)
         self.router = policy.decode_router
@@ -179,83 +174,10 @@ class _Cluster:
         self.decode_views = [x.view() for x in self.runners]
         self.model = model
         self.heap: list[tuple[float, int, int, int]] = []
-        self.seq = 0  # events pushed on the heap so far (ties at one time pop in push order)
+        # Numbers the events pushed on the heap, from 1 (ties at one time pop in push order).
+        self._seq = itertools.count(1)
         self._transfer: dict[int, float] = {}
         self.events = 0
-
-    def _first_token(self, rid: int, now: float) -> None:
-        # The prefill instance that served the request learns its TTFT (feedback for its controller).
-        self.prefills[self.prefill_of[rid]].recent_ttft_s = now - self.requests.arrival_s[rid]
-
-    def _start_prefill(self, p: int, now: float) -> None:
-        dt = self.prefills[p].start(now)
-        if dt is not None:
-            self.seq += 1
-            heapq.heappush(self.heap, (now + dt, self.seq, _PREFILL_DONE, p))
-
-    def _start_decode(self, d: int, now: float) -> None:
-        dt = self.runners[d].start(now)
-        if dt is not None:
-            self.seq += 1
-            heapq.heappush(self.heap, (now + dt, self.seq, _DECODE_DONE, d))
-
-    def _arrive(self, rid: int, now: float) -> None:
-        # Like SGLang's P/D routers, pick both instances when the request arrives: the decode instance counts
-        # it as routed (in flight) from now on, through its prefill and its KV transfer.
-        n_in = self.requests.input_tokens[rid]
-        self.prefill_of[rid] = self.prefill_router.choose(n_in, self.prefill_views)
-        d = self.decode_of[rid] = self.router.choose(n_in, self.decode_views)
-        dec = self.decodes[d]
-        dec.route(rid)
-        if not dec.busy:  # an idle decode instance pre-allocates at once (a scheduler pass with no batch)
-            self._start_decode(d, now)
-
-    def _arrive_after_prefill(self, rid: int, now: float) -> None:
-        # The router picks both instances now, but posts the request to its decode instance only once its
-        # prefill has answered (``_handoff``): the prefill starts at once, ungated by the decode's memory.
-        n_in = self.requests.input_tokens[rid]
-        p = self.prefill_of[rid] = self.prefill_router.choose(n_in, self.prefill_views)
-        d = self.decode_of[rid] = self.router.choose(n_in, self.decode_views)
-        self.decodes[d].route(rid, enqueue=False)
-        inst = self.prefills[p]
-        inst.submit(rid, now)
-        if not inst.busy:
-            self._start_prefill(p, now)
-
-    def _handoff(self, rid: int, now: float) -> None:
-        # The request reaches its decode instance after its prefill answered: it queues for pre-allocation.
-        d = self.decode_of[rid]
-        inst = self.decodes[d]
-        inst.enqueue(rid)
-        if not inst.busy:
-            self._start_decode(d, now)
-
-    def _landed(self, rid: int, now: float) -> None:
-        # No KV moves (a fake transfer backend): pre-allocation is the KV's arrival, in the same scheduler pass.
-        self.decodes[self.decode_of[rid]].submit(rid, now)
-
-    def _arrive_colocated(self, rid: int, now: float) -> None:
-        # One instance serves the request from prompt to last token: the decode router picks it.
-        d = self.decode_of[rid] = self.prefill_of[rid] = self.router.choose(self.requests.input_tokens[rid],
-                                                                             self.decode_views)
-        inst = self.mixed[d]
-        inst.submit(rid, now)
-        if not inst.busy:
-            self._start_decode(d, now)
-
-    def _colocated_done(self, d: int, now: float) -> None:
-        inst = self.mixed[d]
-        inst.finish(now)
-        if inst.has_work():
-            self._start_decode(d, now)
-
-    def _preallocated(self, rid: int, now: float) -> None:
-        # The decode instance holds KV for the request: its prefill instance may now schedule it.
-        p = self.prefill_of[rid]
-        inst = self.prefills[p]
-        inst.submit(rid, now)
-        if not inst.busy:
-            self._start_prefill(p, now)
 
     def _transfer_s(self, tokens: int) -> float:
         """The ground truth's KV transfer time, memoised per input length (a pure function of it); with the
@@ -263,38 +185,9 @@ class _Cluster:
         t = self._transfer.get(tokens)
         if t is None:
             e = self.model.engine
-            t = e.kv_transfer_latency_ms / 1e3 if e.pd_handoff == "after_prefill" else self.model.kv_transfer_s(tokens)
+            t = e.kv_transfer_latency_ms / 1e3 if self.after_prefill else self.model.kv_transfer_s(tokens)
             self._transfer[tokens] = t
         return t
-
-    def _prefill_done(self, p: int, now: float) -> None:
-        inst = self.prefills[p]
-        done = inst.finish(now)
-        if done:
-            inp, heap, transfer = self.requests.input_tokens, self.heap, self._transfer
-            seq = self.seq
-            for rid in done:
-                t = transfer.get(inp[rid])
-                if t is None:
-                    t = self._transfer_s(inp[rid])
-                seq += 1
-                heapq.heappush(heap, (now + t, seq, _KV_ARRIVE, rid))
-            self.seq = seq
-        if inst.queue:  # has_work(), inlined
-            self._start_prefill(p, now)
-
-    def _decode_done(self, d: int, now: float) -> None:
-        inst = self.decodes[d]
-        inst.finish(now)
-        if inst.batch or inst.waiting or inst.prealloc:  # has_work(), inlined: a pass may just pre-allocate
-            self._start_decode(d, now)
-
-    def _kv_arrive(self, rid: int, now: float) -> None:
-        d = self.decode_of[rid]
-        inst = self.decodes[d]
-        inst.submit(rid, now)
-        if not inst.busy:
-            self._start_decode(d, now)
 
     def run(self) -> None:
         """Process every event until the last request finishes.
@@ -306,32 +199,155 @@ class _Cluster:
         gc_was_enabled = gc.isenabled()
         gc.disable()
         try:
-            self.events = self._loop()
+            self.events = self._loop_colocated() if self.mixed else self._loop_pd()
         finally:
             if gc_was_enabled:
                 gc.enable()
 
-    def _loop(self) -> int:
-        """The event loop of ``run``; returns the number of events processed."""
+    # The event loops below are written for speed: the handlers are inlined, or local closures over the
+    # loop's state (no attribute lookups on ``self`` per event). Each processes arrivals from the sorted
+    # arrival list, after the heap's events up to their time (an event at the same time as an arrival goes
+    # first), then the heap's remaining ones; they return the number of events processed.
+
+    def _loop_pd(self) -> int:
+        """The event loop of a P/D cluster.
+
+        Like SGLang's P/D routers, both instances are picked when a request arrives: the decode instance
+        counts it as routed (in flight) from now on, through its prefill and its KV transfer. Bootstrap: the
+        request queues at once for pre-allocation on its decode instance (an idle one pre-allocates at once,
+        a scheduler pass with no batch), which releases it to its prefill instance; when its prefill ends its
+        KV travels to the decode instance. After-prefill: the prefill starts at once, ungated by the decode's
+        memory; when it ends the request is posted to its decode instance, where it queues for
+        pre-allocation, which is its KV's arrival (same scheduler pass).
+        """
         heap = self.heap
-        pop = heapq.heappop
-        handlers = (self._prefill_done, self._decode_done, self._kv_arrive)
-        arrive = self._arrive
+        pop, push = heapq.heappop, heapq.heappush
+        next_seq = self._seq.__next__
+        prefills, decodes = self.prefills, self.decodes
+        prefill_of, decode_of = self.prefill_of, self.decode_of
+        choose_prefill, choose_decode = self.prefill_router.choose, self.router.choose
+        prefill_views, decode_views = self.prefill_views, self.decode_views
+        arrivals, inp = self.requests.arrival_s, self.requests.input_tokens
+        transfer, transfer_s = self._transfer, self._transfer_s
+        after_prefill = self.after_prefill
+
+        def start_prefill(p: int, now: float) -> None:
+            dt = prefills[p].start(now)
+            if dt is not None:
+                push(heap, (now + dt, next_seq(), _PREFILL_DONE, p))
+
+        def start_decode(d: int, now: float) -> None:
+            dt = decodes[d].start(now)
+            if dt is not None:
+                push(heap, (now + dt, next_seq(), _DECODE_DONE, d))
+
+        def preallocated(rids: list[int], now: float) -> None:
+            # The decode instance holds KV for these requests: their prefill instances may now schedule them.
+            for rid in rids:
+                p = prefill_of[rid]
+                inst = prefills[p]
+                inst.submit(rid, now)
+                if not inst.busy:
+                    start_prefill(p, now)
+
+        def landed(rids: list[int], now: float) -> None:
+            # No KV moves (a fake transfer backend): pre-allocation is the KV's arrival, in the same pass.
+            for rid in rids:
+                decodes[decode_of[rid]].submit(rid, now)
+
+        def first_tokens(rids: list[int], now: float) -> None:
+            # The prefill instance that served each request learns its TTFT (feedback for its controller).
+            for rid in rids:
+                prefills[prefill_of[rid]].recent_ttft_s = now - arrivals[rid]
+
+        for dec in decodes:
+            dec.on_first_tokens = first_tokens
+            dec.on_preallocated_many = landed if after_prefill else preallocated
+
         last_t = -math.inf
-        arrivals = self.requests.arrival_s
-        # Each arrival, after the heap's events up to its time; then (at infinity) the heap's remaining ones.
         for rid, at in itertools.chain(enumerate(arrivals), ((-1, math.inf),)):
             while heap and heap[0][0] <= at:
                 now, _, kind, x = pop(heap)
                 if now < last_t:  # pragma: no cover - an invariant, tested
                     raise RuntimeError("simulation time went backwards")
                 last_t = now
-                handlers[kind](x, now)
-            if rid >= 0:
-                last_t = at
-                arrive(rid, at)
+                if kind == _KV_ARRIVE:
+                    d = decode_of[x]
+                    inst = decodes[d]
+                    if after_prefill:
+                        inst.enqueue(x)  # it queues for pre-allocation
+                    else:
+                        inst.submit(x, now)
+                    if not inst.busy:
+                        start_decode(d, now)
+                elif kind == _DECODE_DONE:
+                    inst = decodes[x]
+                    inst.finish(now)
+                    if inst.batch or inst.waiting or inst.prealloc:  # has_work(), inlined: a pass may just pre-allocate
+                        start_decode(x, now)
+                else:  # _PREFILL_DONE
+                    pre = prefills[x]
+                    for r in pre.finish(now):  # their KV caches travel to their decode instances
+                        t = transfer.get(inp[r])
+                        if t is None:
+                            t = transfer_s(inp[r])
+                        push(heap, (now + t, next_seq(), _KV_ARRIVE, r))
+                    if pre.queue:  # has_work(), inlined
+                        start_prefill(x, now)
+            if rid < 0:
+                break
+            last_t = at
+            n_in = inp[rid]
+            p = prefill_of[rid] = choose_prefill(n_in, prefill_views)
+            d = decode_of[rid] = choose_decode(n_in, decode_views)
+            if after_prefill:  # the prefill starts at once; the decode instance gets the request after it
+                decodes[d].route(rid, enqueue=False)
+                pre = prefills[p]
+                pre.submit(rid, at)
+                if not pre.busy:
+                    start_prefill(p, at)
+            else:
+                inst = decodes[d]
+                inst.route(rid)
+                if not inst.busy:  # an idle decode instance pre-allocates at once (a scheduler pass with no batch)
+                    start_decode(d, at)
         # The heap is empty: every event pushed on it was processed, besides each arrival.
-        return len(arrivals) + self.seq
+        return len(arrivals) + next_seq() - 1  # the next number less one: the events pushed
+
+    def _loop_colocated(self) -> int:
+        """The event loop of a colocated cluster: one instance serves each request from prompt to last token
+        (the decode router picks it)."""
+        heap = self.heap
+        pop, push = heapq.heappop, heapq.heappush
+        next_seq = self._seq.__next__
+        mixed, prefill_of, decode_of = self.mixed, self.prefill_of, self.decode_of
+        choose, views = self.router.choose, self.decode_views
+        arrivals, inp = self.requests.arrival_s, self.requests.input_tokens
+        last_t = -math.inf
+        for rid, at in itertools.chain(enumerate(arrivals), ((-1, math.inf),)):
+            while heap and heap[0][0] <= at:
+                now, _, _, d = pop(heap)  # every event is an iteration's end
+                if now < last_t:  # pragma: no cover - an invariant, tested
+                    raise RuntimeError("simulation time went backwards")
+                last_t = now
+                inst = mixed[d]
+                inst.finish(now)
+                if inst.has_work():
+                    dt = inst.start(now)
+                    if dt is not None:
+                        push(heap, (now + dt, next_seq(), _DECODE_DONE, d))
+            if rid < 0:
+                break
+            last_t = at
+            d = decode_of[rid] = prefill_of[rid] = choose(inp[rid], views)
+            inst = mixed[d]
+            inst.submit(rid, at)
+            if not inst.busy:
+                dt = inst.start(at)
+                if dt is not None:
+                    push(heap, (at + dt, next_seq(), _DECODE_DONE, d))
+        # The heap is empty: every event pushed on it was processed, besides each arrival.
+        return len(arrivals) + next_seq() - 1  # the next number less one: the events pushed
 
     def log(self, workload: Workload) -> RequestLog:
         """The run's request log (closing every instance's idle time at the last completion)."""

@@ -410,6 +410,10 @@ class DecodeInstance(Instance):
         self.margin = engine.decode_reserved_tokens
         self.on_first_token = on_first_token
         self.on_preallocated = on_preallocated
+        # The same announcements in bulk, once per scheduler pass with its request ids in order (a simulator
+        # saves a call per request); when set, they are called instead of the per-request ones.
+        self.on_first_tokens: Callable[[list[int], float], None] | None = None
+        self.on_preallocated_many: Callable[[list[int], float], None] | None = None
         self.prealloc: deque[int] = deque()  # routed here, KV not yet allocated: their prefill may not start
         self.allocated = 0  # requests with KV allocated that are not running yet (in prefill, transfer, waiting)
         self.allocated_tokens = 0  # their input tokens
@@ -467,7 +471,10 @@ class DecodeInstance(Instance):
         self.allocated_tokens += n_tokens
         self._view.gated = len(q)  # what this pass could not allocate: held back by a full cache
         # Released after the pass's bookkeeping, in queue order.
-        if self.on_preallocated is not None:
+        if self.on_preallocated_many is not None:
+            if released:
+                self.on_preallocated_many(released, now)
+        elif self.on_preallocated is not None:
             for rid in released:
                 self.on_preallocated(rid, now)
 
@@ -578,7 +585,10 @@ class DecodeInstance(Instance):
         self.allocated -= len(admitted)
         self.allocated_tokens -= inp_total
         # First tokens are announced after the pass's bookkeeping, in admission order.
-        if self.on_first_token is not None:
+        if self.on_first_tokens is not None:
+            if admitted:
+                self.on_first_tokens(admitted, now)
+        elif self.on_first_token is not None:
             for rid in admitted:
                 self.on_first_token(rid, now)
 

@@ -108,6 +108,12 @@ class Instance:
         record_timeline: keep every clock change in ``record.timeline`` and every iteration in ``record.trace``.
     """
 
+    # Slots: each role has more attributes than CPython keeps in a compact per-class layout (30), past which
+    # every instance falls back to a dict and method calls on it go unspecialised (a slow lookup per call).
+    __slots__ = ("role", "index", "controller", "_reads_truth", "costs", "requests", "outcomes", "noise", "switch_s",
+                 "record_timeline", "record", "clock", "last_s", "busy", "rate", "rate_t", "last_latency_s",
+                 "last_clock", "last_batch", "last_tokens", "_view", "durations", "batches")
+
     def __init__(self, role: str, index: int, controller: FrequencyController, costs: CostCache, requests: Requests,
                  outcomes: Outcomes, noise: Callable[[], float], switch_s: float, start_s: float,
                  record_timeline: bool = False):
@@ -272,6 +278,9 @@ class PrefillInstance(Instance):
     previous one ends.
     """
 
+    __slots__ = ("overlap", "_visible", "queue", "queued_tokens", "recent_ttft_s", "_chunks", "_tokens", "_seqs",
+                 "_pairs")
+
     def __init__(self, index: int, controller: FrequencyController, costs: CostCache, requests: Requests,
                  outcomes: Outcomes, noise: Callable[[], float], switch_s: float, start_s: float,
                  record_timeline: bool = False, overlap: bool = True):
@@ -396,6 +405,10 @@ class DecodeInstance(Instance):
     fills. Admission delivers the request's first token (its prefill computed it); every later token ends
     an iteration.
     """
+
+    __slots__ = ("capacity", "max_batch", "margin", "on_first_token", "on_preallocated", "on_first_tokens",
+                 "on_preallocated_many", "prealloc", "allocated", "allocated_tokens", "waiting", "waiting_tokens",
+                 "inflight", "_ends", "batch", "kv_tokens", "reserved", "iteration", "_dropped")
 
     def __init__(self, index: int, controller: FrequencyController, costs: CostCache, requests: Requests,
                  outcomes: Outcomes, noise: Callable[[], float], switch_s: float, start_s: float,
@@ -649,6 +662,9 @@ class ColocatedInstance(Instance):
     from the next one. The iteration's cost is the ground truth's mixed cost (``mixed_cost``): the combined
     tokens through the projections, every sequence's overhead, the chunks' attention and the batch's KV reads.
     """
+
+    __slots__ = ("capacity", "max_batch", "on_first_token", "waiting", "prefilling", "reserved", "recent_ttft_s",
+                 "_ends", "batch", "kv_tokens", "iteration", "_chunks", "_tokens", "_pairs")
 
     def __init__(self, index: int, controller: FrequencyController, costs: CostCache, requests: Requests,
                  outcomes: Outcomes, noise: Callable[[], float], switch_s: float, start_s: float,

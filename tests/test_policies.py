@@ -191,6 +191,26 @@ def test_random_router_is_seeded_uniform_and_pure():
     assert all(900 < c < 1100 for c in counts), counts
 
 
+def test_random_router_draws_are_splitmix64_step_by_step():
+    """The router draws its numbers a block at a time; they are splitmix64's, across block boundaries."""
+    from voltana_cli.core.policy import RandomRouter
+
+    def reference(seed: int, n: int, k: int) -> list[int]:
+        state, out = seed % 2**64, []
+        for _ in range(n):
+            state = (state + 0x9E3779B97F4A7C15) % 2**64
+            z = ((state ^ (state >> 30)) * 0xBF58476D1CE4E5B9) % 2**64
+            z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) % 2**64
+            out.append((z ^ (z >> 31)) % k)
+        return out
+
+    for seed in (0, 7, 2**64 - 1):
+        for k in (2, 3, 1000):
+            views = [InstanceView(i, 0, 0, 1410) for i in range(k)]
+            router = RandomRouter(seed)
+            assert [router.choose(1, views) for _ in range(9000)] == reference(seed, 9000, k)
+
+
 def test_the_prefill_router_comes_from_the_registry(a100_8b):
     from dataclasses import replace
 

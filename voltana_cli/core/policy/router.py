@@ -6,7 +6,9 @@ when its prefill completes. They see ``InstanceView``s and return an index into 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+import itertools
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -49,17 +51,61 @@ class RandomRouter:
     choice is reproducible and the policy core needs no random module. The reference LB of VoltanaLLM picks
     the prefill instance this way for every policy (``random.choice`` in its ``select_pair``)."""
 
-    _MASK = (1 << 64) - 1
-
     def __init__(self, seed: int = 0):
-        self._state = seed & self._MASK
+        self._state = seed & _MASK64
+        # The generator's outputs in order, drawn a block at a time (``_splitmix64_block``).
+        self._draw = itertools.chain.from_iterable(self._blocks()).__next__
+
+    def _blocks(self) -> Iterator[list[int]]:
+        while True:
+            block, self._state = _splitmix64_block(self._state)
+            yield block
 
     def choose(self, input_tokens: int, views: Sequence[InstanceView]) -> int:
-        # splitmix64; the mask is written out (2**64 - 1): a literal is cheaper than an attribute here.
-        z = self._state = (self._state + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
-        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
-        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
-        return views[(z ^ (z >> 31)) % len(views)].index
+        draw = self._draw  # a callable attribute: through a local, the call is a plain call
+        return views[draw() % len(views)].index
+
+
+_MASK64 = (1 << 64) - 1
+_GAMMA, _MIX1, _MIX2 = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB  # splitmix64's constants
+_BLOCK = 4096  # draws per block
+_NATIVE_ORDER = "little" if memoryview(b"\x01\x00").cast("H")[0] == 1 else "big"
+
+
+@functools.cache
+def _lanes() -> tuple[int, int, int]:
+    """The lane constants of ``_splitmix64_block``, one 128-bit lane per draw: 1 in every lane; k + 1 in lane k;
+    the low 64 bits set in every lane (built on first use)."""
+    ones = int.from_bytes((b"\x01" + bytes(15)) * _BLOCK, "little")
+    counts = int.from_bytes(b"".join((k + 1).to_bytes(16, "little") for k in range(_BLOCK)), "little")
+    low64 = int.from_bytes((b"\xff" * 8 + bytes(8)) * _BLOCK, "little")
+    return ones, counts, low64
+
+
+def _splitmix64_block(state: int) -> tuple[list[int], int]:
+    """The next ``_BLOCK`` outputs of splitmix64 from ``state``, and its state after them.
+
+    The same numbers as the step-by-step generator::
+
+        state = (state + GAMMA) % 2**64
+        z = ((state ^ (state >> 30)) * MIX1) % 2**64
+        z = ((z ^ (z >> 27)) * MIX2) % 2**64
+        output = z ^ (z >> 31)
+
+    computed for the whole block at once, for speed: lane k (bits 128k to 128k + 127) of one Python integer
+    holds draw k, and each step above is one operation on that integer (a 64-bit value times a 64-bit
+    constant fits its 128-bit lane; the mask drops what a shift brings in from the next lane). A draw costs a
+    few machine words of big-integer work instead of a dozen interpreted big-integer operations.
+    """
+    ones, counts, low64 = _lanes()
+    z = (state * ones + _GAMMA * counts) & low64  # lane k: state + (k + 1) * GAMMA, mod 2**64
+    z = ((z ^ (z >> 30)) & low64) * _MIX1 & low64
+    z = ((z ^ (z >> 27)) & low64) * _MIX2 & low64
+    z = (z ^ (z >> 31)) & low64
+    # Each lane's low 64 bits as a machine word: every other word of the integer's bytes, in native order.
+    words = memoryview(z.to_bytes(16 * _BLOCK, _NATIVE_ORDER)).cast("Q")
+    block = words[::2].tolist() if _NATIVE_ORDER == "little" else words[::-2].tolist()
+    return block, (state + _BLOCK * _GAMMA) & _MASK64
 
 
 class LeastLoadedRouter:

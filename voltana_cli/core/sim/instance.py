@@ -195,7 +195,8 @@ class Instance:
             self.busy = False
             self.last_s = now
             return None
-        f = self.noise()  # drawn before the decision: the oracle's truth includes it (one draw either way)
+        noise = self.noise  # a callable attribute: through a local, the call is a plain call (not a method lookup)
+        f = noise()  # drawn before the decision: the oracle's truth includes it (one draw either way)
         if self._reads_truth:
             obs.truth_s = lambda c: (self.cost(c) if c == cur else self._blend(cur, c))[0] * f
         new = self.controller.decide(obs)
@@ -361,7 +362,8 @@ class PrefillInstance(Instance):
         # The work behind this batch: the rest of a request it only chunks, then every later request.
         behind = nseq - 1 if q[nseq - 1][1] > chunks[-1] else nseq
         arrival = self.requests.arrival_s
-        return Observation(now, nseq, tokens, len(q) - nseq, now - arrival[q[0][0]], self.rate_at(now),
+        return Observation(now, nseq, tokens, len(q) - nseq, now - arrival[q[0][0]],
+                           self.rate * exp((self.rate_t - now) / RATE_TAU_S),  # rate_at(now), inlined
                            self.last_latency_s, self.last_clock, self.last_batch, self.last_tokens, self.recent_ttft_s,
                            self.queued_tokens - tokens, now - arrival[q[behind][0]] if behind < len(q) else 0.0)
 
@@ -372,15 +374,16 @@ class PrefillInstance(Instance):
 
     def finish(self, now: float) -> list[int]:
         """The running iteration ended at ``now``: returns the requests whose prefill completed, in order."""
-        q = self.queue
-        done: list[int] = []
-        for c in self._chunks:
-            item = q[0]
-            item[1] -= c
-            item[2] += c
-            if item[1] == 0:
-                q.popleft()
-                done.append(item[0])
+        q, chunks = self.queue, self._chunks
+        # Every chunk but the last took all that was left of its request (the budget ran out at the last).
+        done = [q.popleft()[0] for _ in range(len(chunks) - 1)]
+        item = q[0]
+        c = chunks[-1]
+        item[1] -= c
+        item[2] += c
+        if item[1] == 0:
+            q.popleft()
+            done.append(item[0])
         self.queued_tokens -= self._tokens
         self._visible -= len(done)
         v = self._view
@@ -606,16 +609,18 @@ class DecodeInstance(Instance):
                 self.on_first_token(rid, now)
 
     def form(self, now: float) -> Observation | None:
-        if self.prealloc:
-            self.preallocate(now)
-        if self.waiting:
-            self._admit(now)
-        if self.batch == 0:
-            return None
         # Requests whose prefill waits for this instance's KV (decode-gated): their wait is TTFT that only a
         # faster decode (freeing KV sooner) gives back.
         gated = self.prealloc
-        return Observation(now, self.batch, self.kv_tokens, len(self.waiting), 0.0, self.rate_at(now),
+        if gated:
+            self.preallocate(now)
+        if self.waiting:
+            self._admit(now)
+        batch = self.batch
+        if batch == 0:
+            return None
+        return Observation(now, batch, self.kv_tokens, len(self.waiting), 0.0,
+                           self.rate * exp((self.rate_t - now) / RATE_TAU_S),  # rate_at(now), inlined
                            self.last_latency_s, self.last_clock, self.last_batch, self.last_tokens, 0.0,
                            len(gated), now - self.requests.arrival_s[gated[0]] if gated else 0.0)
 
@@ -738,7 +743,7 @@ class ColocatedInstance(Instance):
         # As a decode instance sees it (batch: the requests that get a token from the iteration; tokens: their
         # KV), with the prefill side as its queue: the prompt tokens left behind this iteration's chunks.
         return Observation(now, self.batch, self.kv_tokens, len(self.waiting), oldest,
-                           self.rate_at(now), self.last_latency_s, self.last_clock, self.last_batch, self.last_tokens,
+                           self.rate * exp((self.rate_t - now) / RATE_TAU_S), self.last_latency_s, self.last_clock, self.last_batch, self.last_tokens,
                            self.recent_ttft_s, sum(item[1] for item in q) - tokens,
                            now - arrival[self.waiting[0]] if self.waiting else 0.0)
 

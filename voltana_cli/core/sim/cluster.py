@@ -272,26 +272,49 @@ class _Cluster:
                     raise RuntimeError("simulation time went backwards")
                 last_t = now
                 if kind == _KV_ARRIVE:
-                    d = decode_of[x]
-                    inst = decodes[d]
-                    if after_prefill:
-                        inst.enqueue(x)  # it queues for pre-allocation
-                    else:
-                        inst.submit(x, now)
-                    if not inst.busy:
-                        start_decode(d, now)
+                    # x: the landings still to come of one prefill batch's KV caches, latest first; the last one
+                    # lands now. Each following one is the next event when it comes before the heap's first and
+                    # not after the next arrival: it is processed here, at its time, without a trip through the
+                    # heap; else it goes back on the heap as the batch's entry.
+                    while True:
+                        r = x.pop()[2]
+                        d = decode_of[r]
+                        inst = decodes[d]
+                        if after_prefill:
+                            inst.enqueue(r)  # it queues for pre-allocation
+                        else:
+                            inst.submit(r, now)
+                        if not inst.busy:
+                            start_decode(d, now)
+                        if not x:
+                            break
+                        t, seq, _ = x[-1]
+                        if t > at or (heap and (t > heap[0][0] or (t == heap[0][0] and seq > heap[0][1]))):
+                            push(heap, (t, seq, _KV_ARRIVE, x))
+                            break
+                        now = last_t = t
                 elif kind == _DECODE_DONE:
                     inst = decodes[x]
                     inst.finish(now)
                     if inst.batch or inst.waiting or inst.prealloc:  # has_work(), inlined: a pass may just pre-allocate
-                        start_decode(x, now)
+                        dt = inst.start(now)  # start_decode(x, now), inlined
+                        if dt is not None:
+                            push(heap, (now + dt, next_seq(), _DECODE_DONE, x))
                 else:  # _PREFILL_DONE
                     pre = prefills[x]
-                    for r in pre.finish(now):  # their KV caches travel to their decode instances
-                        t = transfer.get(inp[r])
-                        if t is None:
-                            t = transfer_s(inp[r])
-                        push(heap, (now + t, next_seq(), _KV_ARRIVE, r))
+                    done = pre.finish(now)
+                    if done:
+                        # Their KV caches travel to their decode instances, each landing at its own time with its
+                        # own sequence number (as its own event would); one heap entry carries them all.
+                        landings = []
+                        for r in done:
+                            t = transfer.get(inp[r])
+                            if t is None:
+                                t = transfer_s(inp[r])
+                            landings.append((now + t, next_seq(), r))
+                        landings.sort(reverse=True)  # latest first: the next one to land is popped off the end
+                        t, seq, _ = landings[-1]
+                        push(heap, (t, seq, _KV_ARRIVE, landings))
                     if pre.queue:  # has_work(), inlined
                         start_prefill(x, now)
             if rid < 0:

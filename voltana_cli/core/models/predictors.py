@@ -30,7 +30,7 @@ class ModelPredictor:
         if error < 0:
             raise ValueError("prediction error must be >= 0")
         self._model = model
-        self._dec: dict[int, tuple[list[float], float, float]] = {}
+        self._dec: dict[int, tuple[list[float], float, int]] = {}
         self._pre: dict[int, tuple[list[float], float, float, float]] = {}
         self._dec_j: dict[int, tuple[list[float], float]] = {}
         self._pre_j: dict[int, tuple[list[float], float, float, float]] = {}
@@ -39,7 +39,7 @@ class ModelPredictor:
             bp = 1.0 + (rng.uniform(-error, error) if rng is not None and error > 0 else 0.0)
             dt = model.decode_table(c)
             pt = model.prefill_table(c)
-            self._dec[c] = ([x * bd for x in dt.t0], dt.t_kv * bd, bd)
+            self._dec[c] = ([x * bd for x in dt.t0], dt.t_kv * bd, len(dt.t0))  # the table, t_kv, its length
             self._pre[c] = ([x * bp for x in pt.tg], pt.t_seq * bp, pt.t_pair * bp, bp)
             self._dec_j[c] = ([x * bd for x in dt.e0], dt.e_kv * bd)
             self._pre_j[c] = ([x * bp for x in pt.eg], pt.e_seq * bp, pt.e_pair * bp, bp)
@@ -48,9 +48,9 @@ class ModelPredictor:
     has_energy = True
 
     def decode_s(self, batch: int, kv_tokens: int, clock_mhz: int) -> float:
-        t0, tkv, _ = self._dec[clock_mhz]
-        if batch >= len(t0):
-            batch = len(t0) - 1
+        t0, tkv, n = self._dec[clock_mhz]
+        if batch >= n:
+            batch = n - 1
         return t0[batch] + kv_tokens * tkv
 
     def prefill_s(self, tokens: int, num_seqs: int, clock_mhz: int) -> float:

@@ -74,12 +74,12 @@ _NATIVE_ORDER = "little" if memoryview(b"\x01\x00").cast("H")[0] == 1 else "big"
 
 @functools.cache
 def _lanes() -> tuple[int, int, int]:
-    """The lane constants of ``_splitmix64_block``, one 128-bit lane per draw: 1 in every lane; k + 1 in lane k;
-    the low 64 bits set in every lane (built on first use)."""
+    """The lane constants of ``_splitmix64_block``, one 128-bit lane per draw: 1 in every lane; (k + 1) * GAMMA
+    in lane k; the low 64 bits set in every lane (built on first use)."""
     ones = int.from_bytes((b"\x01" + bytes(15)) * _BLOCK, "little")
     counts = int.from_bytes(b"".join((k + 1).to_bytes(16, "little") for k in range(_BLOCK)), "little")
     low64 = int.from_bytes((b"\xff" * 8 + bytes(8)) * _BLOCK, "little")
-    return ones, counts, low64
+    return ones, _GAMMA * counts, low64
 
 
 def _splitmix64_block(state: int) -> tuple[list[int], int]:
@@ -97,8 +97,8 @@ def _splitmix64_block(state: int) -> tuple[list[int], int]:
     constant fits its 128-bit lane; the mask drops what a shift brings in from the next lane). A draw costs a
     few machine words of big-integer work instead of a dozen interpreted big-integer operations.
     """
-    ones, counts, low64 = _lanes()
-    z = (state * ones + _GAMMA * counts) & low64  # lane k: state + (k + 1) * GAMMA, mod 2**64
+    ones, gammas, low64 = _lanes()
+    z = (state * ones + gammas) & low64  # lane k: state + (k + 1) * GAMMA, mod 2**64
     z = ((z ^ (z >> 30)) & low64) * _MIX1 & low64
     z = ((z ^ (z >> 27)) & low64) * _MIX2 & low64
     z = (z ^ (z >> 31)) & low64

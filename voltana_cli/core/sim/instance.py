@@ -211,7 +211,11 @@ class Instance:
         cb[new] = cb.get(new, 0.0) + dt
         self.busy = True
         batch = obs.batch_size
-        self.last_latency_s, self.last_clock, self.last_batch, self.last_tokens = dt, new, batch, obs.num_tokens
+        # One store each (a four-way tuple assignment would build a tuple).
+        self.last_latency_s = dt
+        self.last_clock = new
+        self.last_batch = batch
+        self.last_tokens = obs.num_tokens
         self.durations.append(dt)
         self.batches.append(batch)
         if self.record_timeline:
@@ -410,7 +414,7 @@ class DecodeInstance(Instance):
     """
 
     __slots__ = ("capacity", "max_batch", "margin", "on_first_token", "on_preallocated", "on_first_tokens",
-                 "on_preallocated_many", "prealloc", "allocated", "allocated_tokens", "waiting", "waiting_tokens",
+                 "on_preallocated_many", "prealloc", "allocated", "allocated_tokens", "waiting",
                  "inflight", "_ends", "batch", "kv_tokens", "reserved", "iteration", "_dropped")
 
     def __init__(self, index: int, controller: FrequencyController, costs: CostCache, requests: Requests,
@@ -434,7 +438,6 @@ class DecodeInstance(Instance):
         self.allocated = 0  # requests with KV allocated that are not running yet (in prefill, transfer, waiting)
         self.allocated_tokens = 0  # their input tokens
         self.waiting: deque[int] = deque()
-        self.waiting_tokens = 0
         self.inflight = 0  # routed here, KV cache not arrived yet (pre-allocating, in prefill or in transit)
         self._ends: dict[int, list[int]] = {}  # iteration index -> the running requests it delivers the last token of
         self.batch = 0
@@ -508,7 +511,6 @@ class DecodeInstance(Instance):
             return
         self.waiting.append(rid)
         need = r.input_tokens[rid] + r.output_tokens[rid]
-        self.waiting_tokens += need
         self._view.queued_tokens += need  # it was counted in the view's requests since it was routed
         self.rate = self.rate * exp((self.rate_t - now) / RATE_TAU_S) + _RATE_STEP
         self.rate_t = now
@@ -531,7 +533,6 @@ class DecodeInstance(Instance):
             return True
         if rid in self.waiting:
             self.waiting.remove(rid)
-            self.waiting_tokens -= need
             self.allocated -= 1
             self.allocated_tokens -= n_in
             v.num_requests -= 1
@@ -568,7 +569,7 @@ class DecodeInstance(Instance):
         batch, kv, reserved = self.batch, self.kv_tokens, self.reserved
         cap, max_batch = self.capacity, self.max_batch
         admitted: list[int] = []
-        need_total = inp_total = 0
+        inp_total = 0
         while w:
             rid = w[0]
             n_in, n_out = inp[rid], out[rid]
@@ -577,7 +578,6 @@ class DecodeInstance(Instance):
                 break
             w.popleft()
             admitted.append(rid)
-            need_total += need
             inp_total += n_in
             first_token[rid] = now
             if n_out <= 1:  # its only token was the first: it leaves at once
@@ -597,7 +597,6 @@ class DecodeInstance(Instance):
             else:
                 ends[last] = [rid]
         self.batch, self.kv_tokens, self.reserved = batch, kv, reserved
-        self.waiting_tokens -= need_total
         self.allocated -= len(admitted)
         self.allocated_tokens -= inp_total
         # First tokens are announced after the pass's bookkeeping, in admission order.

@@ -145,7 +145,7 @@ def test_preallocation_keeps_a_margin_per_active_request_and_blocks_at_the_head(
     model = SmallKv(a100_8b, kv_capacity_tokens=3000)
     reqs = Requests([0.0] * 4, [400, 400, 100, 100], [10] * 4)
     inst = DecodeInstance(0, StaticController(1410), CostCache(model, 8192), reqs, Outcomes.empty(4), lambda: 1.0,
-                          0.003, 0.0, on_preallocated=lambda rid, now: released.append(rid))
+                          0.003, 0.0, on_preallocated=lambda rids, now: released.extend(rids))
     assert inst.margin == a100_8b.engine.decode_reserved_tokens == 512
     for rid in range(4):
         inst.route(rid)
@@ -164,7 +164,7 @@ def test_an_idle_instance_always_preallocates_one_request(a100_8b):
     released: list[int] = []
     reqs = Requests([0.0], [5000], [10])
     inst = DecodeInstance(0, StaticController(1410), CostCache(SmallKv(a100_8b), 8192), reqs, Outcomes.empty(1),
-                          lambda: 1.0, 0.003, 0.0, on_preallocated=lambda rid, now: released.append(rid))
+                          lambda: 1.0, 0.003, 0.0, on_preallocated=lambda rids, now: released.extend(rids))
     inst.route(0)
     assert inst.start(0.0) is None  # a scheduler pass with no batch still pre-allocates
     assert released == [0]

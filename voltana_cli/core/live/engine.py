@@ -204,7 +204,7 @@ class EmulatedEngine:
         if role == "prefill":
             self.inst = PrefillInstance(0, *common, overlap=model.engine.prefill_overlap_schedule)
         else:
-            self.inst = DecodeInstance(0, *common, on_first_token=self._first_token,
+            self.inst = DecodeInstance(0, *common, on_first_tokens=self._first_tokens,
                                        on_preallocated=self._preallocated)
         self.jobs: dict[int, Job] = {}  # by request id
         self.rooms: dict[int, Job] = {}  # by bootstrap room
@@ -355,20 +355,22 @@ class EmulatedEngine:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _preallocated(self, rid: int, now: float) -> None:
-        job = self.jobs.get(rid)
-        if job is not None and job.peer_url:
-            self._spawn(self._post(f"{job.peer_url}/_voltana/allocated", {"room": job.room, "decode_url": self.url}))
+    def _preallocated(self, rids: list[int], now: float) -> None:
+        for rid in rids:
+            job = self.jobs.get(rid)
+            if job is not None and job.peer_url:
+                self._spawn(self._post(f"{job.peer_url}/_voltana/allocated", {"room": job.room, "decode_url": self.url}))
 
-    def _first_token(self, rid: int, now: float) -> None:
-        job = self.jobs.get(rid)
-        if job is None:
-            return
-        job.tokens.put_nowait(1)
-        if job.output_tokens > 1:
-            self._running[rid] = job.output_tokens - 1
-        else:
-            job.tokens.put_nowait(None)
+    def _first_tokens(self, rids: list[int], now: float) -> None:
+        for rid in rids:
+            job = self.jobs.get(rid)
+            if job is None:
+                continue
+            job.tokens.put_nowait(1)
+            if job.output_tokens > 1:
+                self._running[rid] = job.output_tokens - 1
+            else:
+                job.tokens.put_nowait(None)
 
     async def _hand_over(self, job: Job) -> None:
         await asyncio.sleep(self.model.kv_transfer_s(job.input_tokens))

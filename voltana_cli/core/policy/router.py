@@ -10,7 +10,7 @@ import functools
 import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 
 @dataclass(slots=True)
@@ -69,7 +69,7 @@ class RandomRouter:
 _MASK64 = (1 << 64) - 1
 _GAMMA, _MIX1, _MIX2 = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB  # splitmix64's constants
 _BLOCK = 4096  # draws per block
-_NATIVE_ORDER = "little" if memoryview(b"\x01\x00").cast("H")[0] == 1 else "big"
+_NATIVE_ORDER: Literal["little", "big"] = "little" if memoryview(b"\x01\x00").cast("H")[0] == 1 else "big"
 
 
 @functools.cache

@@ -28,6 +28,7 @@ import itertools
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -173,7 +174,8 @@ class _Cluster:
         self.prefill_views = [x.view() for x in self.prefills]  # kept current by the instances
         self.decode_views = [x.view() for x in self.runners]
         self.model = model
-        self.heap: list[tuple[float, int, int, int]] = []
+        # (time, sequence, kind, payload): an instance index, or a prefill batch's KV landings (``_KV_ARRIVE``)
+        self.heap: list[tuple[float, int, int, Any]] = []
         # Numbers the events pushed on the heap, from 1 (ties at one time pop in push order).
         self._seq = itertools.count(1)
         self._transfer: dict[int, float] = {}
@@ -262,7 +264,7 @@ class _Cluster:
 
         for dec in decodes:
             dec.on_first_tokens = first_tokens
-            dec.on_preallocated_many = landed if after_prefill else preallocated
+            dec.on_preallocated = landed if after_prefill else preallocated
 
         last_t = -math.inf
         for rid, at in itertools.chain(enumerate(arrivals), ((-1, math.inf),)):

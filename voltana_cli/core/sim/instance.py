@@ -413,14 +413,13 @@ class DecodeInstance(Instance):
     an iteration.
     """
 
-    __slots__ = ("capacity", "max_batch", "margin", "on_first_token", "on_preallocated", "on_first_tokens",
-                 "on_preallocated_many", "prealloc", "allocated", "allocated_tokens", "waiting",
-                 "inflight", "_ends", "batch", "kv_tokens", "reserved", "iteration", "_dropped")
+    __slots__ = ("capacity", "max_batch", "margin", "on_first_tokens", "on_preallocated", "prealloc", "allocated",
+                 "allocated_tokens", "waiting", "inflight", "_ends", "batch", "kv_tokens", "reserved", "iteration", "_dropped")
 
     def __init__(self, index: int, controller: FrequencyController, costs: CostCache, requests: Requests,
                  outcomes: Outcomes, noise: Callable[[], float], switch_s: float, start_s: float,
-                 record_timeline: bool = False, on_first_token: Callable[[int, float], None] | None = None,
-                 on_preallocated: Callable[[int, float], None] | None = None):
+                 record_timeline: bool = False, on_first_tokens: Callable[[list[int], float], None] | None = None,
+                 on_preallocated: Callable[[list[int], float], None] | None = None):
         super().__init__("decode", index, controller, costs, requests, outcomes, noise, switch_s, start_s,
                          record_timeline)
         engine = costs.model.engine
@@ -428,12 +427,10 @@ class DecodeInstance(Instance):
         cap = engine.decode_max_running_requests
         self.max_batch = costs.model.max_batch if cap is None else min(cap, costs.model.max_batch)
         self.margin = engine.decode_reserved_tokens
-        self.on_first_token = on_first_token
-        self.on_preallocated = on_preallocated
+        self.on_first_tokens = on_first_tokens  # told (request ids, now) of the first tokens a pass delivered
+        self.on_preallocated = on_preallocated  # told (request ids, now) of the requests a pass pre-allocated
         # The same announcements in bulk, once per scheduler pass with its request ids in order (a simulator
         # saves a call per request); when set, they are called instead of the per-request ones.
-        self.on_first_tokens: Callable[[list[int], float], None] | None = None
-        self.on_preallocated_many: Callable[[list[int], float], None] | None = None
         self.prealloc: deque[int] = deque()  # routed here, KV not yet allocated: their prefill may not start
         self.allocated = 0  # requests with KV allocated that are not running yet (in prefill, transfer, waiting)
         self.allocated_tokens = 0  # their input tokens
@@ -490,12 +487,8 @@ class DecodeInstance(Instance):
         self.allocated_tokens += n_tokens
         self._view.gated = len(q)  # what this pass could not allocate: held back by a full cache
         # Released after the pass's bookkeeping, in queue order.
-        if self.on_preallocated_many is not None:
-            if released:
-                self.on_preallocated_many(released, now)
-        elif self.on_preallocated is not None:
-            for rid in released:
-                self.on_preallocated(rid, now)
+        if released and self.on_preallocated is not None:
+            self.on_preallocated(released, now)
 
     def submit(self, rid: int, now: float) -> None:
         """A routed request's KV cache arrived: it waits for admission."""
@@ -600,12 +593,8 @@ class DecodeInstance(Instance):
         self.allocated -= len(admitted)
         self.allocated_tokens -= inp_total
         # First tokens are announced after the pass's bookkeeping, in admission order.
-        if self.on_first_tokens is not None:
-            if admitted:
-                self.on_first_tokens(admitted, now)
-        elif self.on_first_token is not None:
-            for rid in admitted:
-                self.on_first_token(rid, now)
+        if admitted and self.on_first_tokens is not None:
+            self.on_first_tokens(admitted, now)
 
     def form(self, now: float) -> Observation | None:
         # Requests whose prefill waits for this instance's KV (decode-gated): their wait is TTFT that only a
@@ -667,17 +656,17 @@ class ColocatedInstance(Instance):
     tokens through the projections, every sequence's overhead, the chunks' attention and the batch's KV reads.
     """
 
-    __slots__ = ("capacity", "max_batch", "on_first_token", "waiting", "prefilling", "reserved", "recent_ttft_s",
+    __slots__ = ("capacity", "max_batch", "on_first_tokens", "waiting", "prefilling", "reserved", "recent_ttft_s",
                  "_ends", "batch", "kv_tokens", "iteration", "_chunks", "_tokens", "_pairs")
 
     def __init__(self, index: int, controller: FrequencyController, costs: CostCache, requests: Requests,
                  outcomes: Outcomes, noise: Callable[[], float], switch_s: float, start_s: float,
-                 record_timeline: bool = False, on_first_token: Callable[[int, float], None] | None = None):
+                 record_timeline: bool = False, on_first_tokens: Callable[[list[int], float], None] | None = None):
         super().__init__("colocated", index, controller, costs, requests, outcomes, noise, switch_s, start_s,
                          record_timeline)
         self.capacity = costs.model.kv_capacity_tokens
         self.max_batch = costs.model.max_batch
-        self.on_first_token = on_first_token
+        self.on_first_tokens = on_first_tokens  # told (request ids, now) of the first tokens an iteration gave
         self.waiting: deque[int] = deque()  # arrived, KV not reserved yet
         self.prefilling: deque[list[int]] = deque()  # admitted: [request id, tokens left, tokens done]
         self.reserved = 0  # input + output tokens of the admitted and running requests
@@ -742,7 +731,8 @@ class ColocatedInstance(Instance):
         # As a decode instance sees it (batch: the requests that get a token from the iteration; tokens: their
         # KV), with the prefill side as its queue: the prompt tokens left behind this iteration's chunks.
         return Observation(now, self.batch, self.kv_tokens, len(self.waiting), oldest,
-                           self.rate * exp((self.rate_t - now) / RATE_TAU_S), self.last_latency_s, self.last_clock, self.last_batch, self.last_tokens,
+                           self.rate * exp((self.rate_t - now) / RATE_TAU_S), self.last_latency_s, self.last_clock,
+                           self.last_batch, self.last_tokens,
                            self.recent_ttft_s, sum(item[1] for item in q) - tokens,
                            now - arrival[self.waiting[0]] if self.waiting else 0.0)
 
@@ -808,6 +798,5 @@ class ColocatedInstance(Instance):
         self.last_s = now
         if first:
             self.recent_ttft_s = now - r.arrival_s[first[-1]]
-            if self.on_first_token is not None:
-                for rid in first:
-                    self.on_first_token(rid, now)
+            if self.on_first_tokens is not None:
+                self.on_first_tokens(first, now)

@@ -22,7 +22,7 @@ def test_profile_against_a_server(server, tmp_path):
     out = tmp_path / "p"
     r = invoke("profile", "--backend", "sglang", "--sglang-url", server.url, "--clocks", "1410",
                "--batch-sizes", "1,4,8", "--kv-per-request", "16", "--prefill-tokens", "64,512",
-               "--prefill-seqs", "1,2", "--repeats", "1", "--window-tokens", "8", "--out", str(out))
+               "--prefill-seqs", "1,2", "--repeats", "1", "--window-tokens", "32", "--out", str(out))
     assert r.exit_code == 0, r.output
     prof = load_profile(out)
     m = prof.meta
@@ -34,7 +34,8 @@ def test_profile_against_a_server(server, tmp_path):
     for b in (1, 4, 8):
         want = decode_ms(b, 0)
         assert 0.8 * want <= lat[b] <= 2.0 * want, (b, lat[b])
-        assert kv[b] == b * (16 + 2 + 4)  # prompt + steady-window start + half the window
+        assert kv[b] == b * (16 + 2 + 16)  # prompt + steady-window start + half the window
+    # (32 tokens: streams that start apart on a busy machine still overlap in a window this long)
     assert lat[8] > lat[1]
     assert 8 in server.batches  # the decode requests really ran as one batch
     pre = prof.phase("prefill")

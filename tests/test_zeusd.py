@@ -72,6 +72,7 @@ def daemon(tmp_path: Path):
         ready.set()
         loop.run_forever()
         loop.run_until_complete(runner.cleanup())
+        loop.close()  # closed here, in its thread: left to the garbage collector it warns at exit
 
     t = threading.Thread(target=serve, daemon=True)
     t.start()

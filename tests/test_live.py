@@ -475,3 +475,11 @@ def test_every_sidecar_is_told_where_the_router_is():
     spec = cluster_from_flags("sim", 1, 1, host="0.0.0.0", port=8123)
     argv = sidecar_argv(spec, spec.instances[0], Path("/tmp"), "voltana")
     assert argv[argv.index("--router-url") + 1] == "http://127.0.0.1:8123"
+
+
+def test_a_cluster_without_slos_takes_its_models_defaults():
+    """As bench and tune do: the model's SLOs (spec data) unless the cluster gives its own."""
+    assert (cluster_from_flags("sim", 1, 1, model="qwen3-32b").slo_ttft_ms,
+            cluster_from_flags("sim", 1, 1, model="qwen3-32b").slo_itl_ms) == (400.0, 100.0)
+    assert cluster_from_flags("sim", 1, 1).slo_itl_ms == 50.0
+    assert cluster_from_flags("sim", 1, 1, model="qwen3-32b", slo_ttft_ms=900).slo_ttft_ms == 900.0

@@ -31,7 +31,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from voltana_cli.core.errors import UserError, validation_problem
-from voltana_cli.core.models import defaults
+from voltana_cli.core.models import defaults, model_spec
 
 ENGINES = ("sglang", "sim")
 #: SGLang 0.5.23's KV transfer backends (``--disaggregation-transfer-backend``); ``fake`` is decode-only.
@@ -93,6 +93,11 @@ class RouterSpec(_Strict):
     port: int = Field(default=8000, ge=1, le=65535)
 
 
+def _model_slo(data: dict, key: str) -> float:
+    """The default SLO ``key`` (``ttft_ms``, ``itl_ms``) of the cluster's model."""
+    return float(getattr(model_spec(str(data.get("model") or defaults().model)).slo, key))
+
+
 class ClusterSpec(_Strict):
     """A P/D cluster for ``voltana serve`` (see the module docstring)."""
 
@@ -102,8 +107,9 @@ class ClusterSpec(_Strict):
     model_path: str | None = None
     transfer_backend: str = "mooncake"
     router: RouterSpec = Field(default_factory=RouterSpec)
-    slo_ttft_ms: float = Field(default=800.0, gt=0, le=3_600_000)
-    slo_itl_ms: float = Field(default=50.0, gt=0, le=3_600_000)
+    # SLOs not given are the model's defaults (spec data names their source), as in bench and tune.
+    slo_ttft_ms: float = Field(default_factory=lambda data: _model_slo(data, "ttft_ms"), gt=0, le=3_600_000)
+    slo_itl_ms: float = Field(default_factory=lambda data: _model_slo(data, "itl_ms"), gt=0, le=3_600_000)
     tuned: Path | None = None
     policy: str = "static-max"
     gpu_access: Literal["nvml", "zeusd"] = "nvml"

@@ -131,14 +131,14 @@ def warm_starts(scn: Scenario, reqs: list[Requirement], spec: TuneSpec,
             progress(f"voltana at {r.rate:g} req/s")
         runs = [scn.run("voltana", r.rate, s) for s in spec.training]
         meets.append(sum(x["attainment"]["both"] for x in runs) / len(runs) >= r.attainment)
-    if all(meets):
-        return out  # the paper's rule serves every rate: the search's own EcoFreq-like points will do
-    k = meets.index(False)
-    low = ends[k - 1].rate if k > 0 else 0.8 * ends[0].rate
-    high = ends[k].rate
     eco = {**default_params(*space), "prefill_headroom": -PAPER_RUN_MARGINS["prefill"],
            "decode_headroom": -PAPER_RUN_MARGINS["decode"], "prefill_kp": 0.0, "prefill_ki": 0.0, "decode_kp": 0.0,
            "decode_ki": 0.0, "prefill_max_utilization": 1.0, "decode_backlog_gain": 0.0, "router": "least-loaded"}
+    if all(meets):  # the paper's rule serves every rate: no switch (the overload thresholds stay at the top)
+        return [*out, eco]
+    k = meets.index(False)
+    low = ends[k - 1].rate if k > 0 else 0.8 * ends[0].rate
+    high = ends[k].rate
     for frac in (0.25, 0.5):
         switch = low + frac * (high - low)
         point = dict(eco)

@@ -367,8 +367,8 @@ class PrefillInstance(Instance):
         behind = nseq - 1 if q[nseq - 1][1] > chunks[-1] else nseq
         arrival = self.requests.arrival_s
         return Observation(now, nseq, tokens, len(q) - nseq, now - arrival[q[0][0]],
-                           self.rate * exp((self.rate_t - now) / RATE_TAU_S),  # rate_at(now), inlined
-                           self.last_latency_s, self.last_clock, self.last_batch, self.last_tokens, self.recent_ttft_s,
+                           self.rate_at(now), self.last_latency_s, self.last_clock, self.last_batch, self.last_tokens,
+                           self.recent_ttft_s,
                            self.queued_tokens - tokens, now - arrival[q[behind][0]] if behind < len(q) else 0.0)
 
     def cost(self, clock: int) -> tuple[float, float]:
@@ -429,8 +429,6 @@ class DecodeInstance(Instance):
         self.margin = engine.decode_reserved_tokens
         self.on_first_tokens = on_first_tokens  # told (request ids, now) of the first tokens a pass delivered
         self.on_preallocated = on_preallocated  # told (request ids, now) of the requests a pass pre-allocated
-        # The same announcements in bulk, once per scheduler pass with its request ids in order (a simulator
-        # saves a call per request); when set, they are called instead of the per-request ones.
         self.prealloc: deque[int] = deque()  # routed here, KV not yet allocated: their prefill may not start
         self.allocated = 0  # requests with KV allocated that are not running yet (in prefill, transfer, waiting)
         self.allocated_tokens = 0  # their input tokens
@@ -607,8 +605,7 @@ class DecodeInstance(Instance):
         batch = self.batch
         if batch == 0:
             return None
-        return Observation(now, batch, self.kv_tokens, len(self.waiting), 0.0,
-                           self.rate * exp((self.rate_t - now) / RATE_TAU_S),  # rate_at(now), inlined
+        return Observation(now, batch, self.kv_tokens, len(self.waiting), 0.0, self.rate_at(now),
                            self.last_latency_s, self.last_clock, self.last_batch, self.last_tokens, 0.0,
                            len(gated), now - self.requests.arrival_s[gated[0]] if gated else 0.0)
 
@@ -656,17 +653,16 @@ class ColocatedInstance(Instance):
     tokens through the projections, every sequence's overhead, the chunks' attention and the batch's KV reads.
     """
 
-    __slots__ = ("capacity", "max_batch", "on_first_tokens", "waiting", "prefilling", "reserved", "recent_ttft_s",
+    __slots__ = ("capacity", "max_batch", "waiting", "prefilling", "reserved", "recent_ttft_s",
                  "_ends", "batch", "kv_tokens", "iteration", "_chunks", "_tokens", "_pairs")
 
     def __init__(self, index: int, controller: FrequencyController, costs: CostCache, requests: Requests,
                  outcomes: Outcomes, noise: Callable[[], float], switch_s: float, start_s: float,
-                 record_timeline: bool = False, on_first_tokens: Callable[[list[int], float], None] | None = None):
+                 record_timeline: bool = False):
         super().__init__("colocated", index, controller, costs, requests, outcomes, noise, switch_s, start_s,
                          record_timeline)
         self.capacity = costs.model.kv_capacity_tokens
         self.max_batch = costs.model.max_batch
-        self.on_first_tokens = on_first_tokens  # told (request ids, now) of the first tokens an iteration gave
         self.waiting: deque[int] = deque()  # arrived, KV not reserved yet
         self.prefilling: deque[list[int]] = deque()  # admitted: [request id, tokens left, tokens done]
         self.reserved = 0  # input + output tokens of the admitted and running requests
@@ -731,8 +727,7 @@ class ColocatedInstance(Instance):
         # As a decode instance sees it (batch: the requests that get a token from the iteration; tokens: their
         # KV), with the prefill side as its queue: the prompt tokens left behind this iteration's chunks.
         return Observation(now, self.batch, self.kv_tokens, len(self.waiting), oldest,
-                           self.rate * exp((self.rate_t - now) / RATE_TAU_S), self.last_latency_s, self.last_clock,
-                           self.last_batch, self.last_tokens,
+                           self.rate_at(now), self.last_latency_s, self.last_clock, self.last_batch, self.last_tokens,
                            self.recent_ttft_s, sum(item[1] for item in q) - tokens,
                            now - arrival[self.waiting[0]] if self.waiting else 0.0)
 
@@ -798,5 +793,3 @@ class ColocatedInstance(Instance):
         self.last_s = now
         if first:
             self.recent_ttft_s = now - r.arrival_s[first[-1]]
-            if self.on_first_tokens is not None:
-                self.on_first_tokens(first, now)

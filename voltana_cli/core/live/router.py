@@ -6,7 +6,8 @@ validator as the emulated engine: 4xx JSON on bad input), pick a prefill instanc
 prefill router and a decode instance with its decode router (``core.policy``: the same objects the
 simulator runs), add ``bootstrap_host``/``bootstrap_port``/``bootstrap_room``, post the body to both at
 once, stream the decode's answer back as it comes and discard the prefill's. A client that goes away
-has both upstream requests closed. A backend that fails is answered with a JSON error (502), marked
+has both upstream requests closed. The two posts go through ``upstream.Upstream`` (keep-alive HTTP/1.1
+on llhttp; aiohttp's client cost more CPU per post than the rest of the router together). A backend that fails is answered with a JSON error (502), marked
 unhealthy and probed again in the background; the other requests are not disturbed. In-flight requests
 are bounded (503 when full).
 
@@ -35,6 +36,7 @@ from typing import Any
 from voltana_cli.core.errors import UserError
 from voltana_cli.core.live.config import ClusterSpec, InstanceSpec
 from voltana_cli.core.live.engine import BadRequest, bad_requests, error_response, parse_request, read_json
+from voltana_cli.core.live.upstream import Upstream, UpstreamError
 from voltana_cli.core.models import ModelPredictor, PerfModel, engine_spec, gpu_spec, model_spec
 from voltana_cli.core.policy import REGISTRY, InstanceView, Policy, PolicyContext, StaticController
 
@@ -45,7 +47,6 @@ UPSTREAM_TIMEOUT_S = 600.0
 #: In-flight requests beyond which new ones get 503.
 DEFAULT_MAX_INFLIGHT = 4096
 _INFER = {"/generate": "generate", "/v1/completions": "completions", "/v1/chat/completions": "chat"}
-_JSON = {"Content-Type": "application/json"}
 
 
 @dataclass
@@ -104,7 +105,8 @@ class Router:
         self.policy_name = ""
         self.policy: Policy | None = None
         self.set_policy(policy or spec.policy)
-        self.session: Any = None
+        self.session: Any = None  # aiohttp's client: probes, state and admin calls
+        self.upstream = Upstream(read_timeout_s=UPSTREAM_TIMEOUT_S)  # the inference path's client
         self.metrics = _RouterMetrics()
         # Set where the cluster has controller sidecars (``voltana serve``): applies a policy's controllers by
         # restarting them with it; returns what failed. Without it only static policies apply (clocks pinned
@@ -229,6 +231,7 @@ class Router:
         yield
         task.cancel()
         await self.session.close()
+        self.upstream.close()
 
     def mark_failed(self, b: Backend) -> None:
         b.failures += 1
@@ -459,11 +462,9 @@ def _admin_routes(router: Router, routes: Any) -> None:
 
 def _inference_routes(router: Router, routes: Any) -> None:
     """``/generate``, ``/v1/completions`` and ``/v1/chat/completions``: the P/D proxy."""
-    import aiohttp
     from aiohttp import web
 
     max_context = router.pm.model.max_context_tokens
-    upstream_timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=UPSTREAM_TIMEOUT_S)
 
     def refuse(path: str, status: int, message: str, kind: str) -> web.Response:
         router.metrics.count(path, str(status))
@@ -494,7 +495,7 @@ def _inference_routes(router: Router, routes: Any) -> None:
         router.metrics.decided(p)
         router.metrics.decided(d)
         router.stats.inflight += 1
-        timeout = upstream_timeout
+        upstream = router.upstream
         t0 = time.monotonic()
 
         handler = asyncio.current_task()
@@ -505,10 +506,10 @@ def _inference_routes(router: Router, routes: Any) -> None:
             nonlocal prefill_failed
             ok = False
             try:
-                async with router.session.post(f"{p.url}{path}", data=fwd, headers=_JSON, timeout=timeout) as r:
+                async with await upstream.post(p.spec.host, p.spec.port, path, fwd) as r:
                     await r.read()
                     ok = r.status < 500
-            except (TimeoutError, aiohttp.ClientError):
+            except UpstreamError:
                 pass
             finally:
                 router.prefill_done(p, req.input_tokens)
@@ -524,7 +525,7 @@ def _inference_routes(router: Router, routes: Any) -> None:
         resp: web.StreamResponse | None = None
         status = "200"
         try:
-            async with router.session.post(f"{d.url}{path}", data=fwd, headers=_JSON, timeout=timeout) as up:
+            async with await upstream.post(d.spec.host, d.spec.port, path, fwd) as up:
                 if up.status != 200 or not req.stream:
                     data = await up.read()
                     status = str(up.status)
@@ -534,7 +535,7 @@ def _inference_routes(router: Router, routes: Any) -> None:
                 resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
                 await resp.prepare(request)
                 last = None
-                async for chunk in up.content.iter_any():
+                async for chunk in up.chunks():
                     now = time.monotonic()
                     if last is None:
                         first_token = True
@@ -564,18 +565,18 @@ def _inference_routes(router: Router, routes: Any) -> None:
             msg = f"prefill instance {p.url} failed before this request's KV cache was handed over"
             if resp is not None:
                 with contextlib.suppress(ConnectionError):
-                    await resp.write(f'data: {{"error": {{"message": "{msg}", "type": "backend_error", '
-                                     f'"code": 502}}}}\n\n'.encode())
+                    await resp.write(_sse_error(msg))
                 return resp
             return error_response(502, msg, "backend_error")
-        except (TimeoutError, aiohttp.ClientError) as exc:
+        except UpstreamError as exc:
             router.mark_failed(d)
             status = "502"
+            msg = f"decode instance {d.url} failed: {exc}"
             if resp is not None:  # the stream had begun: end it with an error event
-                await resp.write(f'data: {{"error": {{"message": "decode instance {d.url} failed: '
-                                 f'{exc.__class__.__name__}", "type": "backend_error", "code": 502}}}}\n\n'.encode())
+                with contextlib.suppress(ConnectionError):
+                    await resp.write(_sse_error(msg))
                 return resp
-            return error_response(502, f"decode instance {d.url} failed: {exc.__class__.__name__}", "backend_error")
+            return error_response(502, msg, "backend_error")
         finally:
             router.stats.inflight -= 1
             router.decode_done(d, req.input_tokens, req.output_tokens)
@@ -585,6 +586,11 @@ def _inference_routes(router: Router, routes: Any) -> None:
 
     for path in _INFER:
         routes.post(path)(infer)
+
+
+def _sse_error(message: str) -> bytes:
+    """An SSE event that ends a stream with an error (the shape SGLang's servers send)."""
+    return b"data: " + json.dumps({"error": {"message": message, "type": "backend_error", "code": 502}}).encode() + b"\n\n"
 
 
 async def run_router(router: Router, host: str, port: int, ready: Any = None) -> None:

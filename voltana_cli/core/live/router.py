@@ -7,9 +7,9 @@ prefill router and a decode instance with its decode router (``core.policy``: th
 simulator runs), add ``bootstrap_host``/``bootstrap_port``/``bootstrap_room``, post the body to both at
 once, stream the decode's answer back as it comes and discard the prefill's. A client that goes away
 has both upstream requests closed. The two posts go through ``upstream.Upstream`` (keep-alive HTTP/1.1
-on llhttp; aiohttp's client cost more CPU per post than the rest of the router together). A backend that fails is answered with a JSON error (502), marked
-unhealthy and probed again in the background; the other requests are not disturbed. In-flight requests
-are bounded (503 when full).
+on llhttp; aiohttp's client cost more CPU per post than the rest of the router together). A backend that
+fails is answered with a JSON error (502), marked unhealthy and probed again in the background; the other
+requests are not disturbed. In-flight requests are bounded (503 when full).
 
 The routers see ``InstanceView``s that this process keeps: requests and tokens it has sent to each
 instance and not yet seen finish (the instances' own live state reaches the controllers through their

@@ -483,3 +483,84 @@ def test_a_cluster_without_slos_takes_its_models_defaults():
             cluster_from_flags("sim", 1, 1, model="qwen3-32b").slo_itl_ms) == (400.0, 100.0)
     assert cluster_from_flags("sim", 1, 1).slo_itl_ms == 50.0
     assert cluster_from_flags("sim", 1, 1, model="qwen3-32b", slo_ttft_ms=900).slo_ttft_ms == 900.0
+
+
+def test_the_engine_schedules_iterations_against_the_models_deadlines_not_its_late_wake_ups(monkeypatch):
+    """A fake clock whose every sleep oversleeps by 1.5 ms: the engine's iterations still end on the model's
+    times on average (it wakes early by its measured lateness, and starts each iteration at the previous one's
+    modelled end), so N iterations take N modelled durations, not N x (duration + lateness)."""
+    import asyncio
+
+    from voltana_cli.core.live import engine as E
+
+    clock = [0.0]
+    real_sleep = asyncio.sleep
+
+    async def late_sleep(dt: float) -> None:
+        clock[0] += max(dt, 0.0) + 0.0015
+        await real_sleep(0)
+
+    monkeypatch.setattr(E.asyncio, "sleep", late_sleep)
+
+    async def main() -> None:
+        async def post(url: str, body: dict) -> None:
+            pass
+
+        eng = E.make_engine("decode", "a100-80g-sxm4", "llama-3.1-8b", 1, "http://decode", None, post)
+        eng.now = lambda: clock[0]
+        ends: list[float] = []
+        after = eng._after
+
+        lags: list[float] = []
+
+        def record(result, end: float):
+            ends.append(end)
+            lags.append(clock[0] - end)  # how far the wall clock trails the modelled end
+            return after(result, end)
+
+        eng._after = record  # type: ignore[method-assign]
+        loop = asyncio.ensure_future(eng.run())
+        body = {"input_ids": [1] * 100, "sampling_params": {"max_new_tokens": 200}, "bootstrap_host": "pre",
+                "bootstrap_port": 9, "bootstrap_room": 7}
+        modelled: list[float] = []
+        eng.publish = lambda msg: modelled.append(msg["wall_time"])  # each iteration's modelled duration
+        eng.decode(E.parse_request("generate", body, 100_000))
+        await real_sleep(0)
+        assert eng.kv_arrived(7)
+        for _ in range(5000):
+            await real_sleep(0)
+            if len(ends) >= 150:
+                break
+        loop.cancel()
+        # Back to back: each iteration ends its modelled duration after the previous one's modelled end (not
+        # after the late wake-up that saw it end).
+        assert all(abs(b - a - d) < 1e-9 for a, b, d in zip(ends, ends[1:], modelled[1:], strict=False))
+        dt = (ends[-1] - ends[0]) / (len(ends) - 1)
+        assert 0.005 < dt < 0.05
+        # Without deadlines every iteration would start 1.5 ms after the previous one's modelled end and the lag
+        # would grow by 1.5 ms an iteration (0.2 s by the end); with them it stays bounded, and once the
+        # lateness is learnt the engine wakes on the modelled ends (within a tenth of an oversleep).
+        assert max(lags) < 0.0016
+        assert abs(sum(lags[-50:]) / 50) < 0.00015, lags[-5:]
+        assert abs(eng._late_s - 0.0015) < 0.0002
+
+    asyncio.run(main())
+
+
+def test_the_engines_event_loop_rounds_epoll_timeouts_once():
+    import selectors
+
+    from voltana_cli.core.live import evloop
+
+    sel = evloop.selector()
+    if isinstance(sel, selectors.EpollSelector):
+        assert isinstance(sel._selector, evloop._OnceRoundedEpoll)  # type: ignore[attr-defined]
+    sel.close()
+
+    async def answer() -> int:
+        import asyncio
+
+        await asyncio.sleep(0.001)
+        return 42
+
+    assert evloop.run(answer()) == 42

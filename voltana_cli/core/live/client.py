@@ -47,6 +47,7 @@ class LiveResult:
 
 @dataclass
 class _Outcome:
+    sent: float = math.nan
     first: float = math.nan
     finish: float = math.nan
     gaps: list[float] | None = None
@@ -95,7 +96,7 @@ async def _one(session: Any, base: str, n_in: int, n_out: int, api_key: str | No
 
     body = {"input_ids": [PROMPT_TOKEN_ID] * n_in, "stream": True,
             "sampling_params": {"max_new_tokens": n_out, "ignore_eos": True}}
-    out = _Outcome(gaps=[])
+    out = _Outcome(gaps=[], sent=time.monotonic() - t0)
     got, last = 0, 0.0
     try:
         async with session.post(f"{base}/generate", json=body, headers=_headers(api_key),
@@ -161,8 +162,9 @@ async def replay(session: Any, base: str, wl: Workload, api_key: str | None = No
         delay = arrivals[i] - (time.monotonic() - t0)
         if delay > 0:
             await asyncio.sleep(delay)
-        # Times count from t0, so TTFT is measured from the request's arrival (its scheduled send time), as in
-        # the simulator.
+        # Times count from t0. A request arrives when it is sent (``_Outcome.sent``): a client that falls behind
+        # its schedule delays the request, as a late user would, and TTFT counts from the send, as SGLang's
+        # and vLLM's serving benchmarks count it.
         res = await _one(session, base, int(wl.input_tokens[i]), int(wl.output_tokens[i]), api_key, t0,
                          timeout_s)
         done += 1
@@ -178,6 +180,8 @@ async def replay(session: Any, base: str, wl: Workload, api_key: str | None = No
 
 def _log(wl: Workload, arrivals: np.ndarray, outs: list[_Outcome], e0: dict[str, Any], e1: dict[str, Any]) -> RequestLog:
     n = len(outs)
+    sent = np.array([o.sent for o in outs], float)
+    arrivals = np.where(np.isfinite(sent), sent, arrivals)  # when each request was sent (late sends included)
     first = np.array([o.first for o in outs], float)
     finish = np.array([o.finish if not o.error else math.nan for o in outs], float)
     streams = [np.array(o.gaps if not o.error else [], float) for o in outs]
@@ -245,7 +249,9 @@ def run_live_bench(prep: Any, url: str, policies: list[str] | None, admin_token:
                         s["first_errors"] = res.errors
                     done.append(LiveRun(rate, res.policy, res.log, s))
 
-    asyncio.run(main())
+    from voltana_cli.core.live import evloop
+
+    evloop.run(main())  # its timers fire on time: each request is sent at its arrival, as the simulator has it
 
 
 def live_report(prep: Any, url: str, done: list[LiveRun], partial: bool = False) -> dict[str, Any]:

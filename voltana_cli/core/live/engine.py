@@ -58,6 +58,14 @@ TOKEN_TEXT = " tok"
 DEFAULT_MAX_TOKENS = {"generate": 128, "completions": 16, "chat": 128}
 #: Largest request body accepted (bytes).
 MAX_BODY_BYTES = 32 * 1024 * 1024
+#: How far (s) the scheduler loop may fall behind its model's iteration ends and still catch up.
+MAX_LAG_S = 0.05
+#: Smoothing of the KV hand-over message's trip estimate, and the share of its round trip that comes before
+#: the decode instance reads it (half: loopback hops are symmetric).
+KV_TRIP_EWMA = 0.2
+KV_TRIP_ONE_WAY = 0.5
+#: Smoothing of the event loop's measured timer lateness.
+LATE_EWMA = 0.1
 
 
 class BadRequest(Exception):
@@ -211,6 +219,8 @@ class EmulatedEngine:
         self._early: dict[int, str] = {}  # prefill: allocation notices that came before their request
         self._running: dict[int, int] = {}  # decode: request id -> tokens still to deliver
         self._aborts: list[int] = []  # requests whose client went away, to drop between iterations
+        self._kv_trip_s = 0.0  # estimated one-way trip of a KV hand-over message
+        self._late_s = 0.0  # how late a timer of this loop fires, smoothed (``_sleep_until``)
         self._aborted_in_flight: dict[int, int] = {}  # decode: room -> request aborted before its KV landed
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -372,35 +382,64 @@ class EmulatedEngine:
             else:
                 job.tokens.put_nowait(None)
 
-    async def _hand_over(self, job: Job) -> None:
-        await asyncio.sleep(self.model.kv_transfer_s(job.input_tokens))
+    async def _hand_over(self, job: Job, done_s: float) -> None:
+        """Hand ``job``'s KV cache over: it lands on its decode instance the modelled transfer time after its
+        prefill ended (``done_s``, engine time). The message's own trip is part of that time: it is sent
+        that much earlier (the trip estimated from the previous ones' round trips)."""
+        xfer = self.model.kv_transfer_s(job.input_tokens)
+        lead = min(xfer, self._kv_trip_s)
+        await self._sleep_until(done_s + xfer - lead)
         try:
             if job.peer_url:
+                sent = self.now()
                 await self._post(f"{job.peer_url}/_voltana/kv", {"room": job.room})
+                rtt = self.now() - sent
+                self._kv_trip_s += KV_TRIP_EWMA * (KV_TRIP_ONE_WAY * rtt - self._kv_trip_s)
         finally:
             job.done.set()
 
-    def _after(self, result: list[int] | None) -> None:
+    async def _sleep_until(self, t: float) -> None:
+        """Sleep until engine time ``t``. An event loop's timer fires late by a fairly steady amount (about
+        a millisecond: its timeout is rounded up, then the loop has other callbacks to run); the engine wakes
+        that much early, by a running mean of its own lateness, so that its wake-ups centre on the model's
+        times instead of trailing them."""
+        ask = t - self._late_s
+        await asyncio.sleep(max(0.0, ask - self.now()))
+        late = self.now() - ask
+        if 0.0 <= late < MAX_LAG_S:
+            self._late_s += LATE_EWMA * (late - self._late_s)
+
+    def _after(self, result: list[int] | None, end: float) -> list[tuple[Job, bool]]:
+        """Apply an iteration's result (ended at ``end``, engine time); a decode returns the jobs that got a
+        token from it, for ``_deliver`` (after the next iteration is formed: P/D messages go first)."""
         if result is not None:  # prefill: these completed
             for rid in result:
                 job = self.jobs.get(rid)
                 if job is not None:
-                    self._spawn(self._hand_over(job))
-            return
+                    self._spawn(self._hand_over(job, end))
+            return []
+        got: list[tuple[Job, bool]] = []
         done = []
         for rid, left in self._running.items():
             job = self.jobs.get(rid)
             if job is None:
                 done.append(rid)
                 continue
-            job.tokens.put_nowait(1)
+            got.append((job, left <= 1))
             if left <= 1:
-                job.tokens.put_nowait(None)
                 done.append(rid)
             else:
                 self._running[rid] = left - 1
         for rid in done:
             del self._running[rid]
+        return got
+
+    @staticmethod
+    def _deliver(got: list[tuple[Job, bool]]) -> None:
+        for job, last in got:
+            job.tokens.put_nowait(1)
+            if last:
+                job.tokens.put_nowait(None)
 
     async def run(self) -> None:
         """The scheduler loop: iterations back to back while there is work, each as long as the model says."""
@@ -408,17 +447,28 @@ class EmulatedEngine:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while inst.has_work():
-                t = self.now()
-                dt = inst.start(t)
+            # Iterations are scheduled against absolute deadlines in engine time: the next one starts when the
+            # previous one ends by the model (``t``), not when this loop got to run again, so the loop's
+            # lateness (timer granularity, other tasks) does not add up, iteration after iteration. Past
+            # MAX_LAG_S behind (a stalled process) the engine resynchronises with the wall clock instead.
+            t = self.now()
+            got: list[tuple[Job, bool]] = []
+            while True:
+                dt = inst.start(t) if inst.has_work() else None
+                # The tokens of the iteration that just ended go out after the next one is formed: its P/D
+                # messages (pre-allocation notices) and first tokens are queued ahead of the stream writes.
+                self._deliver(got)
                 if dt is None:
                     break
-                await asyncio.sleep(max(0.0, t + dt - self.now()))
-                self._after(inst.finish(self.now()))
+                end = t + dt
+                await self._sleep_until(end)
+                got = self._after(inst.finish(end), end)
                 if self._aborts:
                     self._apply_aborts()
                 if self.publish is not None:
                     self.publish(self.forward_pass(dt))
+                now = self.now()
+                t = end if now - end <= MAX_LAG_S else now
 
     def forward_pass(self, wall_s: float) -> dict[str, Any]:
         """The iteration that just ran and the queue now, as SGLang's forward-pass metrics message
@@ -702,20 +752,29 @@ def main(argv: list[str] | None = None) -> int:
                     "--forward-pass-metrics-ipc-name does (ipc:///path/name; the socket is name.0).")
     a = ap.parse_args(argv)
     try:
-        import aiohttp
+        import aiohttp  # noqa: F401  (the server; checked here for one clear line)
     except ImportError:
         print("error: the emulated engine needs aiohttp: pip install aiohttp", file=sys.stderr)
         return 2
 
     async def amain() -> None:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        from urllib.parse import urlsplit
+
+        from voltana_cli.core.live.upstream import Upstream, UpstreamError
+
+        # The P/D messages between engines go on kept-alive connections (the router's lean client): they
+        # are on every request's path to its first token.
+        upstream = Upstream(connect_timeout_s=5.0, read_timeout_s=30.0)
+        try:
             async def post(url: str, body: dict[str, Any]) -> None:
+                u = urlsplit(url)
+                data = json.dumps(body).encode()
                 for attempt in range(3):
                     try:
-                        async with session.post(url, json=body) as r:
+                        async with await upstream.post(u.hostname or "127.0.0.1", u.port or 80, u.path, data) as r:
                             await r.read()
                             return
-                    except aiohttp.ClientError:
+                    except UpstreamError:
                         await asyncio.sleep(0.05 * (attempt + 1) * (1 + random.random()))
 
             eng = make_engine(a.role, a.gpu, a.model, a.tp, f"http://{a.host}:{a.port}", a.clock_mhz, post)
@@ -731,9 +790,13 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 if stream is not None:
                     stream.close()
+        finally:
+            upstream.close()
 
     try:
-        asyncio.run(amain())
+        from voltana_cli.core.live import evloop
+
+        evloop.run(amain())
     except KeyboardInterrupt:
         pass
     except UserError as exc:

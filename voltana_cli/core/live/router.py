@@ -494,98 +494,110 @@ def _inference_routes(router: Router, routes: Any) -> None:
         router.admit(p, d, req.input_tokens, req.output_tokens)
         router.metrics.decided(p)
         router.metrics.decided(d)
-        router.stats.inflight += 1
-        upstream = router.upstream
-        t0 = time.monotonic()
-
-        handler = asyncio.current_task()
-        prefill_failed = False
-        first_token = False  # once the decode streams, its KV was handed over: a prefill failure no longer matters
-
-        async def to_prefill() -> None:
-            nonlocal prefill_failed
-            ok = False
-            try:
-                async with await upstream.post(p.spec.host, p.spec.port, path, fwd) as r:
-                    await r.read()
-                    ok = r.status < 500
-            except UpstreamError:
-                pass
-            finally:
-                router.prefill_done(p, req.input_tokens)
-            if not ok:
-                # The decode half would wait for a KV cache that never comes: end it now (closing the decode
-                # request aborts it there), with a 502 that names the prefill instance.
-                router.mark_failed(p)
-                if not first_token and handler is not None and not handler.done():
-                    prefill_failed = True
-                    handler.cancel()
-
-        pre_task = asyncio.ensure_future(to_prefill())
-        resp: web.StreamResponse | None = None
-        status = "200"
-        try:
-            async with await upstream.post(d.spec.host, d.spec.port, path, fwd) as up:
-                if up.status != 200 or not req.stream:
-                    data = await up.read()
-                    status = str(up.status)
-                    if up.status >= 500:
-                        router.mark_failed(d)
-                    return web.Response(body=data, status=up.status, content_type="application/json")
-                resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-                await resp.prepare(request)
-                last = None
-                async for chunk in up.chunks():
-                    now = time.monotonic()
-                    if last is None:
-                        first_token = True
-                        router.metrics.ttft.observe(now - t0)
-                    else:
-                        router.metrics.itl.observe(now - last)
-                    last = now
-                    try:
-                        await resp.write(chunk)
-                    except ConnectionError:  # the client left: leaving this block closes both upstream requests
-                        status = "499"
-                        pre_task.cancel()
-                        return resp
-                try:
-                    await resp.write_eof()
-                except ConnectionError:  # the client closed once it had every token: nothing is lost
-                    pass
-                return resp
-        except asyncio.CancelledError:
-            if not prefill_failed:  # the client left
-                status = "499"
-                pre_task.cancel()
-                raise
-            if handler is not None:
-                handler.uncancel()  # cancelled by ``to_prefill``: answer instead
-            status = "502"
-            msg = f"prefill instance {p.url} failed before this request's KV cache was handed over"
-            if resp is not None:
-                with contextlib.suppress(ConnectionError):
-                    await resp.write(_sse_error(msg))
-                return resp
-            return error_response(502, msg, "backend_error")
-        except UpstreamError as exc:
-            router.mark_failed(d)
-            status = "502"
-            msg = f"decode instance {d.url} failed: {exc}"
-            if resp is not None:  # the stream had begun: end it with an error event
-                with contextlib.suppress(ConnectionError):
-                    await resp.write(_sse_error(msg))
-                return resp
-            return error_response(502, msg, "backend_error")
-        finally:
-            router.stats.inflight -= 1
-            router.decode_done(d, req.input_tokens, req.output_tokens)
-            router.metrics.count(path, status)
-            if status not in ("200", "499") and not pre_task.done():
-                pre_task.cancel()  # the decode side failed: the prefill's answer is not needed
+        return await _Proxied(router, path, req, p, d, fwd).relay(request)
 
     for path in _INFER:
         routes.post(path)(infer)
+
+
+class _Proxied:
+    """One request's trip through its P/D pair: the prefill post runs in the background, the decode's answer is
+    relayed to the client as it comes; a prefill that fails before the KV cache is handed over ends the decode
+    half with a 502 naming it (the decode would wait for a KV cache that never comes)."""
+
+    def __init__(self, router: Router, path: str, req: Any, p: Backend, d: Backend, fwd: bytes):
+        self.router, self.path, self.req, self.p, self.d, self.fwd = router, path, req, p, d, fwd
+        self.handler = asyncio.current_task()
+        self.prefill_failed = False
+        self.first_token = False  # once the decode streams, its KV was handed over: a prefill failure no longer matters
+        self.status = "200"
+        self.resp: Any = None  # the client's stream, once it has begun
+        self.t0 = time.monotonic()
+
+    async def to_prefill(self) -> None:
+        ok = False
+        p = self.p
+        try:
+            async with await self.router.upstream.post(p.spec.host, p.spec.port, self.path, self.fwd) as r:
+                await r.read()
+                ok = r.status < 500
+        except UpstreamError:
+            pass
+        finally:
+            self.router.prefill_done(p, self.req.input_tokens)
+        if not ok:
+            # End the decode half now (closing the decode request aborts it there).
+            self.router.mark_failed(p)
+            if not self.first_token and self.handler is not None and not self.handler.done():
+                self.prefill_failed = True
+                self.handler.cancel()
+
+    async def relay(self, request: Any) -> Any:
+        """The decode's answer to the client, or a JSON (or SSE) error; books the request whatever happens."""
+        router = self.router
+        router.stats.inflight += 1
+        pre_task = asyncio.ensure_future(self.to_prefill())
+        try:
+            return await self._decode(request, pre_task)
+        except asyncio.CancelledError:
+            if not self.prefill_failed:  # the client left
+                self.status = "499"
+                pre_task.cancel()
+                raise
+            if self.handler is not None:
+                self.handler.uncancel()  # cancelled by ``to_prefill``: answer instead
+            return await self._fail(f"prefill instance {self.p.url} failed before this request's KV cache was handed "
+                                    "over")
+        except UpstreamError as exc:
+            router.mark_failed(self.d)
+            return await self._fail(f"decode instance {self.d.url} failed: {exc}")
+        finally:
+            router.stats.inflight -= 1
+            router.decode_done(self.d, self.req.input_tokens, self.req.output_tokens)
+            router.metrics.count(self.path, self.status)
+            if self.status not in ("200", "499") and not pre_task.done():
+                pre_task.cancel()  # the decode side failed: the prefill's answer is not needed
+
+    async def _decode(self, request: Any, pre_task: asyncio.Future[None]) -> Any:
+        from aiohttp import web
+
+        router, d = self.router, self.d
+        async with await router.upstream.post(d.spec.host, d.spec.port, self.path, self.fwd) as up:
+            if up.status != 200 or not self.req.stream:
+                data = await up.read()
+                self.status = str(up.status)
+                if up.status >= 500:
+                    router.mark_failed(d)
+                return web.Response(body=data, status=up.status, content_type="application/json")
+            self.resp = resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                                           "Cache-Control": "no-cache"})
+            await resp.prepare(request)
+            last = None
+            async for chunk in up.chunks():
+                now = time.monotonic()
+                if last is None:
+                    self.first_token = True
+                    router.metrics.ttft.observe(now - self.t0)
+                else:
+                    router.metrics.itl.observe(now - last)
+                last = now
+                try:
+                    await resp.write(chunk)
+                except ConnectionError:  # the client left: leaving this block closes both upstream requests
+                    self.status = "499"
+                    pre_task.cancel()
+                    return resp
+            with contextlib.suppress(ConnectionError):  # a client that closed once it had every token lost nothing
+                await resp.write_eof()
+            return resp
+
+    async def _fail(self, message: str) -> Any:
+        self.status = "502"
+        if self.resp is not None:  # the stream had begun: end it with an error event
+            with contextlib.suppress(ConnectionError):
+                await self.resp.write(_sse_error(message))
+            return self.resp
+        return error_response(502, message, "backend_error")
 
 
 def _sse_error(message: str) -> bytes:

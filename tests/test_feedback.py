@@ -265,3 +265,15 @@ def test_the_overload_rule_reads_a_smoothed_rate_so_a_burst_does_not_switch_but_
     raw = run(FeedbackController("decode", Linear(), CLOCKS, 0.05, FeedbackParams(headroom=0.0, dwell_s=0.0,
                                                                                   overload_rps=30.0)), calm + burst)
     assert raw[-1] == 1410  # without smoothing the burst switches it
+
+
+def test_the_overload_rule_reads_a_sustained_load_from_the_start():
+    """The overload rule's further smoothing is a weighted mean from the first reading on: a run that starts
+    at a rate above the threshold switches to the top clock within its first readings, instead of waiting
+    for a mean still climbing from the first reading (about ``tau * ln(40 / 10)`` = 7 s here)."""
+    p = FeedbackParams(headroom=0.0, dwell_s=0.0, overload_rps=30.0, overload_tau_s=5.0)
+    ctl = FeedbackController("decode", Linear(), CLOCKS, 0.05, p)
+    seen = [ctl.decide(Observation(0.02 * i, 8, 4000, rate_rps=40.0)) for i in range(50)]  # the first second
+    assert seen[1:] == [1410] * 49
+    low = FeedbackController("decode", Linear(), CLOCKS, 0.05, p)
+    assert max(low.decide(Observation(0.02 * i, 8, 4000, rate_rps=20.0)) for i in range(50)) == 1005

@@ -435,12 +435,13 @@ def test_kill_9_of_serve_leaves_no_process_and_no_clock_locked(tmp_path):
 
 def test_router_arrivals_give_the_rate_the_router_counts_smoothed_as_the_simulator_does():
     """The sidecar's arrival rate: requests the router sent to its instance per second, smoothed with the
-    simulator's time constant; other instances, a router that does not answer and a garbled reply change
-    nothing."""
+    simulator's time constant and, like the simulator's, not reading low while the smoothing fills (a plain
+    mean of the readings so far at first); other instances, a router that does not answer and a garbled reply
+    change nothing."""
     import math
 
     from voltana_cli.core.live.sidecar import RouterArrivals, observation
-    from voltana_cli.core.sim.instance import RATE_TAU_S
+    from voltana_cli.core.policy.controller import RATE_TAU_S
 
     docs: list = []
 
@@ -457,14 +458,18 @@ def test_router_arrivals_give_the_rate_the_router_counts_smoothed_as_the_simulat
     docs += [cluster(0, 0), cluster(20, 500), urllib.error.URLError("down"), {"instances": "?"}, cluster(40, 9)]
     a.poll(0.0)
     assert a.rate_rps == 0.0  # the first reading only sets the origin
-    a.poll(0.5)  # 20 requests in 0.5 s: 40 req/s, of which the estimate takes 1 - e^(-0.5/tau)
-    want = 40.0 * (1 - math.exp(-0.5 / RATE_TAU_S))
-    assert a.rate_rps == pytest.approx(want)
+    a.poll(0.5)  # 20 requests in 0.5 s: 40 req/s, the only reading so far: the estimate is it
+    assert a.rate_rps == pytest.approx(40.0)
     a.poll(1.0)
     a.poll(1.5)
-    assert a.rate_rps == pytest.approx(want)  # no answer, then a garbled one: unchanged
-    a.poll(2.0)  # 20 more in 1.5 s
-    assert a.rate_rps == pytest.approx(want + (1 - math.exp(-1.5 / RATE_TAU_S)) * (20 / 1.5 - want))
+    assert a.rate_rps == pytest.approx(40.0)  # no answer, then a garbled one: unchanged
+    a.poll(2.0)  # 20 more in 1.5 s: the two readings weighted by the smoothing, over the weight filled
+    w1 = 1 - math.exp(-0.5 / RATE_TAU_S)
+    w2 = 1 - math.exp(-1.5 / RATE_TAU_S)
+    raw = w1 * 40.0 + w2 * (20 / 1.5 - w1 * 40.0)
+    filled = w1 + w2 * (1 - w1)
+    assert a.rate_rps == pytest.approx(raw / filled)
+    assert 20 / 1.5 < a.rate_rps < 40.0
     msg = {"scheduled_requests": {"num_decode_requests": 3, "sum_decode_kv_tokens": 90}, "wall_time": 0.01}
     assert observation(msg, "decode", 2.0, 1410, a.rate_rps).rate_rps == a.rate_rps
 

@@ -232,3 +232,31 @@ def test_every_shipped_model_has_default_slos_with_a_source_and_bench_uses_them(
     given = prepare_bench(BenchConfig(model="qwen3-32b", request_rates=[5.0], duration_s=5.0, slo_ttft_ms=900.0))
     assert (given.cfg.slo_ttft_ms, given.cfg.slo_itl_ms) == (900.0, 100.0)
     assert prepare_bench(BenchConfig(request_rates=[5.0], duration_s=5.0)).cfg.slo_ttft_ms == 800.0
+
+
+def test_the_arrival_rate_controllers_read_does_not_start_low(a100_8b):
+    """``Observation.rate_rps`` is the arrival rate smoothed over RATE_TAU_S and corrected for the weight the
+    smoothing has filled since the world's start: in a run's first seconds it reads the rate, not a sum still
+    rising from 0 (uncorrected it would read 63 % of the rate after 1 s and 86 % after 2 s)."""
+    from dataclasses import replace
+
+    from tests.conftest import policy_context
+    from voltana_cli.core.policy import StaticController, build_policy
+
+    readings: list[tuple[float, float]] = []
+
+    class Recorder(StaticController):
+        def decide(self, obs):
+            readings.append((obs.now_s, obs.rate_rps))
+            return super().decide(obs)
+
+    wl = make_workload(n=2000, rate=40.0)  # 20 req/s per prefill instance
+    pol = build_policy("static-max", replace(policy_context(a100_8b), prefill_router="round-robin"))
+    top = a100_8b.clocks[-1]
+    pol.make_prefill_controller = lambda: Recorder(top)
+    simulate(wl, a100_8b, pol, ClusterConfig(), np.random.default_rng(0))
+    early = [r for t, r in readings if 0.5 <= t <= 2.0]
+    late = [r for t, r in readings if 10.0 <= t <= 40.0]
+    assert len(early) > 20 and len(late) > 100
+    assert np.mean(early) == pytest.approx(20.0, rel=0.15)
+    assert np.mean(late) == pytest.approx(20.0, rel=0.1)

@@ -36,7 +36,7 @@ from typing import Any
 from voltana_cli.core.errors import UserError
 from voltana_cli.core.hardware import ClockGuard, GpuDevice, LockStore, default_lock_dir
 from voltana_cli.core.policy import Observation
-from voltana_cli.core.sim.instance import RATE_TAU_S
+from voltana_cli.core.policy.controller import RATE_TAU_S
 
 #: Lowering the clock waits this long at the current one (raising is immediate).
 DEFAULT_MIN_DWELL_S = 0.05
@@ -116,6 +116,7 @@ class RouterArrivals:
         self.router_url, self.instance_url, self.period_s = router_url.rstrip("/"), instance_url, period_s
         self.fetch = fetch or self._fetch
         self.rate_rps = 0.0
+        self._raw = self._filled = 0.0
         self._last: tuple[int, float] | None = None
 
     def _fetch(self) -> dict[str, Any]:
@@ -126,7 +127,10 @@ class RouterArrivals:
         last, self._last = self._last, (routed, t)
         if last is not None and t > last[1]:
             inst = max(routed - last[0], 0) / (t - last[1])
-            self.rate_rps += (1.0 - math.exp((last[1] - t) / RATE_TAU_S)) * (inst - self.rate_rps)
+            a = 1.0 - math.exp((last[1] - t) / RATE_TAU_S)
+            self._raw += a * (inst - self._raw)
+            self._filled += a * (1.0 - self._filled)  # from the first reading, as the simulator's from its start
+            self.rate_rps = self._raw / self._filled
         return self.rate_rps
 
     def poll(self, t: float) -> None:

@@ -16,6 +16,11 @@ from typing import Protocol
 
 from voltana_cli.core.policy.predictor import Predictor
 
+#: Time constant (s) of the arrival-rate estimate every world gives its controllers (``Observation.rate_rps``):
+#: each arrival adds ``1 / RATE_TAU_S`` and the sum decays with it; divided by ``1 - exp(-t / RATE_TAU_S)``
+#: ``t`` seconds after the world's start, so that it does not read low while it fills.
+RATE_TAU_S = 1.0
+
 
 @dataclass(slots=True)
 class Observation:
@@ -27,7 +32,7 @@ class Observation:
         num_tokens: prefill: tokens in the batch; decode: KV tokens of the running batch.
         queued: requests waiting on this instance that are not in this iteration.
         oldest_wait_s: prefill: the longest time a request of this batch has waited since it arrived.
-        rate_rps: recent request arrival rate at this instance (req/s), for the overload rule.
+        rate_rps: recent request arrival rate at this instance (req/s), smoothed over ``RATE_TAU_S``.
         last_latency_s: measured duration of this instance's previous iteration (0: none yet); on a decode
             instance this is the inter-token latency its requests just saw.
         last_clock_mhz: the clock that iteration ran at (0: none yet).

@@ -162,6 +162,7 @@ class FeedbackController:
         self._is_decode = phase == "decode"
         self.load_rps = 0.0  # the arrival rate the overload rule reads (smoothed over overload_tau_s)
         self._load_t: float | None = None
+        self._load_raw = self._load_filled = 0.0
         self._energy = getattr(predictor, "decode_j" if self._is_decode else "prefill_j", None)
         if self._energy is not None and not getattr(predictor, "has_energy", True):
             self._energy = None
@@ -226,13 +227,18 @@ class FeedbackController:
         return float(self._energy(obs.num_tokens, obs.batch_size, clock))
 
     def _load(self, obs: Observation) -> float:
-        """The arrival rate the overload rule compares, after folding in this observation's."""
+        """The arrival rate the overload rule compares, after folding in this observation's: a weighted mean
+        from the first reading on (a plain mean while less than ``overload_tau_s`` has passed, not a value
+        still rising from the first reading)."""
         tau = self.params.overload_tau_s
         last, self._load_t = self._load_t, obs.now_s
         if tau <= 0 or last is None:
             self.load_rps = obs.rate_rps
         elif obs.now_s > last:
-            self.load_rps += (1.0 - math.exp((last - obs.now_s) / tau)) * (obs.rate_rps - self.load_rps)
+            a = 1.0 - math.exp((last - obs.now_s) / tau)
+            self._load_raw += a * (obs.rate_rps - self._load_raw)
+            self._load_filled += a * (1.0 - self._load_filled)
+            self.load_rps = self._load_raw / self._load_filled
         return self.load_rps
 
     def _want(self, obs: Observation) -> int:

@@ -28,9 +28,10 @@ from typing import Any
 from voltana_cli.core.metrics import InstanceRecord
 from voltana_cli.core.models import InstanceModel
 from voltana_cli.core.policy import FrequencyController, InstanceView, Observation
+from voltana_cli.core.policy.controller import RATE_TAU_S
 
-RATE_TAU_S = 1.0  # time constant of the per-instance arrival-rate estimate given to controllers
 _RATE_STEP = 1.0 / RATE_TAU_S  # what one arrival adds to the estimate
+_FILLED_S = 30.0 * RATE_TAU_S  # after this the smoothing's start no longer shows (exp(-30) ~ 1e-13)
 
 
 @dataclass
@@ -163,8 +164,13 @@ class Instance:
 
     # ---- shared accounting ---------------------------------------------------------------------------
     def rate_at(self, now: float) -> float:
-        """The arrival-rate estimate decayed to ``now``."""
-        return self.rate * exp((self.rate_t - now) / RATE_TAU_S)
+        """The arrival-rate estimate decayed to ``now``, corrected for the weight its smoothing has filled
+        since the world's start (time 0): early on it is the arrivals so far over the time so far, not a sum
+        still rising from 0 (``Observation.rate_rps``)."""
+        r = self.rate * exp((self.rate_t - now) / RATE_TAU_S)
+        if now < _FILLED_S:
+            r /= 1.0 - exp(-now / RATE_TAU_S) if now > 0 else 1.0
+        return r
 
     def account_idle(self, now: float) -> int:
         """Charge idle power from the end of the last iteration to ``now``; returns the clock held now."""

@@ -566,11 +566,21 @@ def _chunk(kind: str, req: ParsedRequest, rid: str, n: int, model: str, final: b
 
 
 def make_app(engine: EmulatedEngine) -> Any:
-    """The instance's HTTP API (aiohttp)."""
+    """The instance's HTTP API (aiohttp): status, the P/D and clock messages, inference."""
     from aiohttp import web
 
     routes = web.RouteTableDef()
-    max_context = getattr(getattr(engine.model, "model", None), "max_context_tokens", 1 << 30)
+    _status_routes(engine, routes)
+    _control_routes(engine, routes)
+    _inference_routes(engine, routes)
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[bad_requests()])
+    app.add_routes(routes)
+    return app
+
+
+def _status_routes(engine: EmulatedEngine, routes: Any) -> None:
+    """``/health``, ``/health_generate``, server info, ``/v1/models`` and Prometheus ``/metrics``."""
+    from aiohttp import web
 
     @routes.get("/health")
     async def health(request: web.Request) -> web.Response:
@@ -591,6 +601,15 @@ def make_app(engine: EmulatedEngine) -> Any:
     async def models(request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [{"id": engine.model_name, "object": "model",
                                                               "created": 0, "owned_by": "voltana-emulated"}]})
+
+    @routes.get("/metrics")
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(body=_metrics_text(engine), content_type="text/plain", charset="utf-8")
+
+
+def _control_routes(engine: EmulatedEngine, routes: Any) -> None:
+    """voltana's own messages: the instance's state, its clock setter, and the P/D notices between engines."""
+    from aiohttp import web
 
     @routes.get("/_voltana/state")
     async def state(request: web.Request) -> web.Response:
@@ -625,6 +644,13 @@ def make_app(engine: EmulatedEngine) -> Any:
         if not engine.kv_arrived(body["room"]):
             return error_response(404, f"no request with bootstrap_room {body['room']} here", "not_found")
         return web.json_response({"ok": True})
+
+
+def _inference_routes(engine: EmulatedEngine, routes: Any) -> None:
+    """``/generate``, ``/v1/completions`` and ``/v1/chat/completions``, in the instance's P/D role."""
+    from aiohttp import web
+
+    max_context = getattr(getattr(engine.model, "model", None), "max_context_tokens", 1 << 30)
 
     async def infer(request: web.Request, kind: str) -> web.StreamResponse:
         try:
@@ -674,14 +700,6 @@ def make_app(engine: EmulatedEngine) -> Any:
     @routes.post("/v1/chat/completions")
     async def chat(request: web.Request) -> web.StreamResponse:
         return await infer(request, "chat")
-
-    @routes.get("/metrics")
-    async def metrics(request: web.Request) -> web.Response:
-        return web.Response(body=_metrics_text(engine), content_type="text/plain", charset="utf-8")
-
-    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[bad_requests()])
-    app.add_routes(routes)
-    return app
 
 
 def _metrics_text(engine: EmulatedEngine) -> bytes:

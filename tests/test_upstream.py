@@ -214,3 +214,36 @@ def test_connection_close_and_long_idle_connections_are_not_reused(monkeypatch):
         client.close()
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_the_request_names_its_host_and_an_ipv6_literal_in_brackets(host):
+    import socket
+
+    async def main() -> None:
+        heads: list[bytes] = []
+
+        async def on_conn(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            head = await reader.readuntil(b"\r\n\r\n")
+            heads.append(head)
+            await reader.readexactly(int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0]))
+            writer.write(OK)
+            await writer.drain()
+
+        try:
+            server = await asyncio.start_server(on_conn, host, 0)
+        except OSError:
+            pytest.skip(f"{host} is not available here")
+        port = server.sockets[0].getsockname()[1]
+        client = Upstream()
+        async with await client.post(host, port, "/generate", b"{}") as r:
+            assert await r.read() == b"{}"
+        want = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        assert f"\r\nHost: {want}\r\n".encode() in heads[0]
+        assert heads[0].startswith(b"POST /generate HTTP/1.1\r\n")
+        client.close()
+        server.close()
+
+    if host == "::1" and not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    asyncio.run(main())

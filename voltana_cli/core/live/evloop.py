@@ -35,8 +35,9 @@ class _OnceRoundedEpoll:
 def selector() -> selectors.BaseSelector:
     """The default selector; an epoll one rounds its timeouts once."""
     sel = selectors.DefaultSelector()
-    if isinstance(sel, selectors.EpollSelector):
-        sel._selector = _OnceRoundedEpoll(sel._selector)  # type: ignore[attr-defined]
+    ep = getattr(sel, "_selector", None)  # the epoll object (a private attribute: left alone if it moves)
+    if isinstance(sel, selectors.EpollSelector) and ep is not None and hasattr(ep, "poll"):
+        sel._selector = _OnceRoundedEpoll(ep)  # type: ignore[attr-defined]
     return sel
 
 

@@ -210,8 +210,9 @@ class Upstream:
         key = (host, port)
         head = self._heads.get((host, port, path))
         if head is None:
+            authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"  # an IPv6 literal is bracketed
             head = self._heads[(host, port, path)] = (
-                f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: {content_type}\r\n"
+                f"POST {path} HTTP/1.1\r\nHost: {authority}\r\nContent-Type: {content_type}\r\n"
                 "Content-Length: ").encode()
         request = b"%s%d\r\n\r\n%s" % (head, len(body), body)
         conn, reused = self._take(key), True

@@ -168,22 +168,17 @@ class EcoFreqController:
         # The rule, then the hold, in one function: this runs once per iteration.
         want = self.max_clock  # queued work or an overload forces it; else the lowest level that fits
         if not (obs.queued > 0 or obs.rate_rps > self._overload):
+            # The phase's prediction and budget (prefill: less what the batch's oldest request has waited).
+            predict: Callable[[int, int, int], float]
             if self._is_decode:
-                budget = self.target_s
-                decode_s = self.predictor.decode_s
-                batch, tokens = obs.batch_size, obs.num_tokens
-                for c in self._lower:
-                    if decode_s(batch, tokens, c) <= budget:
-                        want = c
-                        break
+                predict, a, b, budget = self.predictor.decode_s, obs.batch_size, obs.num_tokens, self.target_s
             else:
+                predict, a, b = self.predictor.prefill_s, obs.num_tokens, obs.batch_size
                 budget = self.target_s - obs.oldest_wait_s
-                prefill_s = self.predictor.prefill_s
-                tokens, seqs = obs.num_tokens, obs.batch_size
-                for c in self._lower:
-                    if prefill_s(tokens, seqs, c) <= budget:
-                        want = c
-                        break
+            for c in self._lower:
+                if predict(a, b, c) <= budget:
+                    want = c
+                    break
         cur = self.current
         if want == cur:
             return want

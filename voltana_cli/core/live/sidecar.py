@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import threading
@@ -36,7 +35,7 @@ from typing import Any
 from voltana_cli.core.errors import UserError
 from voltana_cli.core.hardware import ClockGuard, GpuDevice, LockStore, default_lock_dir
 from voltana_cli.core.policy import Observation
-from voltana_cli.core.policy.controller import RATE_TAU_S
+from voltana_cli.core.policy.controller import RATE_TAU_S, WeightedMean
 
 #: Lowering the clock waits this long at the current one (raising is immediate).
 DEFAULT_MIN_DWELL_S = 0.05
@@ -116,7 +115,7 @@ class RouterArrivals:
         self.router_url, self.instance_url, self.period_s = router_url.rstrip("/"), instance_url, period_s
         self.fetch = fetch or self._fetch
         self.rate_rps = 0.0
-        self._raw = self._filled = 0.0
+        self._mean = WeightedMean(RATE_TAU_S)  # from the first reading, as the simulator's from its start
         self._last: tuple[int, float] | None = None
 
     def _fetch(self) -> dict[str, Any]:
@@ -126,11 +125,7 @@ class RouterArrivals:
     def sample(self, routed: int, t: float) -> float:
         last, self._last = self._last, (routed, t)
         if last is not None and t > last[1]:
-            inst = max(routed - last[0], 0) / (t - last[1])
-            a = 1.0 - math.exp((last[1] - t) / RATE_TAU_S)
-            self._raw += a * (inst - self._raw)
-            self._filled += a * (1.0 - self._filled)  # from the first reading, as the simulator's from its start
-            self.rate_rps = self._raw / self._filled
+            self.rate_rps = self._mean.add(max(routed - last[0], 0) / (t - last[1]), t - last[1])
         return self.rate_rps
 
     def poll(self, t: float) -> None:

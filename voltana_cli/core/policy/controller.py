@@ -22,6 +22,28 @@ from voltana_cli.core.policy.predictor import Predictor
 RATE_TAU_S = 1.0
 
 
+
+class WeightedMean:
+    """An exponentially weighted mean over ``tau_s`` of samples each covering ``dt`` seconds, from the first
+    sample on: divided by the weight the samples have filled, so that it is their plain mean while less than
+    ``tau_s`` has passed instead of a value still rising from 0."""
+
+    __slots__ = ("tau_s", "value", "_raw", "_filled")
+
+    def __init__(self, tau_s: float):
+        self.tau_s = tau_s
+        self.value = 0.0
+        self._raw = 0.0  # the weighted mean started from 0
+        self._filled = 0.0  # 1 - exp(-elapsed / tau): the weight the samples have filled
+
+    def add(self, sample: float, dt: float) -> float:
+        """Fold in ``sample`` (covering the last ``dt`` > 0 seconds); returns the mean."""
+        a = 1.0 - math.exp(-dt / self.tau_s)
+        self._raw += a * (sample - self._raw)
+        self._filled += a * (1.0 - self._filled)
+        self.value = self._raw / self._filled
+        return self.value
+
 @dataclass(slots=True)
 class Observation:
     """The iteration about to run on one instance.

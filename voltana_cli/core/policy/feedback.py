@@ -54,7 +54,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from voltana_cli.core.policy.controller import Observation
+from voltana_cli.core.policy.controller import Observation, WeightedMean
 from voltana_cli.core.policy.predictor import Predictor
 
 
@@ -162,7 +162,7 @@ class FeedbackController:
         self._is_decode = phase == "decode"
         self.load_rps = 0.0  # the arrival rate the overload rule reads (smoothed over overload_tau_s)
         self._load_t: float | None = None
-        self._load_raw = self._load_filled = 0.0
+        self._load_mean = WeightedMean(p.overload_tau_s)
         self._energy = getattr(predictor, "decode_j" if self._is_decode else "prefill_j", None)
         if self._energy is not None and not getattr(predictor, "has_energy", True):
             self._energy = None
@@ -235,10 +235,7 @@ class FeedbackController:
         if tau <= 0 or last is None:
             self.load_rps = obs.rate_rps
         elif obs.now_s > last:
-            a = 1.0 - math.exp((last - obs.now_s) / tau)
-            self._load_raw += a * (obs.rate_rps - self._load_raw)
-            self._load_filled += a * (1.0 - self._load_filled)
-            self.load_rps = self._load_raw / self._load_filled
+            self.load_rps = self._load_mean.add(obs.rate_rps, obs.now_s - last)
         return self.load_rps
 
     def _want(self, obs: Observation) -> int:

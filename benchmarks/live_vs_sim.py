@@ -25,10 +25,12 @@ import time
 import urllib.request
 from pathlib import Path
 
+from voltana_cli.core.live.launch import answers_200
+
 VOLTANA = [sys.executable, "-m", "voltana_cli"]
 
 
-def _free_port() -> int:
+def _free_port() -> int:  # an ephemeral port: answers_200 tells a connection that reached itself from a server
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -51,12 +53,9 @@ def main() -> int:
                              stdout=open(tmp / "serve.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
     try:
         for _ in range(300):
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.2)
+            if answers_200(f"{url}/health", timeout_s=1):
+                break
+            time.sleep(0.2)
         common = ["--request-rate", str(a.rate), "--duration-s", str(a.duration_s), "--seed", str(a.seed),
                   "--policy", a.policy]
         live, sim = tmp / "live.json", tmp / "sim.json"

@@ -25,10 +25,11 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
+
+from voltana_cli.core.live.launch import answers_200
 
 _BACKEND = r'''
 import json, sys
@@ -62,12 +63,9 @@ def _wait(url: str, proc: subprocess.Popen, what: str) -> None:
     for _ in range(300):
         if proc.poll() is not None:
             raise SystemExit(f"{what} exited with code {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.1)
+        if answers_200(url, timeout_s=1):
+            return
+        time.sleep(0.1)
     raise SystemExit(f"{what} did not answer {url}")
 
 

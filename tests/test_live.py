@@ -20,7 +20,7 @@ import yaml
 
 from voltana_cli.core.errors import UserError
 from voltana_cli.core.live import cluster_from_flags, load_cluster, plan, sglang_argv
-from voltana_cli.core.live.launch import check_sglang
+from voltana_cli.core.live.launch import answers_200, check_sglang, self_connected
 
 VOLTANA = [sys.executable, "-m", "voltana_cli"]
 
@@ -109,8 +109,14 @@ def test_serve_refuses_a_public_address_without_an_api_key():
 
 # ---- a real emulated cluster ----------------------------------------------------------------------------
 def _free_ports(n: int) -> list[int]:
+    """``n`` consecutive free ports below the kernel's ephemeral range, so that a poll before a server listens
+    can never be handed the port itself as its source and connect to itself."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
     for _ in range(50):
-        base = random.randint(20000, 40000)
+        base = random.randint(min(20000, low // 2), low - n - 1)
         ports = list(range(base, base + n))
         try:
             for p in ports:
@@ -154,11 +160,8 @@ def _serve(tmp_path: Path, n_decode: int = 1) -> tuple[subprocess.Popen, str, Pa
     url = f"http://127.0.0.1:{router}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        try:
-            if _get(f"{url}/health")[0] == 200:
-                break
-        except OSError:
-            pass
+        if answers_200(f"{url}/health", timeout_s=10):
+            break
         if proc.poll() is not None:
             raise AssertionError(log.read_text())
         time.sleep(0.2)
@@ -327,6 +330,62 @@ def test_sidecars_run_the_policy_and_a_killed_one_has_its_clocks_reset_by_serve(
     assert code == 0, log.read_text()
     assert "clocks reset" in log.read_text() and _locks(tmp_path) == {}
     assert _engine_pids(ports) == []
+
+
+def _self_connected_socket() -> socket.socket:
+    """A socket connected to itself: bound to a free port and connected to that same port (TCP simultaneous open,
+    what the kernel can do by chance to a connect towards an ephemeral port nobody listens on)."""
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("127.0.0.1", 0))
+    s.connect(s.getsockname())
+    return s
+
+
+def test_a_health_poll_that_reaches_itself_or_no_http_is_not_ready_and_never_raises():
+    """CI once met this: the serve test's health poll of the router's port, before the router listened, was given
+    that port as its source, connected to itself and read its own request back as the answer."""
+    import threading
+
+    with _self_connected_socket() as s:
+        assert self_connected(s)
+    with socket.socket() as a:
+        a.bind(("127.0.0.1", 0))
+        a.listen()
+        with socket.create_connection(a.getsockname()) as b:
+            assert not self_connected(b)
+            a.accept()[0].close()
+
+        def echo() -> None:  # a server that echoes the request: the exact shape of a self-connection's answer
+            c, _ = a.accept()
+            with c:
+                c.sendall(c.recv(4096))
+        t = threading.Thread(target=echo, daemon=True)
+        t.start()
+        assert answers_200(f"http://127.0.0.1:{a.getsockname()[1]}/health", timeout_s=2) is False
+        t.join(5)
+    assert answers_200(f"http://127.0.0.1:{_free_ports(1)[0]}/health", timeout_s=1) is False
+
+
+def test_the_upstream_client_refuses_a_connection_that_reached_itself(monkeypatch):
+    import asyncio
+
+    from voltana_cli.core.live.upstream import Upstream, UpstreamError
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        real = loop.create_connection
+
+        async def to_itself(factory, host, port, **kw):  # the kernel's chance, made certain
+            return await real(factory, sock=_self_connected_socket())
+
+        monkeypatch.setattr(loop, "create_connection", to_itself)
+        client = Upstream(connect_timeout_s=1.0, read_timeout_s=1.0)
+        with pytest.raises(UpstreamError, match="reached itself"):
+            await client.post("127.0.0.1", 1, "/generate", b"{}")
+        client.close()
+
+    asyncio.run(main())
 
 
 def test_a_port_in_use_is_refused_before_anything_starts(tmp_path):

@@ -8,14 +8,14 @@ after a grace period), whatever ends the run.
 
 from __future__ import annotations
 
+import http.client
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
+import urllib.parse
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -62,6 +62,39 @@ def check_sglang(version: str | None) -> str:
         raise UserError(f"SGLang {version} is installed; voltana serve supports {lo}-{hi} (launch flags and the "
                         f"metrics stream change within 0.5.x): pip install 'sglang=={hi}'", field="engine")
     return version
+
+
+def self_connected(sock: socket.socket) -> bool:
+    """Whether ``sock`` is connected to itself. A connect to a loopback port that nobody listens on yet, when the
+    port lies in the ephemeral range (Linux: 32768-60999), can be given that very port as its source and open
+    to itself (TCP simultaneous open): it then echoes what it sends, and it holds the port the instance is about
+    to bind."""
+    try:
+        return bool(sock.getsockname() == sock.getpeername())
+    except OSError:
+        return False
+
+
+def answers_200(url: str, timeout_s: float) -> bool:
+    """Whether a GET of ``url`` answers 200. Refused, reset, timed out, a self-connection (see
+    ``self_connected``) or anything that is not an HTTP answer are all "not yet", never an exception."""
+    u = urllib.parse.urlsplit(url)
+    try:
+        sock = socket.create_connection((u.hostname or "127.0.0.1", u.port or 80), timeout=timeout_s)
+    except OSError:
+        return False
+    with sock:
+        if self_connected(sock):
+            return False
+        conn = http.client.HTTPConnection(u.hostname or "127.0.0.1", u.port or 80, timeout=timeout_s)
+        conn.sock = sock
+        try:
+            conn.request("GET", u.path or "/")
+            r = conn.getresponse()
+            r.read()
+            return r.status == 200
+        except (OSError, http.client.HTTPException):
+            return False
 
 
 @dataclass(frozen=True)
@@ -234,12 +267,8 @@ class Supervisor:
                 if proc.poll() is not None:
                     raise UserError(f"{name} exited with code {proc.returncode} before it was ready: "
                                     f"{self.log_tail(name) or 'no output'} (log: {self.log_dir / (name + '.log')})")
-                try:
-                    with urllib.request.urlopen(p.health_url, timeout=1) as r:
-                        if r.status == 200:
-                            del pending[name]
-                except (urllib.error.URLError, OSError):
-                    pass
+                if answers_200(p.health_url, timeout_s=1.0):
+                    del pending[name]
             if pending and time.monotonic() > deadline:
                 raise UserError(f"{', '.join(pending)} not healthy after {timeout_s:g} s (logs in {self.log_dir})")
             if pending:

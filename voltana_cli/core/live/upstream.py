@@ -263,6 +263,12 @@ class Upstream:
             raise UpstreamError(f"could not connect within {self.connect_timeout_s:g} s") from None
         except OSError as exc:
             raise UpstreamError(f"could not connect: {exc.strerror or exc}") from None
+        transport = conn.transport
+        if transport is not None and transport.get_extra_info("sockname") == transport.get_extra_info("peername"):
+            # Nothing listens there and the kernel gave this connection the port itself as its source (a port in
+            # the ephemeral range): it would echo the request back as its answer.
+            transport.close()
+            raise UpstreamError("could not connect: nothing listens there (the connection reached itself)")
         return conn
 
     def release(self, conn: _Conn) -> None:

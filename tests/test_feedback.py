@@ -144,16 +144,27 @@ def test_prefill_plans_over_its_queue():
     assert (pred.prefill_s(512, 1, busy) + pred.prefill_s(7000, 6, busy)) * 1.0 <= 0.8 * 0.9 - 0.1
 
 
-def test_energy_aware_choice_is_not_always_the_lowest_clock():
-    """With static power in the energy model the cheapest fitting clock can be above the lowest."""
+def test_prefill_takes_the_least_energy_and_decode_the_least_power():
+    """With static power dominating, a prefill iteration (fixed work: its tokens) costs least at the top clock,
+    so the prefill takes it although a lower one fits. A decode instance runs iterations back to back while it
+    has requests, so it pays power over time, not a count of iterations' energy: it takes the lowest fitting
+    clock, although one iteration's energy is least at the top clock there too."""
     class Static(Linear):
         def _j(self, t, clock):
             return t * (400 + 1e-5 * clock ** 2)  # static power dominates: finishing faster is cheaper
 
-    got = FeedbackController("decode", Static(), CLOCKS, 0.05).decide(decode_obs(0.0, 8, 8000))
+    pred = Static()
+    assert pred.decode_j(8, 8000, CLOCKS[-1]) < pred.decode_j(8, 8000, CLOCKS[0])
+    got = FeedbackController("prefill", pred, CLOCKS, 0.8).decide(Observation(0.0, 1, 512))
     assert got == CLOCKS[-1]
-    got = FeedbackController("decode", Linear(), CLOCKS, 0.05).decide(decode_obs(0.0, 8, 8000))
+    got = FeedbackController("prefill", Linear(), CLOCKS, 0.8).decide(Observation(0.0, 1, 512))
     assert got < CLOCKS[-1]
+    got = FeedbackController("decode", pred, CLOCKS, 0.05).decide(decode_obs(0.0, 8, 8000))
+    assert got == CLOCKS[0]
+    # the budget still decides: a batch the lowest clock cannot serve in time takes the lowest clock that can
+    tight = FeedbackController("decode", pred, CLOCKS, 0.0075).decide(decode_obs(0.0, 8, 8000))
+    assert CLOCKS[0] < tight < CLOCKS[-1]
+    assert pred.decode_s(8, 8000, tight) <= 0.0075 * 0.9 < pred.decode_s(8, 8000, tight - 15)
 
 
 def test_levels_floor_step_and_top():

@@ -117,14 +117,18 @@ def warm_starts(scn: Scenario, reqs: list[Requirement], spec: TuneSpec,
       utilisation cap, the least-loaded router), with both phases switched to their top clock above an
       arrival rate smoothed over 5 s: the paper's rule serves the light rates cheaply and misses the heavy
       ones, so the switch is placed a quarter and a half of the way from the last rate where the paper's
-      policy meets its requirement to the next one (per instance)."""
+      policy meets its requirement to the next one (per instance); each once from EcoFreq's lowest level up
+      and once from static-best's clocks at the least loaded rate up."""
     space = search_space(scn, spec.rates)
     ends = sorted(reqs, key=lambda r: r.rate)
     out = []
+    light: dict[str, Any] = {}  # static-best's floors at the least loaded rate, as trial parameters
     for r in ([ends[0], ends[-1]] if len(ends) > 1 else ends):
         sb = find_static_best(scn, r.rate, spec.training, r.attainment, progress)
         if sb.best is not None:
             out.append(default_params(*space, (sb.best.prefill_mhz, sb.best.decode_mhz)))
+            if r is ends[0]:
+                light = {k: v for k, v in out[-1].items() if k.endswith("_floor_mhz")}
     meets = []
     for r in ends:
         if progress:
@@ -147,6 +151,8 @@ def warm_starts(scn: Scenario, reqs: list[Requirement], spec: TuneSpec,
             point[f"{phase}_overload_rps"] = min(max(switch / n, lo), hi)
             point[f"{phase}_overload_tau_s"] = 5.0
         out.append(point)
+        if light:  # the same, from the light load's static clocks up (EcoFreq's levels start higher)
+            out.append({**point, **light})
     return out
 
 

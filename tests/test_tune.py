@@ -171,3 +171,24 @@ def test_two_workers_share_one_study_through_its_storage(tmp_path):
     study = optuna.load_study(study_name="shared", storage=url)
     assert len(study.trials) == 5 and all(t.state.name == "COMPLETE" for t in study.trials)
     assert all(t.constraints for t in study.trials)
+
+
+def test_the_search_starts_from_static_best_and_from_the_papers_rule_above_its_light_clocks():
+    """Warm starts: static-best's pair at the least loaded rate as floors, and the paper's rule (no PI terms,
+    its run's targets) once from EcoFreq's lowest level up and once from those light-load floors up."""
+    from voltana_cli.core.tune.run import TuneSpec, requirements, warm_starts
+
+    scn = scenario(duration=10.0)
+    spec = TuneSpec([20.0, 40.0], trials=1)
+    reqs = requirements(scn, spec.rates, spec.training, spec.target)
+    light = find_static_best(scn, 20.0, spec.training, reqs[0].attainment).best
+    assert light is not None
+    points = warm_starts(scn, reqs, spec)
+    grid = clock_grid(tuple(scn.model.clocks))
+    near = {phase: min(grid, key=lambda c: abs(c - f)) for phase, f in
+            (("prefill", light.prefill_mhz), ("decode", light.decode_mhz))}
+    floors = [(p["prefill_floor_mhz"], p["decode_floor_mhz"]) for p in points]
+    assert (near["prefill"], near["decode"]) in floors
+    papers = [p for p in points if p["prefill_kp"] == 0 and p["decode_ki"] == 0 and p["router"] == "least-loaded"]
+    assert {(p["prefill_floor_mhz"], p["decode_floor_mhz"]) for p in papers} >= {(near["prefill"], near["decode"])}
+    assert len({(p["prefill_floor_mhz"], p["decode_floor_mhz"]) for p in papers}) == 2

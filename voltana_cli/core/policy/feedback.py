@@ -39,10 +39,13 @@ twice, and plans over the queue:
    arrival forecast.) EcoFreq's "queued work forces the top clock" becomes a consequence rather than a rule:
    the top clock is chosen only when nothing lower can drain the queue in time.
 
-Among the clocks that fit, it takes the one with the least predicted energy when the predictor has an
-energy model (the least energy is not always at the lowest clock: static power is paid per second), else
-the lowest. Lowering waits ``dwell_s`` after the last change and needs a ``hysteresis`` fraction of slack
-(no flapping under constant load); raising is immediate. The clock never falls when the iteration grows
+Among the clocks that fit, it takes the cheapest when the predictor has an energy model, else the lowest.
+A prefill clock is priced by the iteration's predicted energy (its work is its tokens, and the least energy
+is not always at the lowest clock: static power is paid per second). A decode clock is priced by its
+predicted power: a decode instance runs iterations back to back while it has requests, and a slower clock
+grows its batches (more requests in flight), so what it spends over time is power, not a fixed number of
+iterations' energy. Lowering waits ``dwell_s`` after the last change and needs a ``hysteresis`` fraction of
+slack (no flapping under constant load); raising is immediate. The clock never falls when the iteration grows
 (more requests, tokens or waiting), because every prediction is monotone in them.
 
 Pure: no clocks are read, no time is slept, nothing is imported from the worlds. The same object runs in
@@ -157,7 +160,7 @@ class FeedbackController:
         self.integral = 0.0
         self.correction = 0.0
         self._last_ttft = 0.0
-        self.busy = 0.0  # smoothed busy fraction
+        self.busy = 0.0  # smoothed busy fraction (prefill)
         self._prev_start: float | None = None  # when the previous iteration was decided
         self._is_decode = phase == "decode"
         self.load_rps = 0.0  # the arrival rate the overload rule reads (smoothed over overload_tau_s)
@@ -177,10 +180,11 @@ class FeedbackController:
         """Update the predictor correction, the busy fraction and the SLO loop from what the previous
         iteration measured."""
         a = self._alpha
-        prev, self._prev_start = self._prev_start, obs.now_s
-        if prev is not None and obs.now_s > prev and obs.last_latency_s > 0:
-            frac = min(obs.last_latency_s / (obs.now_s - prev), 1.0)
-            self.busy += a * (frac - self.busy)
+        if not self._is_decode:
+            prev, self._prev_start = self._prev_start, obs.now_s
+            if prev is not None and obs.now_s > prev and obs.last_latency_s > 0:
+                frac = min(obs.last_latency_s / (obs.now_s - prev), 1.0)
+                self.busy += a * (frac - self.busy)
         if obs.last_latency_s > 0 and obs.last_clock_mhz in self.levels:
             pred = self._predict(obs.last_batch_size, obs.last_num_tokens, obs.last_clock_mhz)
             if pred > 0:
@@ -223,12 +227,9 @@ class FeedbackController:
             return float(clock)
         if not self._is_decode:
             return float(self._energy(obs.num_tokens, obs.batch_size, clock))
-        # Decode: a prefill's work is its tokens, whatever the clock, so its energy per iteration is the price.
-        # A decode's iterations are not fixed: a decode instance runs one iteration after another while it has
-        # requests, and a slower clock makes each longer and its batch larger (Little's law: more requests in
-        # flight), so over any stretch of time it spends power, not a number of iterations' energy. The price is
-        # the predicted power. (Priced by energy per iteration, the controller held 1005 MHz on A100 at 50 req/s
-        # where 780 MHz meets the ITL SLO with 3 % less energy in all: ``benchmarks/tune_table.py``.)
+        # Decode: its predicted power (see the module docstring). Priced by energy per iteration instead, the
+        # controller held 1005 MHz on A100 at 50 req/s where 780 MHz meets the ITL SLO and spends about 3 % less
+        # energy in all (``benchmarks/tune_table.py``).
         t = self.predictor.decode_s(obs.batch_size, obs.num_tokens, clock)
         energy = float(self._energy(obs.batch_size, obs.num_tokens, clock))
         return energy / t if t > 0 else energy

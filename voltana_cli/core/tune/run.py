@@ -139,7 +139,7 @@ def warm_starts(scn: Scenario, reqs: list[Requirement], spec: TuneSpec,
            "decode_headroom": -PAPER_RUN_MARGINS["decode"], "prefill_kp": 0.0, "prefill_ki": 0.0, "decode_kp": 0.0,
            "decode_ki": 0.0, "prefill_max_utilization": 1.0, "decode_backlog_gain": 0.0, "router": "least-loaded"}
     if all(meets):  # the paper's rule serves every rate: no switch (the overload thresholds stay at the top)
-        return [*out, eco]
+        return [*out, eco, {**eco, **light}] if light else [*out, eco]
     k = meets.index(False)
     low = ends[k - 1].rate if k > 0 else 0.8 * ends[0].rate
     high = ends[k].rate

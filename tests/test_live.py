@@ -20,7 +20,8 @@ import yaml
 
 from voltana_cli.core.errors import UserError
 from voltana_cli.core.live import cluster_from_flags, load_cluster, plan, sglang_argv
-from voltana_cli.core.live.launch import answers_200, check_sglang, self_connected
+from voltana_cli.core.live.launch import answers_200, check_sglang
+from voltana_cli.core.live.upstream import self_connected
 
 VOLTANA = [sys.executable, "-m", "voltana_cli"]
 

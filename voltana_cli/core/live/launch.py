@@ -22,6 +22,7 @@ from pathlib import Path
 
 from voltana_cli.core.errors import UserError
 from voltana_cli.core.live.config import ClusterSpec, InstanceSpec
+from voltana_cli.core.live.upstream import self_connected
 from voltana_cli.core.models import model_spec
 
 #: The SGLang releases whose launch flags this launcher was checked against (``../shared/SGLANG.md``):
@@ -62,17 +63,6 @@ def check_sglang(version: str | None) -> str:
         raise UserError(f"SGLang {version} is installed; voltana serve supports {lo}-{hi} (launch flags and the "
                         f"metrics stream change within 0.5.x): pip install 'sglang=={hi}'", field="engine")
     return version
-
-
-def self_connected(sock: socket.socket) -> bool:
-    """Whether ``sock`` is connected to itself. A connect to a loopback port that nobody listens on yet, when the
-    port lies in the ephemeral range (Linux: 32768-60999), can be given that very port as its source and open
-    to itself (TCP simultaneous open): it then echoes what it sends, and it holds the port the instance is about
-    to bind."""
-    try:
-        return bool(sock.getsockname() == sock.getpeername())
-    except OSError:
-        return False
 
 
 def answers_200(url: str, timeout_s: float) -> bool:

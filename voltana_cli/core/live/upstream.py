@@ -36,6 +36,19 @@ MAX_IDLE_PER_BACKEND = 512
 HIGH_WATER = 1 << 20
 
 
+def self_connected(sock: Any) -> bool:
+    """Whether ``sock`` (a socket, or asyncio's view of one) is connected to itself. A connect to a loopback port
+    that nobody listens on yet, when the port lies in the ephemeral range (Linux: 32768-60999), can be given that
+    very port as its source and open to itself (TCP simultaneous open): it then echoes what it sends, and it
+    holds the port the server is about to bind. ``None`` (a transport without a socket) is not."""
+    if sock is None:
+        return False
+    try:
+        return bool(sock.getsockname() == sock.getpeername())
+    except OSError:
+        return False
+
+
 class UpstreamError(Exception):
     """A backend did not answer properly: refused, reset, closed early, malformed, or timed out."""
 
@@ -264,9 +277,8 @@ class Upstream:
         except OSError as exc:
             raise UpstreamError(f"could not connect: {exc.strerror or exc}") from None
         transport = conn.transport
-        if transport is not None and transport.get_extra_info("sockname") == transport.get_extra_info("peername"):
-            # Nothing listens there and the kernel gave this connection the port itself as its source (a port in
-            # the ephemeral range): it would echo the request back as its answer.
+        if transport is not None and self_connected(transport.get_extra_info("socket")):
+            # Nothing listens there: the request would come back as its own answer.
             transport.close()
             raise UpstreamError("could not connect: nothing listens there (the connection reached itself)")
         return conn

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from voltana_cli.core.errors import UserError
 from voltana_cli.core.report import to_stdout
@@ -40,3 +41,10 @@ def say_written(console: Console, *paths: Path | None) -> None:
     for path in paths:
         if path is not None and not to_stdout(path):
             console.print(f"wrote {path}")
+
+
+def progress_bar(console: Console) -> Progress:
+    """The commands' progress bar on ``console``: a description, the bar, done/total and the elapsed time; it
+    disappears when done."""
+    return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                    TimeElapsedColumn(), console=console, transient=True)

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from voltana_cli.commands import flag_for, say_written, user_errors
+from voltana_cli.commands import flag_for, progress_bar, say_written, user_errors
 from voltana_cli.core.bench import (
     DEFAULT_POLICIES,
+    BenchOutput,
+    PreparedBench,
     bench_timeline,
     make_config,
     parse_rates,
@@ -122,16 +123,7 @@ def bench(
             prediction_error=prediction_error, noise=noise, profile=profile, predictor=predictor,
         )
         prepared = prepare_bench(cfg)
-        n_runs = len(rates) * len(cfg.policies)
-        with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                      TimeElapsedColumn(), console=Console(stderr=True), transient=True) as prog:
-            task = prog.add_task("simulating", total=n_runs)
-
-            def step(label: str) -> None:
-                prog.update(task, description=f"simulating {label}")
-                prog.advance(task)
-
-            out = run_bench_full(prepared, progress=step)
+        out = _simulate_with_progress(prepared, len(rates) * len(cfg.policies))
         for note in out.notes:
             Console(stderr=True).print(f"note: {note}", highlight=False, soft_wrap=True)
         _render(console, out.report)
@@ -144,6 +136,18 @@ def bench(
             if path is not None:
                 write(path)
                 say_written(console, path)
+
+
+def _simulate_with_progress(prepared: PreparedBench, n_runs: int) -> BenchOutput:
+    """``run_bench_full`` with a progress bar on standard error (runs done of ``n_runs``)."""
+    with progress_bar(Console(stderr=True)) as prog:
+        task = prog.add_task("simulating", total=n_runs)
+
+        def step(label: str) -> None:
+            prog.update(task, description=f"simulating {label}")
+            prog.advance(task)
+
+        return run_bench_full(prepared, progress=step)
 
 
 def _policies(given: list[str] | None, tuned: Path | None) -> list[str]:

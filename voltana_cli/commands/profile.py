@@ -8,10 +8,9 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from voltana_cli.commands import user_errors
+from voltana_cli.commands import progress_bar, user_errors
 from voltana_cli.core.errors import UserError
 from voltana_cli.core.profiling import (
     BACKENDS,
@@ -127,8 +126,7 @@ def profile(
 
 def run_with_progress(req: ProfileRequest, err: Console) -> Profile:
     """``run_profile`` with a progress bar (windows done of the plan's total) and warnings on ``err``."""
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeElapsedColumn(), console=err, transient=True) as prog:
+    with progress_bar(err) as prog:
         task = prog.add_task(f"profiling ({req.backend})", total=None)
 
         def start(total: int) -> None:

@@ -11,11 +11,10 @@ from typing import Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from voltana_cli import __version__
-from voltana_cli.commands import say_written, user_errors
+from voltana_cli.commands import progress_bar, say_written, user_errors
 from voltana_cli.core.bench import BenchConfig, make_config, parse_rates, prepare_bench
 from voltana_cli.core.errors import UserError
 from voltana_cli.core.models import defaults
@@ -171,8 +170,7 @@ def _fit_only(console: Console, profile_path: str, out: Path | None, json_path: 
 
 
 def _run_with_progress(scn: Any, spec: TuneSpec) -> TuneOutcome:
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeElapsedColumn(), console=Console(stderr=True), transient=True) as prog:
+    with progress_bar(Console(stderr=True)) as prog:
         task = prog.add_task("tuning", total=spec.trials)
 
         def on_trial(done: int, best: float | None) -> None:

@@ -212,14 +212,14 @@ def test_router_when_no_instance_can_keep_the_budget_takes_the_least_loaded():
 
 # --- the oracle --------------------------------------------------------------------------------------
 @settings(max_examples=60, deadline=None)
-@given(base=st.floats(0.001, 0.2), noise=st.floats(0.8, 1.25), wait=st.floats(0, 0.5))
-def test_the_oracle_never_misses_a_budget_the_top_clock_meets(base, noise, wait):
+@given(base=st.floats(0.001, 0.2), noise=st.floats(0.8, 1.25), wait=st.floats(0, 0.5), margin=st.sampled_from([0.0, 0.3]))
+def test_the_oracle_never_misses_a_budget_the_top_clock_meets(base, noise, wait, margin):
     truth = lambda c: base * noise * 1410 / c  # noqa: E731
     for phase, slo in (("decode", 0.05), ("prefill", 0.8)):
-        o = OracleController(phase, CLOCKS, slo)
+        o = OracleController(phase, CLOCKS, slo, margin=margin)
         obs = Observation(0.0, 4, 4000, oldest_wait_s=wait if phase == "prefill" else 0.0, truth_s=truth)
         c = o.decide(obs)
-        budget = slo - obs.oldest_wait_s
+        budget = slo * (1 - margin) - obs.oldest_wait_s
         if truth(1410) <= budget:
             assert truth(c) <= budget and (c == CLOCKS[0] or truth(CLOCKS[CLOCKS.index(c) - 1]) > budget)
         else:

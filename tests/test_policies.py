@@ -133,9 +133,11 @@ def test_every_registered_name_builds_and_help_lists_it(a100_8b):
     help_text = REGISTRY.help_text()
     obs = Observation(0.0, 1, 64, truth_s=lambda c: 0.1 * 1410 / c)  # the oracle reads a truth
     for entry in REGISTRY.controllers():
-        # A searched entry with an argument (colocated[:<MHz>]) is built with it and searched without it.
-        names = [entry.name, f"{entry.name}:1200"] if entry.searched and entry.argument else \
-            [entry.usage.replace("<MHz>", "1200")]
+        # A searched entry with an argument (colocated[:<MHz>], oracle[:<margin>]) is built with it and searched
+        # without it.
+        example = {"MHz": "1200", "margin": "0.1"}.get(entry.argument or "", "")
+        names = [entry.name, f"{entry.name}:{example}"] if entry.searched and entry.argument else \
+            [entry.usage.replace(f"<{entry.argument}>", example)]
         assert entry.usage in help_text
         for name in names:
             for router in REGISTRY.routers():

@@ -149,7 +149,37 @@ def test_bench_runs_static_best_and_the_oracle_and_says_which_pair_it_found(tmp_
     assert runs["static-best"]["ran_as"].startswith("static:")
     assert runs["static-best"]["attainment"]["both"] >= min(0.99, runs["static-max"]["attainment"]["both"]) - 0.01
     assert runs["static-best"]["energy_j"]["total"] < runs["static-max"]["energy_j"]["total"]
-    assert "ran_as" not in runs["oracle"] and runs["oracle"]["energy_j"]["total"] < runs["static-max"]["energy_j"]["total"]
+    assert runs["oracle"]["ran_as"].startswith("oracle:") and runs["oracle"]["yardstick"] is True
+    assert runs["oracle"]["attainment"]["both"] >= min(0.99, runs["static-max"]["attainment"]["both"]) - 0.01
+    assert runs["oracle"]["energy_j"]["total"] < runs["static-max"]["energy_j"]["total"]
+
+
+class _MarginWorld:
+    """A fake world for the oracle's search: attainment rises with the margin and crosses 0.97 at 0.35."""
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    def run(self, name: str, rate: float, seed: int) -> dict:
+        self.asked.append(name)
+        m = float(name.split(":")[1])
+        return {"attainment": {"both": 0.8 + 0.5 * m}, "energy_j": {"total": 100.0 + 50 * m}}
+
+
+def test_the_oracle_search_takes_the_least_margin_that_meets_the_requirement_in_few_runs():
+    from voltana_cli.core.tune.static_best import find_oracle
+
+    w = _MarginWorld()
+    found = find_oracle(w, 80.0, [0], 0.97)  # type: ignore[arg-type]
+    assert found.best is not None and found.best.name == "oracle:0.35"
+    assert len(w.asked) <= 7  # margin 0, the widest, then a bisection: not a walk over all 19
+    assert find_oracle(_MarginWorld(), 80.0, [0], 0.5).best.name == "oracle:0"  # type: ignore[arg-type,union-attr]
+    assert find_oracle(_MarginWorld(), 80.0, [0], 1.5).best is None  # type: ignore[arg-type]
+
+
+def test_an_oracle_margin_outside_zero_to_one_is_one_line():
+    r = runner.invoke(app, ["bench", "--request-rate", "30", "--duration-s", "5", "--policy", "oracle:1.5"])
+    assert r.exit_code == 2 and "[0, 1)" in r.output and "Traceback" not in r.output
 
 
 def test_two_workers_share_one_study_through_its_storage(tmp_path):
@@ -192,3 +222,39 @@ def test_the_search_starts_from_static_best_and_from_the_papers_rule_above_its_l
     papers = [p for p in points if p["prefill_kp"] == 0 and p["decode_ki"] == 0 and p["router"] == "least-loaded"]
     assert {(p["prefill_floor_mhz"], p["decode_floor_mhz"]) for p in papers} >= {(near["prefill"], near["decode"])}
     assert len({(p["prefill_floor_mhz"], p["decode_floor_mhz"]) for p in papers}) == 2
+
+
+def test_the_polish_steps_the_clock_floors_from_the_best_trial_to_a_local_best(a100_8b):
+    """Coordinate steps on the two floors, other knobs kept: from the default floors it walks to the floors
+    the (fake) score likes best, within its budget, and every step is a stored trial of the study."""
+    import optuna
+
+    from voltana_cli.core.tune.search import _polish, default_params, polish_steps, suggest
+
+    clocks, levels = tuple(a100_8b.clocks), tuple(a100_8b.gpu.ecofreq_levels_mhz)
+    ranges = {"prefill": (10.0, 60.0), "decode": (10.0, 60.0)}
+    space = (clocks, levels, ranges)
+    grid = sorted(clock_grid(clocks))
+    want = {"prefill": grid[4], "decode": grid[2]}
+
+    def score_all(tuned):
+        return [(abs(t.prefill.floor_mhz - want["prefill"]) + abs(t.decode.floor_mhz - want["decode"]), -1.0)
+                for t in tuned]
+
+    start = default_params(clocks, levels, ranges)
+    steps = polish_steps(start, grid, [{"prefill_floor_mhz": grid[0]}])
+    assert len(steps) == 5 and all(set(s) == set(start) for s in steps)
+    assert sum(s != start for s in steps) == 5 and steps[-1]["prefill_floor_mhz"] == grid[0]
+    study = optuna.create_study(direction="minimize")
+    study.enqueue_trial(start)
+    t = study.ask()
+    (v, c), = score_all([suggest(t, *space)])
+    t.set_constraint("shortfall", c)
+    study.tell(t, v)
+    _polish(study, space, 40, [], score_all, None)
+    best = min(study.trials, key=lambda x: x.value)
+    assert best.value == 0 and best.params["decode_headroom"] == start["decode_headroom"]
+    assert len(study.trials) <= 41
+    n = len(study.trials)
+    _polish(study, space, 40, [], score_all, None)  # at the local best every step was tried: nothing more runs
+    assert len(study.trials) == n

@@ -32,7 +32,7 @@ from voltana_cli.core.models.profile import load_profile
 from voltana_cli.core.policy import PAPER_RUN_MARGINS, REGISTRY, EcoFreqParams
 from voltana_cli.core.report import Timeline
 from voltana_cli.core.sim import ClusterConfig
-from voltana_cli.core.tune import Scenario, find_searched, load_predictor, load_tuned, requirement_for
+from voltana_cli.core.tune import Scenario, find_searched, load_predictor, load_tuned, requirement_for, searched_fallback
 from voltana_cli.core.workloads import DatasetRequest, LengthTrace, Workload, load_lengths
 
 DEFAULT_POLICIES = ["static-max", "static-min", "voltana"]
@@ -402,16 +402,14 @@ BENCH_TARGET = 0.99
 
 
 def _resolve(prep: PreparedBench, name: str, rate: float) -> str:
-    """The policy a name runs as at ``rate``: a searched one (static-best, colocated) becomes what its search
-    found (when no candidate meets the requirement: its top clock, which keeps the most)."""
+    """The policy a name runs as at ``rate``: a searched one (static-best, colocated, the oracle) becomes what
+    its search found (when no candidate meets the requirement: what keeps the most)."""
     if not REGISTRY.searched(name):
         return name
     base = prep.scenario.run("static-max", rate, prep.cfg.seed)
     req = requirement_for(base["attainment"]["both"], BENCH_TARGET)
     found = find_searched(prep.scenario, name, rate, [prep.cfg.seed], req, static_max=[base])
-    if found.best:
-        return found.best.name
-    return f"colocated:{prep.model.clocks[-1]}" if name == "colocated" else "static-max"
+    return found.best.name if found.best else searched_fallback(prep.scenario, name)
 
 
 def bench_timeline(prep: PreparedBench, report: dict) -> Timeline:

@@ -341,11 +341,21 @@ def _tuned(ctx: PolicyContext, arg: str | None) -> tuple[ControllerFactory, Cont
 
 
 def _oracle(ctx: PolicyContext, arg: str | None) -> tuple[ControllerFactory, ControllerFactory]:
+    if arg is None:
+        raise UserError("the bare oracle is found by a search over its budget margin, which the bench and tune "
+                        "run; give a margin to run one (oracle:0.1)", field="policies")
+    try:
+        margin = float(arg)
+    except ValueError:
+        margin = float("nan")
+    if not 0.0 <= margin < 1.0:  # NaN fails it too
+        raise UserError(f"policy 'oracle:{arg}': the margin is a share of the SLO in [0, 1), e.g. oracle:0.1",
+                        field="policies")
     levels = ctx.feedback().clocks(ctx.clocks_mhz)
 
     def make(phase: str, slo_s: float) -> ControllerFactory:
         def new() -> FrequencyController:
-            return OracleController(phase, levels, slo_s)
+            return OracleController(phase, levels, slo_s, margin=margin)
 
         return new
 
@@ -412,9 +422,10 @@ for _entry in (
                     "decode batches) at one static clock; bare, the clock with the least energy that meets the "
                     "rate's requirement, found by search", _colocated, argument="MHz", default_router="least-loaded",
                     searched=True, layout="colocated"),
-    ControllerEntry("oracle", "yardstick: per iteration the lowest clock whose TRUE latency meets the SLO (reads "
-                    "the simulator's ground truth)", _oracle, default_router="predictive", yardstick=True,
-                    clocks=lambda ctx: ctx.feedback().clocks(ctx.clocks_mhz)),
+    ControllerEntry("oracle", "yardstick: per iteration the lowest clock whose TRUE latency meets the SLO less a "
+                    "margin (reads the simulator's ground truth); bare, the least margin that meets the rate's "
+                    "requirement, found by search", _oracle, argument="margin", default_router="predictive",
+                    yardstick=True, searched=True, clocks=lambda ctx: ctx.feedback().clocks(ctx.clocks_mhz)),
 ):
     REGISTRY.add_controller(_entry)
 for _router in (

@@ -3,7 +3,8 @@
 - ``scenario``: ``Scenario``, the one simulated world bench and tune run policies in;
 - ``static_best``: ``find_static_best``, the static prefill/decode clock pair with the least energy that
   meets a rate's requirement (``requirement_for``), and ``find_searched`` for every searched policy name
-  (``colocated``: the colocated layout at its best static clock);
+  (``colocated``: the colocated layout at its best static clock; ``oracle``: the least budget margin that
+  meets the requirement, ``find_oracle``);
 - ``search``: ``run_study``, the Optuna search (constrained TPE, shared storage, local workers);
 - ``run``: ``run_tune`` (requirements, search, validation on held-out traffic), ``TuneSpec``, ``table_rows``;
 - ``fitonly``: ``evaluate`` -> ``FitReport``, ``holdout_mask``, the GBT comparison;
@@ -14,7 +15,13 @@ from voltana_cli.core.tune.fitonly import CHOSEN_FAMILY, FitReport, evaluate, gb
 from voltana_cli.core.tune.run import TuneOutcome, TuneSpec, run_tune, table_rows
 from voltana_cli.core.tune.scenario import Scenario
 from voltana_cli.core.tune.search import StudyResult, run_study, storage_for
-from voltana_cli.core.tune.static_best import StaticBest, find_searched, find_static_best, requirement_for
+from voltana_cli.core.tune.static_best import (
+    StaticBest,
+    find_searched,
+    find_static_best,
+    requirement_for,
+    searched_fallback,
+)
 from voltana_cli.core.tune.tuned_file import (
     TUNED_HEADER,
     TUNED_SCHEMA,
@@ -44,6 +51,7 @@ __all__ = [
     "accuracy_report",
     "evaluate",
     "find_searched",
+    "searched_fallback",
     "find_static_best",
     "gbt_features",
     "holdout_mask",

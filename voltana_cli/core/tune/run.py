@@ -20,7 +20,7 @@ from voltana_cli.core.policy import PAPER_RUN_MARGINS
 from voltana_cli.core.policy.feedback import TunedPolicy
 from voltana_cli.core.tune.scenario import Scenario
 from voltana_cli.core.tune.search import Requirement, StudyResult, default_params, run_study, search_space
-from voltana_cli.core.tune.static_best import find_searched, find_static_best, requirement_for
+from voltana_cli.core.tune.static_best import find_searched, find_static_best, requirement_for, searched_fallback
 
 #: The policies validation compares, in report order (``static-best`` and ``colocated`` are searched).
 REPORT_POLICIES = ("static-max", "static-best", "colocated", "voltana", "voltana-tuned", "oracle")
@@ -160,18 +160,16 @@ def validate(scn: Scenario, tuned: TunedPolicy | None, rates: list[float], seeds
              progress: Callable[[str], None] | None = None) -> tuple[list[dict[str, Any]], dict[float, str | None]]:
     """Every report policy at every rate on ``seeds``; returns the runs and static-best's pair per rate.
 
-    A searched policy (static-best, colocated) runs as what its search found on these seeds; when nothing
-    it tried meets the requirement, at its top clock (the row then shows the miss)."""
+    A searched policy (static-best, colocated, the oracle) runs as what its search found on these seeds; when
+    nothing it tried meets the requirement, as what keeps the most (the row then shows the miss)."""
     runs: list[dict[str, Any]] = []
     best_pairs: dict[float, str | None] = {}
-    top = scn.model.clocks[-1]
     for rate in rates:
         base = [scn.run("static-max", rate, s) for s in seeds]
         req = requirement_for(sum(x["attainment"]["both"] for x in base) / len(base), target)
         found = {name: find_searched(scn, name, rate, seeds, req, progress, static_max=base)
-                 for name in ("static-best", "colocated")}
-        ran_as = {name: f.best.name if f.best else ("static-max" if name == "static-best" else f"colocated:{top}")
-                  for name, f in found.items()}
+                 for name in ("static-best", "colocated", "oracle")}
+        ran_as = {name: f.best.name if f.best else searched_fallback(scn, name) for name, f in found.items()}
         best_pairs[rate] = found["static-best"].best.name if found["static-best"].best else None
         for name in REPORT_POLICIES:
             if name == "voltana-tuned" and tuned is None:

@@ -27,7 +27,7 @@ def main() -> int:
     ap.add_argument("--duration-s", type=float, default=60.0)
     ap.add_argument("--trials", type=int, default=40)
     ap.add_argument("--seeds", type=int, default=2)
-    ap.add_argument("--train-seeds", type=int, default=1)
+    ap.add_argument("--train-seeds", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--jobs", type=int, default=1)
     a = ap.parse_args()

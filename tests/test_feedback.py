@@ -167,6 +167,37 @@ def test_prefill_takes_the_least_energy_and_decode_the_least_power():
     assert pred.decode_s(8, 8000, tight) <= 0.0075 * 0.9 < pred.decode_s(8, 8000, tight - 15)
 
 
+class Peaked(Linear):
+    """Energy least near 1350 MHz: E = t * (218.7 + 1.2e-4 c^2), t proportional to 1 / c."""
+
+    def _j(self, t, clock):
+        return t * (218.7 + 1.2e-4 * clock ** 2)
+
+
+def test_prefill_prices_energy_above_idle_when_the_predictor_knows_idle_power():
+    """Time a prefill iteration saves is spent idle, at idle power: the price is E(c) - P_idle * t(c). Here the
+    least energy is near 1350 MHz; less 80 W of idle, near 1075 MHz."""
+    class WithIdle(Peaked):
+        def idle_w(self, clock_mhz):
+            return 80.0
+
+    plain = FeedbackController("prefill", Peaked(), CLOCKS, 0.8).decide(Observation(0.0, 1, 512))
+    idle = FeedbackController("prefill", WithIdle(), CLOCKS, 0.8).decide(Observation(0.0, 1, 512))
+    assert abs(plain - 1350) <= 15 and abs(idle - 1075) <= 15
+
+
+def test_a_tie_tolerance_takes_the_lowest_clock_within_it_of_the_cheapest():
+    pred = Peaked()
+    obs = Observation(0.0, 1, 512)
+    cheapest = FeedbackController("prefill", pred, CLOCKS, 0.8).decide(obs)
+    got = FeedbackController("prefill", pred, CLOCKS, 0.8, FeedbackParams(tie_tolerance=0.02)).decide(obs)
+    e = {c: pred.prefill_j(512, 1, c) for c in CLOCKS}
+    assert CLOCKS[0] < got < cheapest and e[got] <= 1.02 * e[cheapest] < e[CLOCKS[CLOCKS.index(got) - 1]]
+    # the budget still decides: a tolerance never takes a clock that does not fit
+    tight = FeedbackController("prefill", pred, CLOCKS, 0.06, FeedbackParams(tie_tolerance=0.5)).decide(obs)
+    assert pred.prefill_s(512, 1, tight) <= 0.06 * 0.9 < pred.prefill_s(512, 1, tight - 15)
+
+
 def test_levels_floor_step_and_top():
     p = FeedbackParams(floor_mhz=1100, step=7)
     assert p.levels(CLOCKS) == [1110, 1215, 1320, 1410]

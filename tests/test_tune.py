@@ -196,11 +196,15 @@ def test_two_workers_share_one_study_through_its_storage(tmp_path):
     base = default_params(tuple(scn.model.clocks), tuple(scn.model.gpu.ecofreq_levels_mhz),
                           overload_range(scn, [30.0]))
     warm = [dict(base, decode_headroom=h) for h in (0.15, 0.2)]
-    res = run_study(scn, reqs, [0], trials=5, seed=0, storage=url, study_name="shared", jobs=2, warm=warm)
-    assert res.trials == 5 and res.tuned is not None
+    # Eight trials: two of them polish the best trial's floors (scored by the pool), the rest are TPE's.
+    res = run_study(scn, reqs, [0], trials=8, seed=0, storage=url, study_name="shared", jobs=2, warm=warm)
+    assert res.trials == 8 and res.tuned is not None
     study = optuna.load_study(study_name="shared", storage=url)
-    assert len(study.trials) == 5 and all(t.state.name == "COMPLETE" for t in study.trials)
+    assert len(study.trials) == 8 and all(t.state.name == "COMPLETE" for t in study.trials)
     assert all(t.constraints for t in study.trials)
+    last = [{k: v for k, v in t.params.items() if not k.endswith("_floor_mhz")} for t in study.trials[-2:]]
+    assert any(p in [{k: v for k, v in t.params.items() if not k.endswith("_floor_mhz")}
+                     for t in study.trials[:-2]] for p in last)  # a polish step: another trial's knobs, new floors
 
 
 def test_the_search_starts_from_static_best_and_from_the_papers_rule_above_its_light_clocks():
@@ -222,6 +226,15 @@ def test_the_search_starts_from_static_best_and_from_the_papers_rule_above_its_l
     papers = [p for p in points if p["prefill_kp"] == 0 and p["decode_ki"] == 0 and p["router"] == "least-loaded"]
     assert {(p["prefill_floor_mhz"], p["decode_floor_mhz"]) for p in papers} >= {(near["prefill"], near["decode"])}
     assert len({(p["prefill_floor_mhz"], p["decode_floor_mhz"]) for p in papers}) == 2
+    # static-best of the heaviest rate as it ran (round-robin): a point that meets every rate's requirement
+    import optuna
+
+    from voltana_cli.core.tune.search import score, search_space, suggest
+
+    heavy = [p for p in points if p["router"] == "round-robin"]
+    assert len(heavy) == 1
+    tuned = suggest(optuna.trial.FixedTrial(heavy[0]), *search_space(scn, spec.rates))
+    assert score(scn, tuned, reqs, spec.training)[1] <= 0
 
 
 def test_the_polish_steps_the_clock_floors_from_the_best_trial_to_a_local_best(a100_8b):
@@ -251,10 +264,69 @@ def test_the_polish_steps_the_clock_floors_from_the_best_trial_to_a_local_best(a
     (v, c), = score_all([suggest(t, *space)])
     t.set_constraint("shortfall", c)
     study.tell(t, v)
-    _polish(study, space, 40, [], score_all, None)
+    left = _polish(study, space, 12, [], score_all, None)
     best = min(study.trials, key=lambda x: x.value)
     assert best.value == 0 and best.params["decode_headroom"] == start["decode_headroom"]
-    assert len(study.trials) <= 41
-    n = len(study.trials)
-    _polish(study, space, 40, [], score_all, None)  # at the local best every step was tried: nothing more runs
-    assert len(study.trials) == n
+    assert len(study.trials) == 1 + 12 - left
+    assert _polish(optuna.create_study(), space, 5, [], score_all, None) == 5  # nothing scored: nothing to step
+
+
+def test_with_no_feasible_trial_the_polish_walks_from_the_least_short_one_to_feasibility(a100_8b):
+    import optuna
+
+    from voltana_cli.core.tune.search import _best, _polish, default_params, suggest
+
+    clocks, levels = tuple(a100_8b.clocks), tuple(a100_8b.gpu.ecofreq_levels_mhz)
+    ranges = {"prefill": (10.0, 60.0), "decode": (10.0, 60.0)}
+    space = (clocks, levels, ranges)
+    grid = sorted(clock_grid(clocks))
+    need = grid[-2]  # feasible only with the prefill floor at least this high
+
+    def score_all(tuned):
+        return [(t.prefill.floor_mhz / 1000, (need - t.prefill.floor_mhz) / 1000) for t in tuned]
+
+    study = optuna.create_study(direction="minimize")
+    study.enqueue_trial(default_params(clocks, levels, ranges))
+    t = study.ask()
+    (v, c), = score_all([suggest(t, *space)])
+    t.set_constraint("shortfall", c)
+    study.tell(t, v)
+    assert _best(study)[0] is None
+    _polish(study, space, 40, [], score_all, None)
+    best = _best(study)[0]
+    assert best is not None and best.params["prefill_floor_mhz"] == need
+
+
+class _ConfirmWorld:
+    """A fake world for ``confirm``: the candidate with the prefill floor ``edgy`` spends least but misses the
+    requirement on the confirmation seed; every other candidate meets it everywhere."""
+
+    def __init__(self, model, edgy: int, confirm_seed: int):
+        from types import SimpleNamespace
+
+        self.model = model
+        self.cluster = SimpleNamespace(n_prefill=2, n_decode=2)
+        self.edgy, self.confirm_seed = edgy, confirm_seed
+
+    def run(self, name, rate, seed, tuned=None):
+        if name == "static-max":
+            return {"attainment": {"both": 1.0}, "energy_j": {"total": 100.0}}
+        edgy = tuned.prefill.floor_mhz == self.edgy
+        att = 0.97 if edgy and seed == self.confirm_seed else 0.995
+        return {"attainment": {"both": att}, "energy_j": {"total": 50.0 if edgy else 60.0}}
+
+
+def test_the_confirmation_drops_a_winner_that_misses_on_other_traffic(a100_8b):
+    from voltana_cli.core.tune.run import CONFIRM_OFFSET, TuneSpec, confirm
+    from voltana_cli.core.tune.search import StudyResult, default_params, overload_range
+
+    spec = TuneSpec([40.0, 60.0])
+    grid = sorted(clock_grid(tuple(a100_8b.clocks)))
+    world = _ConfirmWorld(a100_8b, grid[3], spec.seed + CONFIRM_OFFSET)
+    base = default_params(tuple(a100_8b.clocks), tuple(a100_8b.gpu.ecofreq_levels_mhz),
+                          overload_range(world, spec.rates))  # type: ignore[arg-type]
+    edgy, safe = dict(base, prefill_floor_mhz=grid[3]), dict(base, prefill_floor_mhz=grid[5])
+    study = StudyResult(None, 0.5, 10, 2, edgy, [(edgy, 0.5), (safe, 0.6)])
+    chosen = confirm(world, study, spec)  # type: ignore[arg-type]
+    assert chosen.params == safe and chosen.tuned is not None and chosen.tuned.prefill.floor_mhz == grid[5]
+    assert confirm(world, StudyResult(None, 0.5, 10, 1, edgy, [(edgy, 0.5)]), spec).params == edgy  # type: ignore[arg-type]

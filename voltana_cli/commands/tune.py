@@ -67,7 +67,7 @@ def tune(
                                             "static-max cannot serve that well asks for what static-max keeps."),
     trials: int = typer.Option(40, help="Search trials (this worker's share of the study)."),
     seeds: int = typer.Option(2, "--seeds", help="Held-out traffic seeds the result is validated on."),
-    train_seeds: int = typer.Option(1, help="Traffic seeds each trial is scored on."),
+    train_seeds: int = typer.Option(2, help="Traffic seeds each trial is scored on."),
     seed: int = typer.Option(0, help="Seed of the search and the traffic (the same seed repeats a tune)."),
     storage: str | None = typer.Option(None, help="Study storage shared by workers: sqlite:///FILE.db, "
                                        "postgresql://..., mysql://... or journal:FILE (default: in memory)."),

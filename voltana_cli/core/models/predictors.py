@@ -63,6 +63,11 @@ class ModelPredictor:
             base = self._model.prefill_cost(tokens, clock_mhz, 1, 0.0)[0] * b
         return base + num_seqs * tseq + pairs * tpair
 
+    def idle_w(self, clock_mhz: int) -> float:
+        """Predicted power (W) of the instance idle at ``clock_mhz`` (the model's, without error: idle power is
+        one reading per clock, which a profile measures directly)."""
+        return self._model.idle_power_w(clock_mhz)
+
     def decode_j(self, batch: int, kv_tokens: int, clock_mhz: int) -> float:
         """Predicted energy (J) of a decode iteration, as ``decode_s`` predicts its time."""
         e0, ekv = self._dec_j[clock_mhz]

@@ -40,11 +40,22 @@ twice, and plans over the queue:
    the top clock is chosen only when nothing lower can drain the queue in time.
 
 Among the clocks that fit, it takes the cheapest when the predictor has an energy model, else the lowest.
-A prefill clock is priced by the iteration's predicted energy (its work is its tokens, and the least energy
-is not always at the lowest clock: static power is paid per second). A decode clock is priced by its
+A prefill clock is priced by the iteration's predicted energy above idle, ``E(c) - P_idle * t(c)`` (its work
+is its tokens, and the least energy is not always at the lowest clock: static power is paid per second).
+A prefill instance that is not saturated idles between batches, so what an iteration costs beyond the time
+it takes is its energy less the idle power it would have drawn in that time: over a run of length ``T``,
+energy = sum(E_i - P_idle * t_i) + P_idle * T. Priced by ``E(c)`` alone, an H100 prefill instance at 80 req/s
+ran at 1035 MHz, within 0.3 % of 825 MHz's busy energy, and then idled 7 s longer per minute at a higher
+clock (``benchmarks/tune_table.py --gpu h100-80g-sxm``). ``P_idle`` is the predictor's idle power at the
+clock the instance idles at (its lowest); a predictor without one (EcoPred: profiles do not measure idle)
+prices by ``E(c)``. A decode clock is priced by its
 predicted power: a decode instance runs iterations back to back while it has requests, and a slower clock
 grows its batches (more requests in flight), so what it spends over time is power, not a fixed number of
-iterations' energy. Lowering waits ``dwell_s`` after the last change and needs a ``hysteresis`` fraction of
+iterations' energy. A predictor's error decides between clocks whose costs differ by less than it (the
+analytical predictor's is up to 5 % per clock), while power surely falls with the clock; so clocks within
+``tie_tolerance`` of the cheapest count as equal and the lowest is taken. (H100 x Llama-3.1-8B at 80 req/s:
+the prefill instances ran at 1035 MHz, whose predicted energy was lowest by less than the error, and spent
+about 2 % more in all than at 825 MHz.) Lowering waits ``dwell_s`` after the last change and needs a ``hysteresis`` fraction of
 slack (no flapping under constant load); raising is immediate. The clock never falls when the iteration grows
 (more requests, tokens or waiting), because every prediction is monotone in them.
 
@@ -84,6 +95,8 @@ class FeedbackParams:
             rule reads (0: the rate as observed).
         hysteresis: a lower clock must fit ``budget * (1 - hysteresis)`` to be taken.
         idle_timeout_s: idle time after which the instance drops to its lowest clock.
+        tie_tolerance: clocks whose predicted cost is within this share of the cheapest count as equally
+            cheap, and the lowest of them is taken (see the module docstring; 0: the cheapest).
     """
 
     headroom: float = 0.1
@@ -101,6 +114,7 @@ class FeedbackParams:
     overload_tau_s: float = 0.0
     hysteresis: float = 0.03
     idle_timeout_s: float = 5.0
+    tie_tolerance: float = 0.0
 
     def levels(self, clocks_mhz: tuple[int, ...]) -> list[int]:
         """The clocks this controller chooses among, ascending: every ``step``-th from ``floor_mhz``, and the top."""
@@ -113,7 +127,7 @@ class FeedbackParams:
     def check(self) -> None:
         """Refuse knobs no controller can run with (``ValueError`` naming the knob)."""
         for name in ("kp", "ki", "integral_limit", "max_correction", "dwell_s", "backlog_gain", "hysteresis",
-                     "idle_timeout_s", "overload_tau_s"):
+                     "idle_timeout_s", "overload_tau_s", "tie_tolerance"):
             v = getattr(self, name)
             if not (v >= 0 and (math.isfinite(v) or name == "idle_timeout_s")):  # NaN fails ``v >= 0``
                 raise ValueError(f"feedback {name} {v} must be a finite number >= 0")
@@ -169,6 +183,8 @@ class FeedbackController:
         self._energy = getattr(predictor, "decode_j" if self._is_decode else "prefill_j", None)
         if self._energy is not None and not getattr(predictor, "has_energy", True):
             self._energy = None
+        idle_w = getattr(predictor, "idle_w", None)
+        self._idle_w = float(idle_w(self.idle_clock_mhz)) if idle_w is not None and not self._is_decode else 0.0
 
     # --- the loops ------------------------------------------------------------------------------------
     def _predict(self, batch: int, tokens: int, clock: int) -> float:
@@ -226,7 +242,10 @@ class FeedbackController:
         if self._energy is None:
             return float(clock)
         if not self._is_decode:
-            return float(self._energy(obs.num_tokens, obs.batch_size, clock))
+            energy = float(self._energy(obs.num_tokens, obs.batch_size, clock))
+            if self._idle_w > 0:
+                energy -= self._idle_w * self.predictor.prefill_s(obs.num_tokens, obs.batch_size, clock)
+            return energy
         # Decode: its predicted power (see the module docstring). Priced by energy per iteration instead, the
         # controller held 1005 MHz on A100 at 50 req/s where 780 MHz meets the ITL SLO and spends about 3 % less
         # energy in all (``benchmarks/tune_table.py``).
@@ -253,6 +272,8 @@ class FeedbackController:
         if self._is_decode and obs.queued_oldest_wait_s > 0:
             budget /= 1.0 + self.params.backlog_gain * obs.queued_oldest_wait_s
         best, best_cost = self.max_clock, float("inf")
+        tol = self.params.tie_tolerance
+        fitting: list[tuple[int, float]] = []
         for c in self.levels:
             slack = budget * (1.0 - self.params.hysteresis) if c < self.current else budget
             if self._fits(obs, c, slack):
@@ -261,6 +282,11 @@ class FeedbackController:
                     best, best_cost = c, cost
                 if self._energy is None:
                     break  # the lowest fitting clock
+                if tol > 0:
+                    fitting.append((c, cost))
+        if fitting:  # the lowest clock as cheap as the cheapest, within the tolerance (ascending: the first)
+            limit = best_cost + abs(best_cost) * tol
+            return next(c for c, cost in fitting if cost <= limit)
         return best
 
     def decide(self, obs: Observation) -> int:

@@ -44,18 +44,19 @@ A prefill clock is priced by the iteration's predicted energy above idle, ``E(c)
 is its tokens, and the least energy is not always at the lowest clock: static power is paid per second).
 A prefill instance that is not saturated idles between batches, so what an iteration costs beyond the time
 it takes is its energy less the idle power it would have drawn in that time: over a run of length ``T``,
-energy = sum(E_i - P_idle * t_i) + P_idle * T. Priced by ``E(c)`` alone, an H100 prefill instance at 80 req/s
-ran at 1035 MHz, within 0.3 % of 825 MHz's busy energy, and then idled 7 s longer per minute at a higher
-clock (``benchmarks/tune_table.py --gpu h100-80g-sxm``). ``P_idle`` is the predictor's idle power at the
-clock the instance idles at (its lowest); a predictor without one (EcoPred: profiles do not measure idle)
-prices by ``E(c)``. A decode clock is priced by its
-predicted power: a decode instance runs iterations back to back while it has requests, and a slower clock
-grows its batches (more requests in flight), so what it spends over time is power, not a fixed number of
-iterations' energy. A predictor's error decides between clocks whose costs differ by less than it (the
-analytical predictor's is up to 5 % per clock), while power surely falls with the clock; so clocks within
-``tie_tolerance`` of the cheapest count as equal and the lowest is taken. (H100 x Llama-3.1-8B at 80 req/s:
-the prefill instances ran at 1035 MHz, whose predicted energy was lowest by less than the error, and spent
-about 2 % more in all than at 825 MHz.) Lowering waits ``dwell_s`` after the last change and needs a ``hysteresis`` fraction of
+energy = sum(E_i - P_idle * t_i) + P_idle * T. Priced by ``E(c)`` alone, an H100 prefill instance at 80
+req/s ran at 1035 MHz, within 0.3 % of 825 MHz's busy energy, and then idled 7 s longer in a 72 s run, at a
+higher clock (``benchmarks/tune_table.py --gpu h100-80g-sxm``). ``P_idle`` is the predictor's idle power at
+the clock the instance idles at (its lowest); a predictor without one (EcoPred: profiles do not measure
+idle) prices by ``E(c)``. A decode clock is priced by its predicted power: a decode instance runs
+iterations back to back while it has requests, and a slower clock grows its batches (more requests in
+flight), so what it spends over time is power, not a fixed number of iterations' energy.
+
+A predictor's error decides between clocks whose costs differ by less than it (the analytical predictor's
+is up to 5 % per clock), while power surely falls with the clock; so clocks within ``tie_tolerance`` of the
+cheapest count as equal and the lowest is taken. (H100 x Llama-3.1-8B at 80 req/s: the prefill instances
+ran at 1035 MHz, whose predicted energy was lowest by less than the error, and spent about 2 % more in all
+than at 825 MHz.) Lowering waits ``dwell_s`` after the last change and needs a ``hysteresis`` fraction of
 slack (no flapping under constant load); raising is immediate. The clock never falls when the iteration grows
 (more requests, tokens or waiting), because every prediction is monotone in them.
 

@@ -14,12 +14,11 @@ The last 40 % of the budget polishes: a coordinate search from the best trial (r
 penalty per point of shortfall: one that misses by a hair is walked back to feasibility), a few steps at a
 time (as many as there are workers), moving as soon as a step improves: each clock floor one grid step down
 or up, the prefill tie tolerance, each phase's overload threshold (x 1.2 either way) and headroom (0.1
-either way), then the floors of the warm starts; until no step is left untried
-or the budget is spent, after which TPE has what is left. The floors set where each phase's clock can go
-at light load and are where most of the energy is; TPE, sampling eighteen knobs jointly, rarely lands the
-best floors and the best gains in the same trial (H100 x Llama-3.1-8B: its best trial kept floors of
-1245/1035 MHz where static-best runs 825/720, and the same knobs with those floors spend 2-9 % less at
-80-140 req/s).
+either way), then the floors of the warm starts; until no step is left untried or the budget is spent,
+after which TPE has what is left. The floors set where each phase's clock can go at light load and are
+where most of the energy is; TPE, sampling eighteen knobs jointly, rarely lands the best floors and the
+best gains in the same trial (H100 x Llama-3.1-8B: its best trial kept floors of 1245/1035 MHz where
+static-best runs 825/720, and the same knobs with those floors spend 2-9 % less at 80-140 req/s).
 
 Many workers share one study through Optuna's storage (``--storage``: ``sqlite:///file.db``, a
 PostgreSQL/MySQL URL, or ``journal:PATH`` for a journal file on a shared disk): ``--jobs J`` starts J local
@@ -321,7 +320,6 @@ def _run_workers(scn: Scenario, reqs: list[Requirement], seeds: list[int], trial
         def score_all(tuned: list[TunedPolicy]) -> list[tuple[float, float]]:
             return list(pool.map(_score_worker, tuned))
 
-
         def spread(n: int, first_seed: int) -> None:  # n trials of TPE shared among the workers
             shares = [n // jobs + (1 if i < n % jobs else 0) for i in range(jobs)]
             res = pool.map_async(_worker, [(k, first_seed + i) for i, k in enumerate(shares) if k > 0])
@@ -443,7 +441,8 @@ def _polish_order(trials: list[Any]) -> list[Any]:
     """Scored trials in the order the polish starts from them: by value plus ``SHORTFALL_PENALTY`` times the
     shortfall. A trial that misses a requirement by a hair but spends far less than the best feasible one is
     worth walking back to feasibility (the paper's rule with a switch often is: A100 x Llama-3.1-8B, seed 1,
-    0.78 of static-max's energy, short by 0.007 points, against 0.98 for the best feasible trial)."""
+    0.78 of static-max's energy, short by 0.007 points, against 1.0 for the only feasible start, static-best
+    of the heaviest rate, which is static-max there)."""
     scored = [t for t in trials if t.value is not None and t.constraints]
     return sorted(scored, key=lambda t: t.value + SHORTFALL_PENALTY * max(0.0, max(dict(t.constraints).values())))
 

@@ -22,7 +22,6 @@ from voltana_cli.core.policy.predictor import Predictor
 RATE_TAU_S = 1.0
 
 
-
 class WeightedMean:
     """An exponentially weighted mean over ``tau_s`` of samples each covering ``dt`` seconds, from the first
     sample on: divided by the weight the samples have filled, so that it is their plain mean while less than
@@ -43,6 +42,7 @@ class WeightedMean:
         self._filled += a * (1.0 - self._filled)
         self.value = self._raw / self._filled
         return self.value
+
 
 @dataclass(slots=True)
 class Observation:

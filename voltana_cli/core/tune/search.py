@@ -54,6 +54,9 @@ CANDIDATES = 4
 POLISH_SHARE = 0.4
 #: The knobs the polish steps on the clock grid.
 FLOOR_KNOBS = ("prefill_floor_mhz", "decode_floor_mhz")
+#: Search ranges of the headrooms and the prefill tie tolerance (``suggest`` samples them; the polish stays in).
+HEADROOM_RANGE = (-0.1, 0.5)
+TIE_TOLERANCE_RANGE = (0.0, 0.1)
 #: Continuous knobs the polish steps: (knob, step, multiplicative); each is kept inside its search range.
 POLISH_KNOBS = (("prefill_tie_tolerance", 0.03, False), ("prefill_overload_rps", 1.2, True),
                 ("decode_overload_rps", 1.2, True), ("prefill_headroom", 0.1, False),
@@ -110,7 +113,7 @@ def suggest(trial: Any, clocks: tuple[int, ...], levels: tuple[int, ...],
 
     def phase(name: str) -> FeedbackParams:
         return FeedbackParams(
-            headroom=trial.suggest_float(f"{name}_headroom", -0.1, 0.5),
+            headroom=trial.suggest_float(f"{name}_headroom", *HEADROOM_RANGE),
             kp=trial.suggest_float(f"{name}_kp", 0.0, 1.0),
             ki=trial.suggest_float(f"{name}_ki", 0.0, 0.3),
             floor_mhz=trial.suggest_categorical(f"{name}_floor_mhz", grid),
@@ -121,7 +124,8 @@ def suggest(trial: Any, clocks: tuple[int, ...], levels: tuple[int, ...],
             overload_rps=trial.suggest_float(f"{name}_overload_rps", *overload_range[name]),
             overload_tau_s=trial.suggest_float(f"{name}_overload_tau_s", 0.0, 10.0),
             # Decode prices by power, which falls with the clock anyway: a tolerance changes nothing there.
-            tie_tolerance=trial.suggest_float(f"{name}_tie_tolerance", 0.0, 0.1) if name == "prefill" else 0.0,
+            tie_tolerance=trial.suggest_float(f"{name}_tie_tolerance", *TIE_TOLERANCE_RANGE)
+            if name == "prefill" else 0.0,
         )
 
     return TunedPolicy(prefill=phase("prefill"), decode=phase("decode"),
@@ -265,8 +269,9 @@ def run_study(scn: Scenario, reqs: list[Requirement], seeds: list[int], trials: 
         study = optuna.create_study(study_name=name, storage=store, direction="minimize", load_if_exists=True,
                                     sampler=_sampler(optuna, seed, startup))
 
+        space = search_space(scn, [r.rate for r in reqs])
         if not study.trials:  # a new study starts from the untuned defaults: the search knows a sane point
-            study.enqueue_trial(default_params(*search_space(scn, [r.rate for r in reqs])))
+            study.enqueue_trial(default_params(*space))
             for params in warm or []:
                 study.enqueue_trial(params)
 
@@ -276,7 +281,6 @@ def run_study(scn: Scenario, reqs: list[Requirement], seeds: list[int], trials: 
 
         polish = round(trials * POLISH_SHARE) if trials >= 8 else 0
         anchors = [{k: p[k] for k in FLOOR_KNOBS if k in p} for p in warm or []]
-        space = search_space(scn, [r.rate for r in reqs])
         if jobs <= 1:
             study.optimize(_objective(scn, reqs, seeds), n_trials=trials - polish, callbacks=[callback])
 
@@ -288,7 +292,7 @@ def run_study(scn: Scenario, reqs: list[Requirement], seeds: list[int], trials: 
                 study.optimize(_objective(scn, reqs, seeds), n_trials=left, callbacks=[callback])
         else:
             _run_workers(scn, reqs, seeds, trials, seed, storage, name, startup, jobs, study, on_trial, polish,
-                         anchors)
+                         anchors, space)
         best, value = _best(study)
         ok = sorted((t for t in study.get_trials(deepcopy=False) if _feasible(t)), key=lambda t: t.value)
         distinct: dict[tuple[tuple[str, Any], ...], tuple[dict[str, Any], float]] = {}
@@ -304,7 +308,7 @@ def run_study(scn: Scenario, reqs: list[Requirement], seeds: list[int], trials: 
 def _run_workers(scn: Scenario, reqs: list[Requirement], seeds: list[int], trials: int, seed: int, storage: str | None,
                  name: str, startup: int, jobs: int, study: Any,
                  on_trial: Callable[[int, float | None], None] | None, polish: int,
-                 anchors: list[dict[str, Any]]) -> None:
+                 anchors: list[dict[str, Any]], space: tuple[Any, ...]) -> None:
     """``jobs`` worker processes share ``trials`` through the storage (each opens its own connection to it);
     this process reports progress. The last ``polish`` trials polish (``_polish``), each round's steps
     scored in parallel.
@@ -314,7 +318,6 @@ def _run_workers(scn: Scenario, reqs: list[Requirement], seeds: list[int], trial
     ever. The world is pickled to each worker once, when it starts."""
     world = {"scn": scn, "reqs": reqs, "seeds": seeds, "name": name, "storage": storage, "startup": startup}
     ctx = multiprocessing.get_context("spawn")
-    space = search_space(scn, [r.rate for r in reqs])
     with ctx.Pool(jobs, initializer=_init_worker, initargs=(world,)) as pool:
 
         def score_all(tuned: list[TunedPolicy]) -> list[tuple[float, float]]:
@@ -395,8 +398,9 @@ def polish_steps(params: dict[str, Any], grid: list[int], anchors: list[dict[str
 def polish_bounds(space: tuple[Any, ...]) -> dict[str, tuple[float, float]]:
     """The search ranges of ``POLISH_KNOBS`` for ``space`` (what ``suggest`` samples them from)."""
     ranges = space[2]
-    return {"prefill_tie_tolerance": (0.0, 0.1), "prefill_headroom": (-0.1, 0.5), "decode_headroom": (-0.1, 0.5),
-            "prefill_overload_rps": ranges["prefill"], "decode_overload_rps": ranges["decode"]}
+    return {"prefill_tie_tolerance": TIE_TOLERANCE_RANGE, "prefill_headroom": HEADROOM_RANGE,
+            "decode_headroom": HEADROOM_RANGE, "prefill_overload_rps": ranges["prefill"],
+            "decode_overload_rps": ranges["decode"]}
 
 
 def _polish(study: Any, space: tuple[Any, ...], budget: int, anchors: list[dict[str, Any]],

@@ -71,10 +71,15 @@ def evaluate_pair(scn: Scenario, rate: float, seeds: list[int], prefill: int, de
     return pair_of(prefill, decode, [scn.run(f"static:{prefill}/{decode}", rate, s) for s in seeds])
 
 
+def means(runs: list[dict]) -> tuple[float, float]:
+    """The mean total energy and joint attainment of runs (their summaries, one per seed)."""
+    return (sum(r["energy_j"]["total"] for r in runs) / len(runs),
+            sum(r["attainment"]["both"] for r in runs) / len(runs))
+
+
 def pair_of(prefill: int, decode: int, runs: list[dict]) -> PairResult:
     """The ``PairResult`` of runs already made (their summaries, one per seed)."""
-    return PairResult(prefill, decode, sum(r["energy_j"]["total"] for r in runs) / len(runs),
-                      sum(r["attainment"]["both"] for r in runs) / len(runs))
+    return PairResult(prefill, decode, *means(runs))
 
 
 def find_static_best(scn: Scenario, rate: float, seeds: list[int], requirement: float,
@@ -195,9 +200,7 @@ def find_oracle(scn: Scenario, rate: float, seeds: list[int], requirement: float
             m = ORACLE_MARGINS[i]
             if progress:
                 progress(f"oracle:{m:g} at {rate:g} req/s")
-            runs = [scn.run(f"oracle:{m:g}", rate, s) for s in seeds]
-            p = pair_of(0, 0, runs)
-            seen[i] = OracleResult(m, p.energy_j, p.attainment)
+            seen[i] = OracleResult(m, *means([scn.run(f"oracle:{m:g}", rate, s) for s in seeds]))
         return seen[i]
 
     lo, hi = 0, len(ORACLE_MARGINS) - 1

@@ -319,3 +319,42 @@ def test_the_overload_rule_reads_a_sustained_load_from_the_start():
     assert seen[1:] == [1410] * 49
     low = FeedbackController("decode", Linear(), CLOCKS, 0.05, p)
     assert max(low.decide(Observation(0.02 * i, 8, 4000, rate_rps=20.0)) for i in range(50)) == 1005
+
+
+def test_the_overload_ramp_raises_the_lowest_clock_allowed_step_by_step_with_the_rate():
+    """With ``overload_ramp`` the overload rule is a slope: below ``rps * (1 - ramp)`` it changes nothing,
+    at ``rps`` the lowest clock allowed is the middle level, above ``rps * (1 + ramp)`` it is the top; in
+    between the clock never falls as the rate rises (a light batch, which alone would run at the floor)."""
+    p = FeedbackParams(headroom=0.0, dwell_s=0.0, overload_rps=30.0, overload_ramp=0.2)
+    levels = p.levels(CLOCKS)
+
+    def at(rate: float) -> int:
+        ctl = FeedbackController("decode", Linear(), CLOCKS, 0.05, p)
+        return ctl.decide(Observation(0.0, 8, 4000, rate_rps=rate))
+
+    assert at(20.0) == at(24.0) == levels[0]
+    assert at(30.0) == levels[(len(levels) - 1) // 2 + (len(levels) - 1) % 2]  # ceil of the half-way index
+    assert at(36.0) == at(50.0) == levels[-1]
+    seen = [at(24.0 + 0.25 * i) for i in range(49)]  # 24 ... 36 req/s
+    assert seen == sorted(seen) and len(set(seen)) > 5  # rises through the levels, never falls
+    step = FeedbackParams(headroom=0.0, dwell_s=0.0, overload_rps=30.0)  # ramp 0: the step at 30
+    assert FeedbackController("decode", Linear(), CLOCKS, 0.05, step).decide(
+        Observation(0.0, 8, 4000, rate_rps=29.0)) == levels[0]
+    with pytest.raises(ValueError, match="overload_ramp"):
+        FeedbackParams(overload_ramp=1.0).check()
+
+
+def test_the_overload_rule_ends_at_its_overload_floor_not_the_top_clock():
+    """``overload_floor_mhz``: above the threshold the lowest clock allowed is the highest level at or below
+    it, so a light batch runs there, not at the top; a batch that needs more still gets more."""
+    p = FeedbackParams(headroom=0.0, dwell_s=0.0, overload_rps=30.0, overload_floor_mhz=1200)
+    light = FeedbackController("decode", Linear(), CLOCKS, 0.05, p).decide(Observation(0.0, 8, 4000, rate_rps=40.0))
+    assert light == max(c for c in p.levels(CLOCKS) if c <= 1200)
+    assert FeedbackController("decode", Linear(), CLOCKS, 0.05, p).decide(
+        Observation(0.0, 8, 4000, rate_rps=20.0)) == CLOCKS[0]  # below the threshold: the floor
+    heavy = FeedbackController("decode", Linear(), CLOCKS, 0.0055, p).decide(Observation(0.0, 8, 4000, rate_rps=40.0))
+    assert heavy > light  # a tight SLO still raises it
+    ramp = FeedbackParams(headroom=0.0, dwell_s=0.0, overload_rps=30.0, overload_ramp=0.2, overload_floor_mhz=1200)
+    seen = [FeedbackController("decode", Linear(), CLOCKS, 0.05, ramp).decide(
+        Observation(0.0, 8, 4000, rate_rps=20.0 + i)) for i in range(20)]
+    assert seen == sorted(seen) and seen[0] == CLOCKS[0] and seen[-1] == light

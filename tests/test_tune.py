@@ -209,13 +209,16 @@ def test_two_workers_share_one_study_through_its_storage(tmp_path):
 
 def test_the_search_starts_from_static_best_and_from_the_papers_rule_above_its_light_clocks():
     """Warm starts: static-best's pair at the least loaded rate as floors, and the paper's rule (no PI terms,
-    its run's targets) once from EcoFreq's lowest level up and once from those light-load floors up."""
-    from voltana_cli.core.tune.run import TuneSpec, requirements, warm_starts
+    its run's targets) once from EcoFreq's lowest level up and once from those light-load floors up, with its
+    switch to the top clock above the rates it serves as a step and as a slope; and static-best followed along
+    the load (its light clocks as floors, rising on a slope to its heavy clocks between the two rates)."""
+    from voltana_cli.core.tune.run import SWITCH_RAMP, TuneSpec, requirements, warm_starts
+    from voltana_cli.core.tune.search import search_space
 
     scn = scenario(duration=10.0)
-    spec = TuneSpec([20.0, 40.0], trials=1)
+    spec = TuneSpec([40.0, 90.0], trials=1)  # the paper's rule misses 90 req/s: its switch is among them
     reqs = requirements(scn, spec.rates, spec.training, spec.target)
-    light = find_static_best(scn, 20.0, spec.training, reqs[0].attainment).best
+    light = find_static_best(scn, 40.0, spec.training, reqs[0].attainment).best
     assert light is not None
     points = warm_starts(scn, reqs, spec)
     grid = clock_grid(tuple(scn.model.clocks))
@@ -226,15 +229,24 @@ def test_the_search_starts_from_static_best_and_from_the_papers_rule_above_its_l
     papers = [p for p in points if p["prefill_kp"] == 0 and p["decode_ki"] == 0 and p["router"] == "least-loaded"]
     assert {(p["prefill_floor_mhz"], p["decode_floor_mhz"]) for p in papers} >= {(near["prefill"], near["decode"])}
     assert len({(p["prefill_floor_mhz"], p["decode_floor_mhz"]) for p in papers}) == 2
+    switched = [p for p in papers if p["decode_overload_rps"] < search_space(scn, spec.rates)[2]["decode"][1]]
+    assert {p["decode_overload_ramp"] for p in switched} == {0.0, SWITCH_RAMP}  # its switch, a step and a slope
     # static-best of the heaviest rate as it ran (round-robin): a point that meets every rate's requirement
     import optuna
 
-    from voltana_cli.core.tune.search import score, search_space, suggest
+    from voltana_cli.core.tune.search import score, suggest
 
-    heavy = [p for p in points if p["router"] == "round-robin"]
+    heavy = [p for p in points if p["router"] == "round-robin" and p["decode_overload_ramp"] == 0]
     assert len(heavy) == 1
     tuned = suggest(optuna.trial.FixedTrial(heavy[0]), *search_space(scn, spec.rates))
     assert score(scn, tuned, reqs, spec.training)[1] <= 0
+    # static-best followed along the load: light floors rising on a slope to the heavy floors
+    (track,) = [p for p in points if p["router"] == "round-robin" and p["decode_overload_ramp"] > 0]
+    assert (track["prefill_floor_mhz"], track["decode_floor_mhz"]) == (near["prefill"], near["decode"])
+    assert all(track[f"{ph}_overload_floor_mhz"] == heavy[0][f"{ph}_floor_mhz"] for ph in ("prefill", "decode"))
+    n = scn.cluster.n_decode
+    ramp, mid = track["decode_overload_ramp"], track["decode_overload_rps"]
+    assert mid * (1 - ramp) == pytest.approx(40.0 / n) and mid * (1 + ramp) == pytest.approx(90.0 / n)
 
 
 def test_the_polish_steps_the_clock_floors_from_the_best_trial_to_a_local_best(a100_8b):
@@ -256,18 +268,20 @@ def test_the_polish_steps_the_clock_floors_from_the_best_trial_to_a_local_best(a
 
     start = default_params(clocks, levels, ranges)
     steps = polish_steps(start, grid, [{"prefill_floor_mhz": grid[0]}])
-    assert len(steps) == 5 and all(set(s) == set(start) for s in steps)
-    assert sum(s != start for s in steps) == 5 and steps[-1]["prefill_floor_mhz"] == grid[0]
+    # both floors down and up, both overload floors down (they start at the top), the anchor's floor
+    assert len(steps) == 7 and all(set(s) == set(start) for s in steps)
+    assert sum(s != start for s in steps) == 7 and steps[-1]["prefill_floor_mhz"] == grid[0]
+    assert {s["decode_overload_floor_mhz"] for s in steps} == {grid[-1], grid[-2]}
     study = optuna.create_study(direction="minimize")
     study.enqueue_trial(start)
     t = study.ask()
     (v, c), = score_all([suggest(t, *space)])
     t.set_constraint("shortfall", c)
     study.tell(t, v)
-    left = _polish(study, space, 12, [], score_all, None)
+    left = _polish(study, space, 20, [], score_all, None)
     best = min(study.trials, key=lambda x: x.value)
     assert best.value == 0 and best.params["decode_headroom"] == start["decode_headroom"]
-    assert len(study.trials) == 1 + 12 - left
+    assert len(study.trials) == 1 + 20 - left
     assert _polish(optuna.create_study(), space, 5, [], score_all, None) == 5  # nothing scored: nothing to step
 
 

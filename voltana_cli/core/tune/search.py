@@ -12,13 +12,14 @@ asked half a point more, one of two A100 tunes kept a single feasible trial, at 
 
 The last 40 % of the budget polishes: a coordinate search from the best trial (ranked by value plus a
 penalty per point of shortfall: one that misses by a hair is walked back to feasibility), a few steps at a
-time (as many as there are workers), moving as soon as a step improves: each clock floor one grid step down
-or up, the prefill tie tolerance, each phase's overload threshold (x 1.2 either way) and headroom (0.1
-either way), then the floors of the warm starts; until no step is left untried or the budget is spent,
-after which TPE has what is left. The floors set where each phase's clock can go at light load and are
-where most of the energy is; TPE, sampling eighteen knobs jointly, rarely lands the best floors and the
-best gains in the same trial (H100 x Llama-3.1-8B: its best trial kept floors of 1245/1035 MHz where
-static-best runs 825/720, and the same knobs with those floors spend 2-9 % less at 80-140 req/s).
+time (as many as there are workers), moving as soon as a step improves: each clock floor and each phase's
+overload floor one grid step down or up, the prefill tie tolerance, each phase's overload threshold (x 1.2
+either way), overload ramp, the prefill utilisation cap and each headroom (0.1 either way), then the floors
+of the warm starts; until no step is left untried or the budget is spent, after which TPE has what is
+left. The floors set where each phase's clock can go at light load and are where most of the energy is;
+TPE, sampling twenty-two knobs jointly, rarely lands the best floors and the best gains in the same trial
+(H100 x Llama-3.1-8B: its best trial kept floors of 1245/1035 MHz where static-best runs 825/720, and
+the same knobs with those floors spend 2-9 % less at 80-140 req/s).
 
 Many workers share one study through Optuna's storage (``--storage``: ``sqlite:///file.db``, a
 PostgreSQL/MySQL URL, or ``journal:PATH`` for a journal file on a shared disk): ``--jobs J`` starts J local
@@ -53,14 +54,17 @@ CANDIDATES = 4
 #: The share of the trial budget spent polishing the best trial (see the module docstring).
 POLISH_SHARE = 0.4
 #: The knobs the polish steps on the clock grid.
-FLOOR_KNOBS = ("prefill_floor_mhz", "decode_floor_mhz")
+FLOOR_KNOBS = ("prefill_floor_mhz", "decode_floor_mhz", "prefill_overload_floor_mhz", "decode_overload_floor_mhz")
 #: Search ranges of the headrooms and the prefill tie tolerance (``suggest`` samples them; the polish stays in).
 HEADROOM_RANGE = (-0.1, 0.5)
 TIE_TOLERANCE_RANGE = (0.0, 0.1)
+OVERLOAD_RAMP_RANGE = (0.0, 0.5)
+MAX_UTILIZATION_RANGE = (0.5, 1.0)
 #: Continuous knobs the polish steps: (knob, step, multiplicative); each is kept inside its search range.
 POLISH_KNOBS = (("prefill_tie_tolerance", 0.03, False), ("prefill_overload_rps", 1.2, True),
-                ("decode_overload_rps", 1.2, True), ("prefill_headroom", 0.1, False),
-                ("decode_headroom", 0.1, False))
+                ("decode_overload_rps", 1.2, True), ("prefill_overload_ramp", 0.1, False),
+                ("decode_overload_ramp", 0.1, False), ("prefill_max_utilization", 0.1, False),
+                ("prefill_headroom", 0.1, False), ("decode_headroom", 0.1, False))
 
 
 def import_optuna() -> Any:
@@ -120,12 +124,14 @@ def suggest(trial: Any, clocks: tuple[int, ...], levels: tuple[int, ...],
             step=base.decode.step,
             dwell_s=trial.suggest_float(f"{name}_dwell_s", 0.0, 0.2),
             backlog_gain=trial.suggest_float(f"{name}_backlog_gain", 0.0, 10.0) if name == "decode" else 0.0,
-            max_utilization=trial.suggest_float(f"{name}_max_utilization", 0.5, 1.0) if name == "prefill" else 1.0,
+            max_utilization=trial.suggest_float(f"{name}_max_utilization", *MAX_UTILIZATION_RANGE) if name == "prefill" else 1.0,
             overload_rps=trial.suggest_float(f"{name}_overload_rps", *overload_range[name]),
             overload_tau_s=trial.suggest_float(f"{name}_overload_tau_s", 0.0, 10.0),
             # Decode prices by power, which falls with the clock anyway: a tolerance changes nothing there.
             tie_tolerance=trial.suggest_float(f"{name}_tie_tolerance", *TIE_TOLERANCE_RANGE)
             if name == "prefill" else 0.0,
+            overload_ramp=trial.suggest_float(f"{name}_overload_ramp", *OVERLOAD_RAMP_RANGE),
+            overload_floor_mhz=trial.suggest_categorical(f"{name}_overload_floor_mhz", grid),
         )
 
     return TunedPolicy(prefill=phase("prefill"), decode=phase("decode"),
@@ -146,8 +152,9 @@ def default_params(clocks: tuple[int, ...], levels: tuple[int, ...],
         floor = min(grid, key=lambda c: abs(c - f))  # noqa: B023  (used at once, inside this iteration)
         out.update({f"{name}_headroom": p.headroom, f"{name}_kp": p.kp, f"{name}_ki": p.ki,
                     f"{name}_floor_mhz": floor, f"{name}_dwell_s": p.dwell_s,
-                    f"{name}_overload_tau_s": p.overload_tau_s})
+                    f"{name}_overload_tau_s": p.overload_tau_s, f"{name}_overload_ramp": p.overload_ramp})
         out[f"{name}_overload_rps"] = ranges[name][1]
+        out[f"{name}_overload_floor_mhz"] = max(grid)
     out["decode_backlog_gain"] = base.decode.backlog_gain
     out["prefill_max_utilization"] = base.prefill.max_utilization
     out["prefill_tie_tolerance"] = base.prefill.tie_tolerance
@@ -400,7 +407,8 @@ def polish_bounds(space: tuple[Any, ...]) -> dict[str, tuple[float, float]]:
     ranges = space[2]
     return {"prefill_tie_tolerance": TIE_TOLERANCE_RANGE, "prefill_headroom": HEADROOM_RANGE,
             "decode_headroom": HEADROOM_RANGE, "prefill_overload_rps": ranges["prefill"],
-            "decode_overload_rps": ranges["decode"]}
+            "decode_overload_rps": ranges["decode"], "prefill_overload_ramp": OVERLOAD_RAMP_RANGE,
+            "decode_overload_ramp": OVERLOAD_RAMP_RANGE, "prefill_max_utilization": MAX_UTILIZATION_RANGE}
 
 
 def _polish(study: Any, space: tuple[Any, ...], budget: int, anchors: list[dict[str, Any]],

@@ -55,7 +55,7 @@ CANDIDATES = 4
 POLISH_SHARE = 0.4
 #: The knobs the polish steps on the clock grid.
 FLOOR_KNOBS = ("prefill_floor_mhz", "decode_floor_mhz", "prefill_overload_floor_mhz", "decode_overload_floor_mhz")
-#: Search ranges of the headrooms and the prefill tie tolerance (``suggest`` samples them; the polish stays in).
+#: Search ranges of knobs the polish steps too (``suggest`` samples them; the polish stays inside them).
 HEADROOM_RANGE = (-0.1, 0.5)
 TIE_TOLERANCE_RANGE = (0.0, 0.1)
 OVERLOAD_RAMP_RANGE = (0.0, 0.5)

@@ -33,7 +33,13 @@ from voltana_cli.core.tune.search import (
     search_space,
     tuned_from_params,
 )
-from voltana_cli.core.tune.static_best import find_searched, find_static_best, requirement_for, searched_fallback
+from voltana_cli.core.tune.static_best import (
+    find_searched,
+    find_static_best,
+    means,
+    requirement_for,
+    searched_fallback,
+)
 
 #: The policies validation compares, in report order (``static-best`` and ``colocated`` are searched).
 REPORT_POLICIES = ("static-max", "static-best", "colocated", "voltana", "voltana-tuned", "oracle")
@@ -118,8 +124,7 @@ def requirements(scn: Scenario, rates: list[float], seeds: list[int], target: fl
         if progress:
             progress(f"static-max at {r:g} req/s")
         runs = [scn.run("static-max", r, s) for s in seeds]
-        att = sum(x["attainment"]["both"] for x in runs) / len(runs)
-        e = sum(x["energy_j"]["total"] for x in runs) / len(runs)
+        e, att = means(runs)
         out.append(Requirement(r, requirement_for(att, target), e, att))
     return out
 
@@ -161,7 +166,7 @@ def warm_starts(scn: Scenario, reqs: list[Requirement], spec: TuneSpec,
         if progress:
             progress(f"voltana at {r.rate:g} req/s")
         runs = [scn.run("voltana", r.rate, s) for s in spec.training]
-        meets.append(sum(x["attainment"]["both"] for x in runs) / len(runs) >= r.attainment)
+        meets.append(means(runs)[1] >= r.attainment)
     eco = {**default_params(*space), "prefill_headroom": -PAPER_RUN_MARGINS["prefill"],
            "decode_headroom": -PAPER_RUN_MARGINS["decode"], "prefill_kp": 0.0, "prefill_ki": 0.0, "decode_kp": 0.0,
            "decode_ki": 0.0, "prefill_max_utilization": 1.0, "decode_backlog_gain": 0.0, "router": "least-loaded"}
@@ -239,7 +244,7 @@ def validate(scn: Scenario, tuned: TunedPolicy | None, rates: list[float], seeds
     best_pairs: dict[float, str | None] = {}
     for rate in rates:
         base = [scn.run("static-max", rate, s) for s in seeds]
-        req = requirement_for(sum(x["attainment"]["both"] for x in base) / len(base), target)
+        req = requirement_for(means(base)[1], target)
         found = {name: find_searched(scn, name, rate, seeds, req, progress, static_max=base)
                  for name in ("static-best", "colocated", "oracle")}
         ran_as = {name: f.best.name if f.best else searched_fallback(scn, name) for name, f in found.items()}

@@ -38,7 +38,7 @@ from typing import Any
 from voltana_cli.core.errors import UserError
 from voltana_cli.core.policy.feedback import FeedbackParams, TunedPolicy
 from voltana_cli.core.tune.scenario import Scenario
-from voltana_cli.core.tune.static_best import clock_grid
+from voltana_cli.core.tune.static_best import clock_grid, means
 
 #: The routers the search chooses among: the registry's, minus random. Round-robin ignores load but is what
 #: the static policies run with, so static-max's attainment (every requirement's anchor) is kept with it: a
@@ -171,8 +171,8 @@ def score(scn: Scenario, tuned: TunedPolicy, reqs: list[Requirement], seeds: lis
     worst = -1.0
     for req in sorted(reqs, key=lambda r: -r.rate):
         runs = [scn.run("voltana-tuned", req.rate, s, tuned) for s in seeds]
-        att = sum(r["attainment"]["both"] for r in runs) / len(runs)
-        rel.append(sum(r["energy_j"]["total"] for r in runs) / len(runs) / req.static_max_energy_j)
+        energy, att = means(runs)
+        rel.append(energy / req.static_max_energy_j)
         worst = max(worst, req.attainment - att)
         if worst > STOP_MARGIN:
             return 1.0 + worst, worst

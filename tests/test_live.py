@@ -14,6 +14,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -456,6 +457,65 @@ def test_a_decode_request_aborted_before_its_kv_lands_frees_its_allocation():
         loop.cancel()
 
     asyncio.run(main())
+
+
+def test_the_allocation_notice_lands_the_handshakes_latency_after_the_pre_allocation():
+    """The emulated decode tells its prefill of a pre-allocation as a simulated one does: the engine spec's
+    handshake latency later, its own trip (learnt from the previous notices' round trips) included."""
+    import asyncio
+
+    from voltana_cli.core.live.engine import make_engine, parse_request
+
+    async def main() -> None:
+        eng: Any = None
+        posted: list[float] = []
+        allocated: list[float] = []
+
+        async def post(url: str, body: dict) -> None:
+            posted.append(eng.now())
+            await asyncio.sleep(0.010)  # a 10 ms round trip: a 5 ms one-way trip, learnt notice by notice
+
+        eng = make_engine("decode", "a100-80g-sxm4", "llama-3.1-8b", 1, "http://decode", None, post)
+        eng.model.engine = eng.model.engine.model_copy(update={"bootstrap_latency_ms": 40.0})
+        told = eng.inst.on_preallocated
+        eng.inst.on_preallocated = lambda rids, now: (allocated.append(now), told(rids, now))
+        loop = asyncio.ensure_future(eng.run())
+        for room in range(8):
+            body = {"input_ids": [1] * 50, "sampling_params": {"max_new_tokens": 2}, "bootstrap_host": "pre",
+                    "bootstrap_port": 9, "bootstrap_room": room}
+            eng.decode(parse_request("generate", body, 100_000))
+            await asyncio.sleep(0.08)
+        loop.cancel()
+        waits = [p - a for p, a in zip(posted, allocated, strict=True)]
+        assert 0.039 <= waits[0] <= 0.050  # nothing learnt yet: sent when it is due
+        assert 0.033 <= waits[-1] <= waits[0] - 0.002  # sent about the trip (5 ms) early, to land when due
+
+    asyncio.run(main())
+
+
+def test_the_request_path_trace_gives_each_hop_per_request_across_processes(tmp_path):
+    """Each process writes its own file; the client's events (no room) are matched in order to the router's,
+    after the warm-up requests the router's trace begins without; each hop is the next event less this one."""
+    from voltana_cli.core.live import trace
+
+    def write(pid: int, rows: list) -> None:
+        (tmp_path / f"t.{pid}").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    write(1, [["client_sent", None, 0.0], ["client_first_token", None, 0.5],  # warm-up: untraced elsewhere
+              ["client_sent", None, 10.0], ["client_sent", None, 20.0],
+              ["client_first_token", None, 10.050], ["client_first_token", None, 20.060]])
+    write(2, [["router_received", 7, 10.001], ["router_first_token", 7, 10.049],
+              ["router_received", 8, 20.002], ["router_first_token", 8, 20.058]])
+    write(3, [["decode_received", 7, 10.002], ["decode_preallocated", 7, 10.003], ["decode_kv_arrived", 7, 10.040],
+              ["decode_first_token", 7, 10.048], ["decode_received", 8, 20.003], ["decode_preallocated", 8, 20.004],
+              ["decode_kv_arrived", 8, 20.050], ["decode_first_token", 8, 20.056]])
+    write(4, [["prefill_released", 7, 10.004], ["prefill_released", 8, 20.006]])
+    hops = trace.hops(tmp_path / "t")
+    assert hops["client_sent"] == pytest.approx([1.0, 2.0])
+    assert hops["decode_preallocated"] == pytest.approx([1.0, 2.0])
+    assert hops["prefill_released"] == pytest.approx([36.0, 44.0])
+    assert hops["router_first_token"] == pytest.approx([1.0, 2.0])
+    assert set(hops) == {a for a, _ in trace.PATH[:-1]}
 
 
 def test_a_dead_prefill_instance_ends_its_decode_half_with_a_502(tmp_path):

@@ -198,6 +198,30 @@ def test_after_prefill_handoff_never_holds_a_prefill_for_decode_memory(a100_8b):
         [x.busy_s for x in base.instances if x.role == "prefill"]
 
 
+def test_the_request_paths_ingress_and_egress_shift_every_token_and_change_nothing_on_the_gpus(a100_8b):
+    """Ingress and egress are the same for every request: the client sees every token that much later, and the
+    instances run exactly the same iterations (same energy, same ITLs)."""
+    wl = make_workload(n=200, rate=40.0)
+    bare = run(_engine(a100_8b, request_ingress_ms=0.0, token_egress_ms=0.0, bootstrap_latency_ms=0.0), wl, seed=3)
+    path = run(_engine(a100_8b, request_ingress_ms=2.5, token_egress_ms=1.5, bootstrap_latency_ms=0.0), wl, seed=3)
+    assert np.allclose(path.ttft_s - bare.ttft_s, 4e-3, rtol=0, atol=1e-12)
+    assert np.allclose(path.finish_s - bare.finish_s, 4e-3, rtol=0, atol=1e-12)
+    assert [(x.iterations, x.busy_energy_j) for x in path.instances] == \
+        [(x.iterations, x.busy_energy_j) for x in bare.instances]
+    assert all(np.array_equal(a, b) for a, b in zip(path.streams, bare.streams, strict=True))
+
+
+def test_the_handshake_latency_holds_a_prefill_until_its_decode_allocation_is_known(a100_8b):
+    """A request on an idle cluster: its decode pre-allocates at once, its prefill may start only the
+    handshake's latency later, so its first token comes exactly that much later."""
+    wl = make_workload(n=1, rate=1.0)
+    times = {}
+    for ms in (0.0, 7.0):
+        pm = _engine(a100_8b, request_ingress_ms=0.0, token_egress_ms=0.0, bootstrap_latency_ms=ms)
+        times[ms] = run(pm, wl, "static-max", noise=0.0).ttft_s[0]
+    assert times[7.0] - times[0.0] == pytest.approx(7e-3, abs=1e-12)
+
+
 def test_decode_max_running_requests_caps_the_decode_batch(a100_8b):
     capped = _engine(a100_8b, decode_max_running_requests=4)
     res = run(capped, make_workload(n=200, rate=400.0, out_max=50), "static-max")

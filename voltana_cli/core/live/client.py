@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from voltana_cli.core.errors import UserError
+from voltana_cli.core.live import trace
 from voltana_cli.core.live.sse import DONE, sse_message
 from voltana_cli.core.metrics import InstanceRecord, RequestLog
 from voltana_cli.core.workloads import Workload
@@ -97,6 +98,7 @@ async def _one(session: Any, base: str, n_in: int, n_out: int, api_key: str | No
     body = {"input_ids": [PROMPT_TOKEN_ID] * n_in, "stream": True,
             "sampling_params": {"max_new_tokens": n_out, "ignore_eos": True}}
     out = _Outcome(gaps=[], sent=time.monotonic() - t0)
+    trace.event("client_sent")
     got, last = 0, 0.0
     try:
         async with session.post(f"{base}/generate", json=body, headers=_headers(api_key),
@@ -119,6 +121,7 @@ async def _one(session: Any, base: str, n_in: int, n_out: int, api_key: str | No
                 if new <= 0:
                     continue
                 if got == 0:
+                    trace.event("client_first_token")
                     out.first = now
                     new -= 1  # the first token is TTFT, not an ITL
                     last = now

@@ -11,7 +11,8 @@ The P/D protocol, as SGLang's servers play it (``../shared/SGLANG.md``): the rou
 with ``bootstrap_host``/``bootstrap_port``/``bootstrap_room``, to a prefill and a decode instance at once.
 
 - The decode instance queues the request for KV pre-allocation; once allocated it tells the prefill's
-  bootstrap server (``POST /_voltana/allocated``), which releases the prefill.
+  bootstrap server (``POST /_voltana/allocated``), which releases the prefill. The notice lands the engine
+  spec's ``bootstrap_latency_ms`` after the allocation (its own trip included), as in the simulator.
 - The prefill instance prefills it and, after the modelled KV-transfer time, hands the KV cache over
   (``POST {decode}/_voltana/kv``), then answers the router (which discards the answer).
 - The decode instance admits it (the first token), then every iteration gives it one more token, streamed
@@ -44,6 +45,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from voltana_cli.core.errors import UserError
+from voltana_cli.core.live import trace
 from voltana_cli.core.models import InstanceModel, PerfModel, engine_spec, gpu_spec, model_spec
 from voltana_cli.core.policy import StaticController
 from voltana_cli.core.sim import CostCache, DecodeInstance, Outcomes, PrefillInstance, Requests
@@ -60,10 +62,10 @@ DEFAULT_MAX_TOKENS = {"generate": 128, "completions": 16, "chat": 128}
 MAX_BODY_BYTES = 32 * 1024 * 1024
 #: How far (s) the scheduler loop may fall behind its model's iteration ends and still catch up.
 MAX_LAG_S = 0.05
-#: Smoothing of the KV hand-over message's trip estimate, and the share of its round trip that comes before
-#: the decode instance reads it (half: loopback hops are symmetric).
-KV_TRIP_EWMA = 0.2
-KV_TRIP_ONE_WAY = 0.5
+#: Smoothing of a P/D message's trip estimate (KV hand-over, allocation notice), and the share of its round
+#: trip that comes before the peer reads it (half: loopback hops are symmetric).
+TRIP_EWMA = 0.2
+TRIP_ONE_WAY = 0.5
 #: Smoothing of the event loop's measured timer lateness.
 LATE_EWMA = 0.1
 
@@ -219,7 +221,7 @@ class EmulatedEngine:
         self._early: dict[int, str] = {}  # prefill: allocation notices that came before their request
         self._running: dict[int, int] = {}  # decode: request id -> tokens still to deliver
         self._aborts: list[int] = []  # requests whose client went away, to drop between iterations
-        self._kv_trip_s = 0.0  # estimated one-way trip of a KV hand-over message
+        self._trip_s: dict[str, float] = {}  # estimated one-way trip of a P/D message, by kind (``_send_at``)
         self._late_s = 0.0  # how late a timer of this loop fires, smoothed (``_sleep_until``)
         self._aborted_in_flight: dict[int, int] = {}  # decode: room -> request aborted before its KV landed
         self._wake = asyncio.Event()
@@ -315,6 +317,7 @@ class EmulatedEngine:
         if job.queued:
             return
         job.peer_url, job.queued = decode_url, True
+        trace.event("prefill_released", job.room)
         self.inst.submit(job.rid, self.now())
         self._wake.set()
 
@@ -324,6 +327,7 @@ class EmulatedEngine:
             raise BadRequest("a decode instance needs 'bootstrap_host' and 'bootstrap_port' (send it through the router)")
         job = self._new_job(req)
         job.peer_url = f"http://{req.bootstrap_host}:{req.bootstrap_port}"  # the prefill's bootstrap server
+        trace.event("decode_received", job.room)
         assert isinstance(self.inst, DecodeInstance)
         self.inst.route(job.rid)
         self._wake.set()
@@ -331,6 +335,7 @@ class EmulatedEngine:
 
     def kv_arrived(self, room: int) -> bool:
         """The KV cache of ``room`` landed here: it waits for admission (or, aborted on the way, is dropped)."""
+        trace.event("decode_kv_arrived", room)
         job = self.rooms.get(room)
         rid = job.rid if job is not None else self._aborted_in_flight.pop(room, None)
         if rid is None:
@@ -366,16 +371,21 @@ class EmulatedEngine:
         task.add_done_callback(self._tasks.discard)
 
     def _preallocated(self, rids: list[int], now: float) -> None:
+        """The prefill instances of these requests learn that their KV is allocated the engine spec's handshake
+        latency after ``now`` (``bootstrap_latency_ms``), as a simulated one does."""
         for rid in rids:
             job = self.jobs.get(rid)
             if job is not None and job.peer_url:
-                self._spawn(self._post(f"{job.peer_url}/_voltana/allocated", {"room": job.room, "decode_url": self.url}))
+                trace.event("decode_preallocated", job.room)
+                self._spawn(self._send_at(now + self.model.engine.bootstrap_latency_ms / 1e3, "allocated",
+                                          f"{job.peer_url}/_voltana/allocated", {"room": job.room, "decode_url": self.url}))
 
     def _first_tokens(self, rids: list[int], now: float) -> None:
         for rid in rids:
             job = self.jobs.get(rid)
             if job is None:
                 continue
+            trace.event("decode_first_token", job.room)
             job.tokens.put_nowait(1)
             if job.output_tokens > 1:
                 self._running[rid] = job.output_tokens - 1
@@ -384,19 +394,25 @@ class EmulatedEngine:
 
     async def _hand_over(self, job: Job, done_s: float) -> None:
         """Hand ``job``'s KV cache over: it lands on its decode instance the modelled transfer time after its
-        prefill ended (``done_s``, engine time). The message's own trip is part of that time: it is sent
-        that much earlier (the trip estimated from the previous ones' round trips)."""
-        xfer = self.model.kv_transfer_s(job.input_tokens)
-        lead = min(xfer, self._kv_trip_s)
-        await self._sleep_until(done_s + xfer - lead)
+        prefill ended (``done_s``, engine time)."""
         try:
             if job.peer_url:
-                sent = self.now()
-                await self._post(f"{job.peer_url}/_voltana/kv", {"room": job.room})
-                rtt = self.now() - sent
-                self._kv_trip_s += KV_TRIP_EWMA * (KV_TRIP_ONE_WAY * rtt - self._kv_trip_s)
+                await self._send_at(done_s + self.model.kv_transfer_s(job.input_tokens), "kv",
+                                    f"{job.peer_url}/_voltana/kv", {"room": job.room})
         finally:
             job.done.set()
+
+    async def _send_at(self, due_s: float, kind: str, url: str, body: dict[str, Any]) -> None:
+        """Deliver a P/D message (``kind``) so that it lands at engine time ``due_s``: the message's own trip
+        is part of the modelled time, so it is sent that much earlier (the trip estimated from the previous
+        ones' round trips of that kind), or at once when that is already past."""
+        lead = self._trip_s.get(kind, 0.0)
+        if due_s - lead > self.now():
+            await self._sleep_until(due_s - lead)
+        sent = self.now()
+        await self._post(url, body)
+        rtt = self.now() - sent
+        self._trip_s[kind] = lead + TRIP_EWMA * (TRIP_ONE_WAY * rtt - lead)
 
     async def _sleep_until(self, t: float) -> None:
         """Sleep until engine time ``t``. An event loop's timer fires late by a fairly steady amount (about

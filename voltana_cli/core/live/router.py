@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from voltana_cli.core.errors import UserError
+from voltana_cli.core.live import trace
 from voltana_cli.core.live.config import ClusterSpec, InstanceSpec
 from voltana_cli.core.live.engine import BadRequest, bad_requests, error_response, parse_request, read_json
 from voltana_cli.core.live.upstream import Upstream, UpstreamError
@@ -488,13 +489,14 @@ def _inference_routes(router: Router, routes: Any) -> None:
         except NoBackend as exc:
             return refuse(path, 503, str(exc), "unavailable")
         room = random.getrandbits(63)
+        trace.event("router_received", room)
         # Serialised once for both instances.
         fwd = json.dumps({**body, "bootstrap_host": p.spec.host, "bootstrap_port": p.spec.bootstrap_port,
                           "bootstrap_room": room}).encode()
         router.admit(p, d, req.input_tokens, req.output_tokens)
         router.metrics.decided(p)
         router.metrics.decided(d)
-        return await _Proxied(router, path, req, p, d, fwd).relay(request)
+        return await _Proxied(router, path, req, p, d, fwd, room).relay(request)
 
     for path in _INFER:
         routes.post(path)(infer)
@@ -505,8 +507,8 @@ class _Proxied:
     relayed to the client as it comes; a prefill that fails before the KV cache is handed over ends the decode
     half with a 502 naming it (the decode would wait for a KV cache that never comes)."""
 
-    def __init__(self, router: Router, path: str, req: Any, p: Backend, d: Backend, fwd: bytes):
-        self.router, self.path, self.req, self.p, self.d, self.fwd = router, path, req, p, d, fwd
+    def __init__(self, router: Router, path: str, req: Any, p: Backend, d: Backend, fwd: bytes, room: int):
+        self.router, self.path, self.req, self.p, self.d, self.fwd, self.room = router, path, req, p, d, fwd, room
         self.handler = asyncio.current_task()
         self.prefill_failed = False
         self.first_token = False  # once the decode streams, its KV was handed over: a prefill failure no longer matters
@@ -576,6 +578,7 @@ class _Proxied:
             async for chunk in up.chunks():
                 now = time.monotonic()
                 if last is None:
+                    trace.event("router_first_token", self.room)
                     self.first_token = True
                     router.metrics.ttft.observe(now - self.t0)
                 else:

@@ -177,6 +177,19 @@ class EngineSpec(_Strict):
         "fake transfer backend behind the VoltanaLLM router's --fake-transfer-v2)")
     decode_max_running_requests: int | None = Field(None, gt=0, description="--max-running-requests of a decode "
                                                     "instance (None: SGLang's default, which does not bind here)")
+    # The request path: time a request spends outside the instances' schedulers, in the stack's transport. A
+    # client measures TTFT across all of it (as the paper's did); the GPUs see none of it.
+    request_ingress_ms: float = Field(0.0, ge=0, description="client send -> the request queued at its instances "
+                                      "(the router, HTTP, parsing)")
+    bootstrap_latency_ms: float = Field(0.0, ge=0, description="a decode instance pre-allocates a request's KV -> "
+                                        "its prefill instance may schedule it (the P/D handshake's message)")
+    token_egress_ms: float = Field(0.0, ge=0, description="a token leaves its decode instance's scheduler -> the "
+                                   "client has it (streaming, the router)")
+
+    @property
+    def path_s(self) -> float:
+        """The fixed part of every request's TTFT and end-to-end time that is transport (s): ingress and egress."""
+        return (self.request_ingress_ms + self.token_egress_ms) / 1e3
 
 
 def _available(kind: str) -> list[str]:

@@ -12,9 +12,12 @@ the prefill ends: pre-allocation there is its KV's arrival. The
 "real" GPU is the ground-truth ``InstanceModel`` times a per-iteration lognormal noise that the
 controllers' predictor never sees.
 
-Token timing: a request's first token (computed by its prefill) reaches the user when its decode instance
-admits it; every later token ends a decode iteration. So TTFT = admission - arrival, and its ITLs are the
-durations of the ``output_tokens - 1`` decode iterations that follow (back to back while it runs).
+Token timing: a request's first token (computed by its prefill) leaves its decode instance when that
+instance admits it; every later token ends a decode iteration. The user sees each the engine spec's request
+path later (``request_ingress_ms`` + ``token_egress_ms``: router, HTTP, streaming; a constant shift, so it is
+added to the log's token times), and a pre-allocation releases its prefill ``bootstrap_latency_ms`` after it
+happens (the handshake's message). So TTFT = admission - arrival + path, and its ITLs are the durations of
+the ``output_tokens - 1`` decode iterations that follow (back to back while it runs).
 
 Events are a heap of ``(time, sequence, kind, payload)``. Each run owns its ``numpy.random.Generator``:
 same seed, same result.
@@ -46,7 +49,7 @@ from voltana_cli.core.sim.instance import (
 )
 from voltana_cli.core.workloads import Workload
 
-_PREFILL_DONE, _DECODE_DONE, _KV_ARRIVE = 0, 1, 2
+_PREFILL_DONE, _DECODE_DONE, _KV_ARRIVE, _RELEASE = 0, 1, 2, 3
 _NOISE_CHUNK = 65536
 MAX_INSTANCES = 1024  # per role: far beyond any P/D deployment, and bounds the per-request routing work
 LAYOUTS = ("pd", "colocated")
@@ -232,6 +235,7 @@ class _Cluster:
         arrivals, inp = self.requests.arrival_s, self.requests.input_tokens
         transfer, transfer_s = self._transfer, self._transfer_s
         after_prefill = self.after_prefill
+        bootstrap_s = self.model.engine.bootstrap_latency_ms / 1e3
 
         def start_prefill(p: int, now: float) -> None:
             dt = prefills[p].start(now)
@@ -243,7 +247,7 @@ class _Cluster:
             if dt is not None:
                 push(heap, (now + dt, next_seq(), _DECODE_DONE, d))
 
-        def preallocated(rids: list[int], now: float) -> None:
+        def release(rids: list[int], now: float) -> None:
             # The decode instance holds KV for these requests: their prefill instances may now schedule them.
             for rid in rids:
                 p = prefill_of[rid]
@@ -251,6 +255,10 @@ class _Cluster:
                 inst.submit(rid, now)
                 if not inst.busy:
                     start_prefill(p, now)
+
+        def preallocated(rids: list[int], now: float) -> None:
+            # The prefill instances learn of it the handshake's latency later.
+            push(heap, (now + bootstrap_s, next_seq(), _RELEASE, rids))
 
         def landed(rids: list[int], now: float) -> None:
             # No KV moves (a fake transfer backend): pre-allocation is the KV's arrival, in the same pass.
@@ -264,7 +272,7 @@ class _Cluster:
 
         for dec in decodes:
             dec.on_first_tokens = first_tokens
-            dec.on_preallocated = landed if after_prefill else preallocated
+            dec.on_preallocated = landed if after_prefill else preallocated if bootstrap_s > 0 else release
 
         last_t = -math.inf
         for rid, at in itertools.chain(enumerate(arrivals), ((-1, math.inf),)):
@@ -295,6 +303,8 @@ class _Cluster:
                             push(heap, (t, seq, _KV_ARRIVE, x))
                             break
                         now = last_t = t
+                elif kind == _RELEASE:
+                    release(x, now)
                 elif kind == _DECODE_DONE:
                     inst = decodes[x]
                     inst.finish(now)
@@ -386,9 +396,11 @@ class _Cluster:
             inst.end_idle(end)
         out = workload.output_tokens.astype(np.int64)
         decode_of = _array(self.decode_of, np.int64)
+        # The client sees each token the request path's ingress and egress later than the scheduler emits it.
+        path = self.model.engine.path_s
         return RequestLog(
             arrival_s=workload.arrival_s.astype(float), input_tokens=workload.input_tokens.astype(np.int64),
-            output_tokens=out, first_token_s=_array(o.first_token_s, float), finish_s=finish,
+            output_tokens=out, first_token_s=_array(o.first_token_s, float) + path, finish_s=finish + path,
             prefill_instance=_array(self.prefill_of, np.int64), decode_instance=decode_of, gap_stream=decode_of,
             gap_start=_array(o.first_iter, np.int64), gap_count=np.maximum(out - 1, 0),
             streams=[_array(d.durations, float) for d in self.runners],

@@ -344,6 +344,23 @@ def test_the_overload_ramp_raises_the_lowest_clock_allowed_step_by_step_with_the
         FeedbackParams(overload_ramp=1.0).check()
 
 
+def test_the_overload_curve_bends_the_slope_and_keeps_its_ends():
+    """``overload_curve`` > 1 keeps the lowest clock allowed low longer, then rises steeply (static-best's
+    shape along the load); < 1 the reverse. The slope's ends and its never falling stay as with 1."""
+    def clocks(curve: float) -> list[int]:
+        p = FeedbackParams(headroom=0.0, dwell_s=0.0, overload_rps=30.0, overload_ramp=0.2, overload_curve=curve)
+        return [FeedbackController("decode", Linear(), CLOCKS, 0.05, p).decide(
+            Observation(0.0, 8, 4000, rate_rps=24.0 + 0.5 * i)) for i in range(25)]  # 24 ... 36 req/s
+
+    straight, bent, bowed = clocks(1.0), clocks(2.0), clocks(0.5)
+    for seen in (straight, bent, bowed):
+        assert seen == sorted(seen) and seen[0] == straight[0] and seen[-1] == straight[-1]
+    assert all(b <= s <= w for b, s, w in zip(bent, straight, bowed, strict=True))
+    assert bent[12] < straight[12] < bowed[12]  # at the threshold itself
+    with pytest.raises(ValueError, match="overload_curve"):
+        FeedbackParams(overload_curve=0.0).check()
+
+
 def test_the_overload_rule_ends_at_its_overload_floor_not_the_top_clock():
     """``overload_floor_mhz``: above the threshold the lowest clock allowed is the highest level at or below
     it, so a light batch runs there, not at the top; a batch that needs more still gets more."""

@@ -216,7 +216,7 @@ def test_the_search_starts_from_static_best_and_from_the_papers_rule_above_its_l
     from voltana_cli.core.tune.search import search_space
 
     scn = scenario(duration=10.0)
-    spec = TuneSpec([40.0, 90.0], trials=1)  # the paper's rule misses 90 req/s: its switch is among them
+    spec = TuneSpec([40.0, 65.0, 90.0], trials=1)  # the paper's rule misses 90 req/s: its switch is among them
     reqs = requirements(scn, spec.rates, spec.training, spec.target)
     light = find_static_best(scn, 40.0, spec.training, reqs[0].attainment).best
     assert light is not None
@@ -247,6 +247,29 @@ def test_the_search_starts_from_static_best_and_from_the_papers_rule_above_its_l
     n = scn.cluster.n_decode
     ramp, mid = track["decode_overload_ramp"], track["decode_overload_rps"]
     assert mid * (1 - ramp) == pytest.approx(40.0 / n) and mid * (1 + ramp) == pytest.approx(90.0 / n)
+    # ... curved through static-best's clocks at the middle rate
+    from voltana_cli.core.tune.run import slope_curve
+
+    middle = find_static_best(scn, 65.0, spec.training, reqs[1].attainment).best
+    assert middle is not None
+    for ph, c in (("prefill", middle.prefill_mhz), ("decode", middle.decode_mhz)):
+        assert track[f"{ph}_overload_curve"] == slope_curve(0.5, track[f"{ph}_floor_mhz"], c,
+                                                            track[f"{ph}_overload_floor_mhz"])
+    assert any(track[f"{ph}_overload_curve"] != 1.0 for ph in ("prefill", "decode"))
+
+
+def test_the_tracking_slopes_curve_passes_through_static_bests_middle_clock():
+    """``slope_curve``: the clock the curved slope allows at the middle rate's share of the way is the middle
+    clock; flat or inverted middles take the ends of the curve's range, a straight line gives 1."""
+    from voltana_cli.core.tune.run import slope_curve
+    from voltana_cli.core.tune.search import OVERLOAD_CURVE_RANGE
+
+    curve = slope_curve(0.5, 700, 800, 1100)
+    assert 700 + (1100 - 700) * 0.5 ** curve == pytest.approx(800)
+    assert slope_curve(0.5, 700, 900, 1100) == pytest.approx(1.0)
+    assert slope_curve(0.5, 700, 700, 1100) == OVERLOAD_CURVE_RANGE[1]  # static-best flat up to the middle
+    assert slope_curve(0.5, 700, 1100, 1100) == OVERLOAD_CURVE_RANGE[0]
+    assert slope_curve(0.5, 900, 900, 900) == 1.0  # no slope to bend
 
 
 def test_the_polish_steps_the_clock_floors_from_the_best_trial_to_a_local_best(a100_8b):

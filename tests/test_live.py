@@ -493,6 +493,20 @@ def test_the_allocation_notice_lands_the_handshakes_latency_after_the_pre_alloca
     asyncio.run(main())
 
 
+def test_a_prefill_keeps_early_allocation_notices_bounded_and_in_order():
+    """A notice that beats its request waits for it; notices whose requests never come (aborted before the
+    notice landed) do not pile up: past ``MAX_EARLY_NOTICES`` the oldest goes."""
+    from voltana_cli.core.live.engine import MAX_EARLY_NOTICES, make_engine
+
+    async def post(url: str, body: dict) -> None:
+        return None
+
+    eng = make_engine("prefill", "a100-80g-sxm4", "llama-3.1-8b", 1, "http://prefill", None, post)
+    for room in range(MAX_EARLY_NOTICES + 10):
+        eng.allocated(room, "http://decode")
+    assert len(eng._early) == MAX_EARLY_NOTICES and min(eng._early) == 10 and MAX_EARLY_NOTICES + 9 in eng._early
+
+
 def test_the_request_path_trace_gives_each_hop_per_request_across_processes(tmp_path):
     """Each process writes its own file; the client's events (no room) are matched in order to the router's,
     after the warm-up requests the router's trace begins without; each hop is the next event less this one."""

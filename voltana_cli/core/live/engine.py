@@ -66,6 +66,9 @@ MAX_LAG_S = 0.05
 #: trip that comes before the peer reads it (half: loopback hops are symmetric).
 TRIP_EWMA = 0.2
 TRIP_ONE_WAY = 0.5
+#: Allocation notices a prefill keeps for requests it has not seen (a notice can beat its request, or come
+#: after it was aborted); past this many the oldest is dropped.
+MAX_EARLY_NOTICES = 4096
 #: Smoothing of the event loop's measured timer lateness.
 LATE_EWMA = 0.1
 
@@ -309,7 +312,9 @@ class EmulatedEngine:
         """The decode instance of ``room`` holds its KV now: the prefill may be scheduled."""
         job = self.rooms.get(room)
         if job is None:
-            self._early[room] = decode_url  # the notice beat the request here
+            self._early[room] = decode_url  # the notice beat the request here, or its request was aborted
+            if len(self._early) > MAX_EARLY_NOTICES:  # the oldest is an aborted request's: its request never comes
+                del self._early[next(iter(self._early))]
             return
         self._release(job, decode_url)
 

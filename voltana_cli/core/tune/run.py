@@ -205,10 +205,10 @@ def _tracking(scn: Scenario, space: tuple[Any, ...], ends: list[Requirement], li
     at the ``middle`` rate, (rate, (prefill, decode)) when given: static-best's clocks stay low, then rise
     steeply (H100 x Llama-3.1-8B, held-out seeds: this start with its decode slope curved (2.3) saved 0.9 /
     1.1 / 1.3 / 0.8 points more than with it straight at 100 / 110 / 120 / 130 req/s, 99.9-100 % joint
-    attainment either way). Like static-best,
-    no utilisation cap (the same setup: the default cap of 0.85 cost 2.3 / 5.3 / 9.8 % at 80 / 110 / 140
-    req/s); prefill clocks whose predicted costs differ by less than two predictions' error count as equal
-    (``tie_tolerance`` 0.1 against 0: 1.9 / 2.1 / 1.7 % less energy there)."""
+    attainment either way). Like static-best, no utilisation cap (the same setup, a tuned winner's other
+    knobs: the default cap of 0.85 cost 2.3 / 5.3 / 9.8 % at 80 / 110 / 140 req/s); prefill clocks whose
+    predicted costs differ by less than two predictions' error count as equal (``tie_tolerance`` 0.1 against
+    0: 1.9 / 2.1 / 1.7 % less energy there)."""
     point = {**heavy, **light, "prefill_max_utilization": MAX_UTILIZATION_RANGE[1],
              "prefill_tie_tolerance": min(2 * scn.prediction_error, TIE_TOLERANCE_RANGE[1])}
     for i, (phase, n) in enumerate((("prefill", scn.cluster.n_prefill), ("decode", scn.cluster.n_decode))):

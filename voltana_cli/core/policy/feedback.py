@@ -306,14 +306,14 @@ class FeedbackController:
             lowest = self._ramp[-1]
         budget = self.target_s * (1.0 + self.correction)
         if self._is_decode and obs.queued_oldest_wait_s > 0:
-            budget /= 1.0 + self.params.backlog_gain * obs.queued_oldest_wait_s
+            budget /= 1.0 + p.backlog_gain * obs.queued_oldest_wait_s
         best, best_cost = self.max_clock, float("inf")
-        tol = self.params.tie_tolerance
+        tol = p.tie_tolerance
         fitting: list[tuple[int, float]] = []
         for c in self.levels:
             if c < lowest:
                 continue
-            slack = budget * (1.0 - self.params.hysteresis) if c < self.current else budget
+            slack = budget * (1.0 - p.hysteresis) if c < self.current else budget
             if self._fits(obs, c, slack):
                 cost = self._cost(obs, c)
                 if cost < best_cost:

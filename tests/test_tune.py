@@ -50,6 +50,29 @@ def test_static_best_meets_the_requirement_with_less_energy_than_static_max():
     assert again["energy_j"]["total"] == pytest.approx(found.best.energy_j)
 
 
+class _EdgeWorld:
+    """A hand-built world for the static-best search: clocks 1000-2000 MHz; a pair costs its two clocks; it
+    meets the requirement with prefill at 1200 MHz or more, and at 1100 only with decode at the top (the
+    prefill is at the requirement's edge there: any lower decode clock tips it over)."""
+
+    class model:  # noqa: N801  (the attribute a Scenario has)
+        clocks = tuple(range(1000, 2001, 100))
+
+    def run(self, name: str, rate: float, seed: int) -> dict:
+        p, d = (int(c) for c in name.split(":")[1].split("/"))
+        ok = p >= 1200 or (p == 1100 and d == 2000)
+        return {"energy_j": {"total": float(p + d)}, "attainment": {"both": 1.0 if ok else 0.5}}
+
+
+def test_static_best_walks_the_decode_again_when_the_prefill_sits_at_the_requirements_edge():
+    """Coordinate descent alone stops at 1100/2000 (the decode walk from 1100 MHz fails at once); the search
+    walks the decode axis again one prefill step up and finds the far cheaper 1200 MHz prefill pairs."""
+    found = find_static_best(_EdgeWorld(), 10.0, [0], 0.9)
+    assert found.best is not None
+    assert (found.best.prefill_mhz, found.best.decode_mhz) == (1200, 1000)
+    assert all(r.energy_j >= found.best.energy_j for r in found.tried if r.attainment >= 0.9)
+
+
 def test_requirement_is_the_target_or_what_static_max_keeps():
     assert requirement_for(1.0, 0.99) == pytest.approx(0.98)
     assert requirement_for(0.6, 0.99) == pytest.approx(0.59)

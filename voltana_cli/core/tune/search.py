@@ -408,12 +408,16 @@ def polish_steps(params: dict[str, Any], grid: list[int], anchors: list[dict[str
 
 def polish_bounds(space: tuple[Any, ...]) -> dict[str, tuple[float, float]]:
     """The search ranges of ``POLISH_KNOBS`` for ``space`` (what ``suggest`` samples them from)."""
-    ranges = space[2]
-    return {"prefill_tie_tolerance": TIE_TOLERANCE_RANGE, "prefill_headroom": HEADROOM_RANGE,
-            "decode_headroom": HEADROOM_RANGE, "prefill_overload_rps": ranges["prefill"],
-            "decode_overload_rps": ranges["decode"], "prefill_overload_ramp": OVERLOAD_RAMP_RANGE,
-            "decode_overload_ramp": OVERLOAD_RAMP_RANGE, "prefill_overload_curve": OVERLOAD_CURVE_RANGE,
-            "decode_overload_curve": OVERLOAD_CURVE_RANGE, "prefill_max_utilization": MAX_UTILIZATION_RANGE}
+    out = {}
+    for knob, _, _ in POLISH_KNOBS:
+        phase, name = knob.split("_", 1)
+        out[knob] = space[2][phase] if name == "overload_rps" else _RANGES[name]
+    return out
+
+
+#: The fixed search ranges of the polished knobs, by knob name without its phase.
+_RANGES = {"tie_tolerance": TIE_TOLERANCE_RANGE, "headroom": HEADROOM_RANGE, "overload_ramp": OVERLOAD_RAMP_RANGE,
+           "overload_curve": OVERLOAD_CURVE_RANGE, "max_utilization": MAX_UTILIZATION_RANGE}
 
 
 def _polish(study: Any, space: tuple[Any, ...], budget: int, anchors: list[dict[str, Any]],

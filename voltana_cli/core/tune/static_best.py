@@ -6,7 +6,8 @@ that meets the SLO (static power is paid per second, and a slower prefill backs 
 the search measures energy at every candidate rather than stopping at the lowest feasible clock.
 
 The search is coordinate descent on a grid of clocks about 100 MHz apart: the prefill clock with decode at
-the top, then the decode clock with that prefill clock, then prefill again with that decode clock. Along a
+the top, then the decode clock with that prefill clock and again with the prefill clock one step up, then
+prefill again with the decode clock of the best pair so far. Along a
 coordinate, clocks are visited from the top down and the walk stops two candidates after the
 requirement first fails (attainment falls with the clock). Every pair is simulated on the same seeds as
 the runs it is compared with.
@@ -122,13 +123,22 @@ def find_static_best(scn: Scenario, rate: float, seeds: list[int], requirement: 
                     break
         return best
 
-    top = grid[0]
-    pre = walk(top, True)
-    dec = walk(pre, False)
-    pre = walk(dec, True)
-    feasible = [r for r in seen.values() if r.attainment >= requirement]
-    best = min(feasible, key=lambda r: r.energy_j) if feasible else None
-    return StaticBest(rate, requirement, best, list(seen.values()))
+    def cheapest() -> PairResult | None:
+        feasible = [r for r in seen.values() if r.attainment >= requirement]
+        return min(feasible, key=lambda r: r.energy_j) if feasible else None
+
+    pre = walk(grid[0], True)
+    walk(pre, False)
+    # A prefill clock found with the decode at the top can sit at the requirement's edge, where every lower
+    # decode clock tips it over and the decode walk stays at the top (H100 x Llama-3.1-8B, 120 req/s, seeds
+    # 0-1: 1035/1980 MHz at 16 % below static-max's energy, where 1035/930 saves 45 %): the decode axis is
+    # walked again one prefill step up, and the last prefill walk is at the best pair's decode clock.
+    up = grid.index(pre) - 1  # the grid descends
+    if up >= 0:
+        walk(grid[up], False)
+    found = cheapest()
+    walk(found.decode_mhz if found else grid[0], True)
+    return StaticBest(rate, requirement, cheapest(), list(seen.values()))
 
 
 def requirement_for(static_max_attainment: float, target: float) -> float:

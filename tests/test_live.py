@@ -246,6 +246,8 @@ def test_serve_sim_end_to_end_with_the_openai_client_and_bench_url(tmp_path):
         assert run["attainment"]["both"] > 0.9
         status, cl = _get(f"{url}/cluster")
         assert {(i["role"], i["clock_mhz"]) for i in cl["instances"]} == {("prefill", 1200), ("decode", 990)}
+        (pre,) = [i for i in cl["instances"] if i["role"] == "prefill"]
+        assert pre["waits_s"] == [] and 0 < pre["recent_ttft_s"] < 1.0  # every prefill answered; the last TTFT
         r = subprocess.run([*VOLTANA, "bench", "--url", url, "--noise", "0.1"], capture_output=True, text=True,
                            timeout=60)
         assert r.returncode == 2 and "--noise" in r.stderr and r.stderr.count("\n") == 1
@@ -567,14 +569,14 @@ def test_kill_9_of_serve_leaves_no_process_and_no_clock_locked(tmp_path):
     assert _wait_for(lambda: _locks(tmp_path) == {}, 15.0), _locks(tmp_path)
 
 
-def test_router_arrivals_give_the_rate_the_router_counts_smoothed_as_the_simulator_does():
+def test_the_router_state_gives_the_rate_the_router_counts_smoothed_as_the_simulator_does():
     """The sidecar's arrival rate: requests the router sent to its instance per second, smoothed with the
     simulator's time constant and, like the simulator's, not reading low while the smoothing fills (a plain
     mean of the readings so far at first); other instances, a router that does not answer and a garbled reply
     change nothing."""
     import math
 
-    from voltana_cli.core.live.sidecar import RouterArrivals, observation
+    from voltana_cli.core.live.sidecar import RouterState, observation
     from voltana_cli.core.policy.controller import RATE_TAU_S
 
     docs: list = []
@@ -588,7 +590,7 @@ def test_router_arrivals_give_the_rate_the_router_counts_smoothed_as_the_simulat
     def cluster(mine: int, other: int) -> dict:
         return {"instances": [{"url": "http://d0", "routed": other}, {"url": "http://d1", "routed": mine}]}
 
-    a = RouterArrivals("http://router", "http://d1", fetch=fetch)
+    a = RouterState("http://router", "http://d1", fetch=fetch)
     docs += [cluster(0, 0), cluster(20, 500), urllib.error.URLError("down"), {"instances": "?"}, cluster(40, 9)]
     a.poll(0.0)
     assert a.rate_rps == 0.0  # the first reading only sets the origin
@@ -606,6 +608,47 @@ def test_router_arrivals_give_the_rate_the_router_counts_smoothed_as_the_simulat
     assert 20 / 1.5 < a.rate_rps < 40.0
     msg = {"scheduled_requests": {"num_decode_requests": 3, "sum_decode_kv_tokens": 90}, "wall_time": 0.01}
     assert observation(msg, "decode", 2.0, 1410, a.rate_rps).rate_rps == a.rate_rps
+
+
+def test_the_router_keeps_each_prefills_pending_waits_oldest_first_and_its_latest_ttft():
+    """What the forward-pass stream lacks and the simulator's prefill controller reads: the router keeps the
+    requests each prefill has not answered yet, with when it placed them, and drops each at its answer."""
+    from voltana_cli.core.live.router import Router
+
+    r = Router(cluster_from_flags("sim", 1, 1), "static-max")
+    p, d = r.prefills[0], r.decodes[0]
+    for room, t in ((11, 10.0), (12, 10.5), (13, 11.0)):
+        r.admit(p, d, 100, 10, room, now=t)
+    assert p.waits(12.0) == [2.0, 1.5, 1.0] and d.pending == {}
+    r.prefill_done(p, 100, 12)
+    assert p.waits(12.0) == [2.0, 1.0] and p.view.num_requests == 2
+    r.prefill_done(p, 100, 11)
+    r.prefill_done(p, 100, 13)
+    assert p.waits(12.0) == [] and p.view.num_requests == 0 and p.view.queued_tokens == 0
+
+
+def test_a_prefill_sidecar_sees_the_routers_waits_and_ttft_as_the_simulators_controller_sees_them():
+    """The batch's oldest wait is the oldest pending request's; the queue's oldest is the oldest of the youngest
+    as many as the forward pass says are queued; both aged from the poll to the decision; the TTFT is the
+    router's latest for the instance. A decode sidecar and a garbled reply get none of it."""
+    from voltana_cli.core.live.sidecar import RouterState, observation
+
+    docs = [{"instances": [{"url": "http://p0", "routed": 5, "waits_s": [0.9, 0.5, 0.3, 0.1],
+                            "recent_ttft_s": 0.42}]},
+            {"instances": [{"url": "http://p0", "routed": 6, "waits_s": ["x"], "recent_ttft_s": "?"}]}]
+    state = RouterState("http://router", "http://p0", fetch=lambda: docs.pop(0))
+    state.poll(100.0)
+    waits = state.waits_at(100.25)
+    assert waits == pytest.approx([1.15, 0.75, 0.55, 0.35])
+    msg = {"scheduled_requests": {"num_prefill_requests": 1, "sum_prefill_tokens": 300},
+           "queued_requests": {"num_prefill_requests": 2, "sum_prefill_tokens": 500}, "wall_time": 0.05}
+    obs = observation(msg, "prefill", 100.25, 1410, state.rate_rps, waits, state.recent_ttft_s)
+    assert obs.oldest_wait_s == pytest.approx(1.15) and obs.queued_oldest_wait_s == pytest.approx(0.55)
+    assert obs.recent_ttft_s == pytest.approx(0.42) and obs.queued_tokens == 500
+    dec = {"scheduled_requests": {"num_decode_requests": 3, "sum_decode_kv_tokens": 90}, "wall_time": 0.01}
+    assert observation(dec, "decode", 100.25, 1410, 0.0, waits, 0.42).oldest_wait_s == 0.0
+    state.poll(101.0)  # a garbled reply keeps the last good waits and TTFT
+    assert state.waits_s == [0.9, 0.5, 0.3, 0.1] and state.recent_ttft_s == 0.42
 
 
 def test_every_sidecar_is_told_where_the_router_is():

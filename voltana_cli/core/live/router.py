@@ -13,7 +13,9 @@ requests are not disturbed. In-flight requests are bounded (503 when full).
 
 The routers see ``InstanceView``s that this process keeps: requests and tokens it has sent to each
 instance and not yet seen finish (the instances' own live state reaches the controllers through their
-sidecars).
+sidecars). ``GET /cluster`` also gives each prefill instance's queue as only the router knows it: how long
+each request it has not answered yet has waited, and the TTFT of its latest request; its sidecar reads them
+(``sidecar.RouterState``), so that its controller sees the waits it sees in the simulator.
 
 Endpoints besides inference: ``GET /health``, ``GET /v1/models``, ``GET /metrics`` (Prometheus),
 ``GET /cluster``, ``GET /energy``, and ``/admin/*`` behind ``Authorization: Bearer <token>`` (disabled when
@@ -25,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import itertools
 import json
 import random
 import time
@@ -47,6 +50,9 @@ HEALTH_PERIOD_S = 2.0
 UPSTREAM_TIMEOUT_S = 600.0
 #: In-flight requests beyond which new ones get 503.
 DEFAULT_MAX_INFLIGHT = 4096
+#: The pending requests' waits ``GET /cluster`` lists per prefill instance (the oldest ones): enough for the
+#: batches a controller plans over, and a bounded reply however long the queue.
+WAITS_REPORTED = 256
 _INFER = {"/generate": "generate", "/v1/completions": "completions", "/v1/chat/completions": "chat"}
 
 
@@ -61,10 +67,19 @@ class Backend:
     failures: int = 0
     clock_mhz: int | None = None
     routed: int = 0
+    # A prefill instance's requests that have not had its answer yet (bootstrap room -> when routed), oldest
+    # first, and the TTFT of its latest request to stream a first token: what its controller would see of its
+    # queue in the simulator (``/cluster``; the forward-pass stream counts requests but gives no ages).
+    pending: dict[int, float] = field(default_factory=dict)
+    recent_ttft_s: float = 0.0
 
     @property
     def url(self) -> str:
         return self.spec.url
+
+    def waits(self, now: float) -> list[float]:
+        """How long each pending request has waited, oldest first (at most ``WAITS_REPORTED``)."""
+        return [round(now - t, 6) for t in itertools.islice(self.pending.values(), WAITS_REPORTED)]
 
     @property
     def role(self) -> str:
@@ -156,7 +171,12 @@ class Router:
         d = dec[_pick(self.policy.decode_router, n_in, dec)]
         return p, d
 
-    def admit(self, p: Backend, d: Backend, n_in: int, n_out: int) -> None:
+    def admit(self, p: Backend, d: Backend, n_in: int, n_out: int, room: int | None = None,
+              now: float | None = None) -> None:
+        """Count a request placed on ``p`` and ``d`` (``room``: its bootstrap room, which keeps its wait on ``p``
+        until ``prefill_done``; ``now``: when, by ``time.monotonic``)."""
+        if room is not None:
+            p.pending[room] = time.monotonic() if now is None else now
         p.view.num_requests += 1
         p.view.queued_tokens += n_in
         d.view.num_requests += 1
@@ -166,7 +186,9 @@ class Router:
         d.routed += 1
 
     @staticmethod
-    def prefill_done(p: Backend, n_in: int) -> None:
+    def prefill_done(p: Backend, n_in: int, room: int | None = None) -> None:
+        if room is not None:
+            p.pending.pop(room, None)
         p.view.num_requests -= 1
         p.view.queued_tokens -= n_in
 
@@ -387,12 +409,15 @@ def _status_routes(router: Router, routes: Any) -> None:
     @routes.get("/cluster")
     async def cluster(request: web.Request) -> web.Response:
         st = await router.instance_states()
+        now = time.monotonic()
         return web.json_response({
             "policy": router.policy_name, "model": router.spec.model, "gpu": router.spec.gpu,
             "slo_ttft_ms": router.spec.slo_ttft_ms, "slo_itl_ms": router.spec.slo_itl_ms,
             "instances": [{"role": b.role, "url": b.url, "bootstrap_port": b.spec.bootstrap_port,
                            "clock_mhz": (st.get(b.url) or {}).get("clock_mhz"), "healthy": b.healthy,
-                           "in_flight": b.view.num_requests, "routed": b.routed} for b in router.backends()]})
+                           "in_flight": b.view.num_requests, "routed": b.routed,
+                           **({"waits_s": b.waits(now), "recent_ttft_s": round(b.recent_ttft_s, 6)}
+                              if b.role == "prefill" else {})} for b in router.backends()]})
 
     @routes.get("/energy")
     async def energy(request: web.Request) -> web.Response:
@@ -493,7 +518,7 @@ def _inference_routes(router: Router, routes: Any) -> None:
         # Serialised once for both instances.
         fwd = json.dumps({**body, "bootstrap_host": p.spec.host, "bootstrap_port": p.spec.bootstrap_port,
                           "bootstrap_room": room}).encode()
-        router.admit(p, d, req.input_tokens, req.output_tokens)
+        router.admit(p, d, req.input_tokens, req.output_tokens, room)
         router.metrics.decided(p)
         router.metrics.decided(d)
         return await _Proxied(router, path, req, p, d, fwd, room).relay(request)
@@ -526,7 +551,7 @@ class _Proxied:
         except UpstreamError:
             pass
         finally:
-            self.router.prefill_done(p, self.req.input_tokens)
+            self.router.prefill_done(p, self.req.input_tokens, self.room)
         if not ok:
             # End the decode half now (closing the decode request aborts it there).
             self.router.mark_failed(p)
@@ -581,6 +606,7 @@ class _Proxied:
                     trace.event("router_first_token", self.room)
                     self.first_token = True
                     router.metrics.ttft.observe(now - self.t0)
+                    self.p.recent_ttft_s = now - self.t0
                 else:
                     router.metrics.itl.observe(now - last)
                 last = now

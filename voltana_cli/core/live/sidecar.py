@@ -14,15 +14,18 @@ refused with the holder's pid; every exit path resets the clocks; and when the s
 (``recover_clocks``). GPUs: NVML on a real card (root, or the record says why not); an emulated instance's
 clock setter over HTTP (``EngineGpu``) otherwise.
 
-The forward-pass stream says what an instance runs, not what arrives at it; the arrival rate a controller's
-overload rule reads comes from the router, which counts every request it sends to each instance
-(``RouterArrivals``: ``GET /cluster``, polled twice a second, smoothed as the simulator smooths it).
+The forward-pass stream says what an instance runs, not what arrives at it or how long it has waited; the
+router knows both (``RouterState``: ``GET /cluster``, polled twice a second). The arrival rate a controller's
+overload rule reads is the requests the router sends to the instance, smoothed as the simulator smooths it;
+a prefill controller's waits (its batch's oldest, the queue's oldest) and its latest TTFT are the router's
+for that instance, as they were at the poll plus the time since.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import threading
@@ -95,13 +98,17 @@ class EngineGpu:
         return {"name": self.name, "uid": self.uid, "emulated": True}
 
 
-class RouterArrivals:
-    """The arrival rate at one instance as the router counts it (``routed`` in its ``GET /cluster``).
+class RouterState:
+    """What the router knows of one instance that its forward-pass stream does not say (``GET /cluster``).
 
-    ``sample(routed, t)`` folds in a reading: the requests routed since the last one, over the time between,
-    smoothed with the simulator's time constant (``RATE_TAU_S``), so a controller tuned in the simulator
-    reads the same estimate live. ``start()`` polls in a daemon thread; a router that does not answer
-    leaves the estimate as it was.
+    - ``rate_rps``: the arrival rate as the router counts it (``routed``): ``sample(routed, t)`` folds in a
+      reading, the requests routed since the last one over the time between, smoothed with the simulator's
+      time constant (``RATE_TAU_S``), so a controller tuned in the simulator reads the same estimate live.
+    - ``waits_s``: a prefill instance's requests that have not had its answer yet, how long each had waited
+      at the poll, oldest first; ``waits_at(t)`` ages them to ``t``.
+    - ``recent_ttft_s``: the TTFT of the prefill instance's latest request to stream its first token.
+
+    ``start()`` polls in a daemon thread; a router that does not answer leaves everything as it was.
 
     Args:
         router_url: the router's base URL.
@@ -115,6 +122,9 @@ class RouterArrivals:
         self.router_url, self.instance_url, self.period_s = router_url.rstrip("/"), instance_url, period_s
         self.fetch = fetch or self._fetch
         self.rate_rps = 0.0
+        self.waits_s: list[float] = []
+        self.recent_ttft_s = 0.0
+        self._polled_at = 0.0
         self._mean = WeightedMean(RATE_TAU_S)  # from the first reading, as the simulator's from its start
         self._last: tuple[int, float] | None = None
 
@@ -128,6 +138,11 @@ class RouterArrivals:
             self.rate_rps = self._mean.add(max(routed - last[0], 0) / (t - last[1]), t - last[1])
         return self.rate_rps
 
+    def waits_at(self, t: float) -> list[float]:
+        """The pending requests' waits at the last poll, aged to ``t``, oldest first."""
+        dt = max(t - self._polled_at, 0.0)
+        return [w + dt for w in self.waits_s]
+
     def poll(self, t: float) -> None:
         try:
             doc = self.fetch()
@@ -137,6 +152,11 @@ class RouterArrivals:
         for inst in instances if isinstance(instances, list) else []:
             if isinstance(inst, dict) and inst.get("url") == self.instance_url and isinstance(inst.get("routed"), int):
                 self.sample(inst["routed"], t)
+                waits, ttft = inst.get("waits_s"), inst.get("recent_ttft_s")
+                if isinstance(waits, list) and all(isinstance(w, (int, float)) for w in waits):
+                    self.waits_s, self._polled_at = [float(w) for w in waits], t
+                if isinstance(ttft, (int, float)) and math.isfinite(ttft):
+                    self.recent_ttft_s = float(ttft)
                 return
 
     def start(self) -> threading.Thread:
@@ -145,31 +165,40 @@ class RouterArrivals:
                 self.poll(time.monotonic())
                 time.sleep(self.period_s)
 
-        th = threading.Thread(target=loop, name="router-arrivals", daemon=True)
+        th = threading.Thread(target=loop, name="router-state", daemon=True)
         th.start()
         return th
 
 
-def observation(msg: dict[str, Any], role: str, now: float, clock: int, rate_rps: float = 0.0) -> Observation:
+def observation(msg: dict[str, Any], role: str, now: float, clock: int, rate_rps: float = 0.0,
+                waits_s: list[float] | None = None, recent_ttft_s: float = 0.0) -> Observation:
     """What the controller sees after one forward-pass message: the iteration that ran is the estimate of the
-    next one (its shape), and its duration and clock are the feedback."""
+    next one (its shape), and its duration and clock are the feedback. A prefill instance's waits come from
+    the router (``RouterState``: its requests not answered yet, oldest first): the batch's oldest wait is the
+    oldest of them, the queue's is the oldest of the youngest as many as the message says are queued."""
     s, q = msg.get("scheduled_requests") or {}, msg.get("queued_requests") or {}
     wall = float(msg.get("wall_time") or 0.0)
+    oldest = queued_oldest = ttft = 0.0
     if role == "prefill":
         batch, tokens = int(s.get("num_prefill_requests", 0)), int(s.get("sum_prefill_tokens", 0))
         queued, queued_tokens = int(q.get("num_prefill_requests", 0)), int(q.get("sum_prefill_tokens", 0))
+        waits, ttft = waits_s or [], recent_ttft_s
+        oldest = waits[0] if waits else 0.0
+        if 0 < queued <= len(waits):
+            queued_oldest = waits[len(waits) - queued]
     else:
         batch, tokens = int(s.get("num_decode_requests", 0)), int(s.get("sum_decode_kv_tokens", 0))
         queued, queued_tokens = int(q.get("num_decode_requests", 0)), 0
-    return Observation(now, batch, tokens, queued, 0.0, rate_rps, wall, clock, batch, tokens, 0.0, queued_tokens, 0.0)
+    return Observation(now, batch, tokens, queued, oldest, rate_rps, wall, clock, batch, tokens, ttft, queued_tokens,
+                       queued_oldest)
 
 
 def run(reader: Any, role: str, controller: Any, guard: ClockGuard, min_dwell_s: float = DEFAULT_MIN_DWELL_S,
-        now: Any = time.monotonic, until: Any = None, arrivals: RouterArrivals | None = None) -> int:
+        now: Any = time.monotonic, until: Any = None, router: RouterState | None = None) -> int:
     """The sidecar loop: per message, decide and set; returns how many clock changes it made.
 
-    ``until()``: stop when true (``None``: run until the process is stopped). ``arrivals``: the instance's
-    arrival rate (``None``: 0, and an overload rule never fires)."""
+    ``until()``: stop when true (``None``: run until the process is stopped). ``router``: what the router knows
+    of the instance (``None``: an arrival rate of 0, so an overload rule never fires, and no waits)."""
     current = controller.idle_clock_mhz
     guard.set(current)
     changed_at, last_msg, changes = now(), now(), 0
@@ -186,8 +215,11 @@ def run(reader: Any, role: str, controller: Any, guard: ClockGuard, min_dwell_s:
         last_msg = t
         if not msg.get("scheduled_requests") or not msg.get("wall_time"):
             continue  # an idle heartbeat
-        rate = arrivals.rate_rps if arrivals is not None else 0.0
-        want = int(controller.decide(observation(msg, role, t, current, rate)))
+        if router is None:
+            obs = observation(msg, role, t, current)
+        else:
+            obs = observation(msg, role, t, current, router.rate_rps, router.waits_at(t), router.recent_ttft_s)
+        want = int(controller.decide(obs))
         if want == current or (want < current and t - changed_at < min_dwell_s):
             continue
         guard.set(want)
@@ -286,10 +318,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"sidecar {a.role} {a.url}: policy {a.policy}, clocks through {how}", flush=True)
             parent = os.getppid()
             # Ends (clocks reset on the way out) when its supervisor is gone, however it went, even by kill -9.
-            arrivals = RouterArrivals(a.router_url, a.url) if a.router_url else None
-            if arrivals is not None:
-                arrivals.start()
-            run(reader, a.role, ctl, guard, a.min_dwell_s, until=lambda: os.getppid() != parent, arrivals=arrivals)
+            router = RouterState(a.router_url, a.url) if a.router_url else None
+            if router is not None:
+                router.start()
+            run(reader, a.role, ctl, guard, a.min_dwell_s, until=lambda: os.getppid() != parent, router=router)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -321,6 +321,38 @@ def test_the_overload_rule_reads_a_sustained_load_from_the_start():
     assert max(low.decide(Observation(0.02 * i, 8, 4000, rate_rps=20.0)) for i in range(50)) == 1005
 
 
+def test_the_overload_rule_with_a_confidence_margin_ignores_a_runs_first_seconds_but_not_a_sustained_load():
+    """With ``overload_z`` the rule compares the smoothed rate less z standard errors of a Poisson rate over
+    the smoothing's window: the window is the time elapsed at first (a plain mean of a few readings is
+    uncertain), so a rate 10 % above the threshold does not switch in the first second; held, it does once
+    the window holds enough of it; far above, it switches at once as without the margin."""
+    p = FeedbackParams(headroom=0.0, dwell_s=0.0, overload_rps=30.0, overload_tau_s=20.0, overload_z=1.0)
+
+    def run(rate: float, seconds: float, params: FeedbackParams = p) -> list[int]:
+        ctl = FeedbackController("decode", Linear(), CLOCKS, 0.05, params)
+        return [ctl.decide(Observation(0.02 * i, 8, 4000, rate_rps=rate)) for i in range(int(seconds / 0.02))]
+
+    plain = FeedbackParams(headroom=0.0, dwell_s=0.0, overload_rps=30.0, overload_tau_s=20.0)
+    assert run(33.0, 1.0, plain)[1:] == [1410] * 49  # no margin: the first readings switch it
+    first = run(33.0, 1.0)
+    assert max(first) == 1005  # 33 - sqrt(33 / 1 s) = 27.3 < 30 after a second
+    held = run(33.0, 30.0)
+    assert held[-1] == 1410  # 33 - sqrt(33 / window) > 30 once the window passes 33 / 9 = 3.7 s
+    assert run(120.0, 0.1)[1:] == [1410] * 4  # far above: 120 - sqrt(120 / 2) > 30 at once
+
+
+def test_the_weighted_means_window_is_the_time_elapsed_at_first_and_twice_its_time_constant_at_last():
+    from voltana_cli.core.policy.controller import WeightedMean
+
+    m = WeightedMean(20.0)
+    assert m.window_s() == 0.0
+    m.add(10.0, 0.1)
+    assert m.window_s() == pytest.approx(0.1, rel=0.01)
+    for _ in range(2000):
+        m.add(10.0, 0.1)
+    assert m.window_s() == pytest.approx(40.0, rel=1e-3)  # 2 tau, less exp(-10) of it
+
+
 def test_the_overload_ramp_raises_the_lowest_clock_allowed_step_by_step_with_the_rate():
     """With ``overload_ramp`` the overload rule is a slope: below ``rps * (1 - ramp)`` it changes nothing,
     at ``rps`` the lowest clock allowed is the middle level, above ``rps * (1 + ramp)`` it is the top; in

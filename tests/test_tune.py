@@ -235,7 +235,7 @@ def test_the_search_starts_from_static_best_and_from_the_papers_rule_above_its_l
     its run's targets) once from EcoFreq's lowest level up and once from those light-load floors up, with its
     switch to the top clock above the rates it serves as a step and as a slope; and static-best followed along
     the load (its light clocks as floors, rising on a slope to its heavy clocks between the two rates)."""
-    from voltana_cli.core.tune.run import SWITCH_RAMP, TuneSpec, requirements, warm_starts
+    from voltana_cli.core.tune.run import SWITCH_RAMP, SWITCH_TAU_S, SWITCH_Z, TuneSpec, requirements, warm_starts
     from voltana_cli.core.tune.search import search_space
 
     scn = scenario(duration=10.0)
@@ -254,6 +254,9 @@ def test_the_search_starts_from_static_best_and_from_the_papers_rule_above_its_l
     assert len({(p["prefill_floor_mhz"], p["decode_floor_mhz"]) for p in papers}) == 2
     switched = [p for p in papers if p["decode_overload_rps"] < search_space(scn, spec.rates)[2]["decode"][1]]
     assert {p["decode_overload_ramp"] for p in switched} == {0.0, SWITCH_RAMP}  # its switch, a step and a slope
+    for p in switched:  # the step on a long mean with a confidence margin, the slope on a short one without
+        step = p["decode_overload_ramp"] == 0
+        assert (p["decode_overload_tau_s"], p["decode_overload_z"]) == ((SWITCH_TAU_S, SWITCH_Z) if step else (5.0, 0.0))
     # static-best of the heaviest rate as it ran (round-robin): a point that meets every rate's requirement
     import optuna
 

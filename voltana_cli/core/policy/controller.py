@@ -43,6 +43,14 @@ class WeightedMean:
         self.value = self._raw / self._filled
         return self.value
 
+    def window_s(self) -> float:
+        """The window (s) a plain count would need to measure a Poisson rate as precisely as this mean does:
+        its variance is ``rate / window_s``. ``2 tau`` once the weights have filled, the time elapsed at the
+        start (the weights ``exp(-age / tau) / tau`` over ``T`` seconds, normalised by what they filled, have
+        variance ``rate / (2 tau) * (1 + e) / (1 - e)`` with ``e = exp(-T / tau)``); 0 before any sample."""
+        f = self._filled
+        return 2.0 * self.tau_s * f / (2.0 - f) if f > 0 else 0.0
+
 
 @dataclass(slots=True)
 class Observation:

@@ -31,9 +31,13 @@ twice, and plans over the queue:
    published thresholds sit above any load; here the threshold is searched like every other knob). The
    rate it compares is the instance's arrival rate smoothed further over ``overload_tau_s``: a Poisson
    stream's one-second bursts at a load below the threshold then do not switch the instance to its top
-   clock, and a sustained load above it does within a few time constants. With ``overload_ramp`` > 0 the
-   switch becomes a slope: the lowest clock allowed rises through the levels as the smoothed rate goes from
-   ``overload_rps * (1 - ramp)`` to ``overload_rps * (1 + ramp)``. A step must sit between the heaviest
+   clock, and a sustained load above it does within a few time constants. With ``overload_z`` > 0 the rule
+   compares the smoothed rate less that many standard errors of a Poisson rate measured over the smoothing's
+   window: early in a run the window is the few seconds seen so far, and a mean of them wanders (A100 x
+   Llama-3.1-8B, a switch at 37.5 req/s per instance with a 5 s mean, at 70 req/s in all: every switch to
+   the top clock fell in a run's first 15 s; see ``run.SWITCH_Z`` for what a margin saved). With
+   ``overload_ramp`` > 0 the switch becomes a slope: the lowest clock allowed rises through the levels as the
+   smoothed rate goes from ``overload_rps * (1 - ramp)`` to ``overload_rps * (1 + ramp)``. A step must sit between the heaviest
    rate the light-load rule serves and the lightest it does not, and a smoothed Poisson rate crosses it in
    bursts: A100 x Llama-3.1-8B, the paper's rule with a step at 37.5 req/s per instance spent 4 % more than
    without it at 70 req/s, to keep the requirement at 75 and 80; a slope of 0.2 around 36 (prefill) and 38
@@ -79,7 +83,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from voltana_cli.core.policy.controller import Observation, WeightedMean
+from voltana_cli.core.policy.controller import RATE_TAU_S, Observation, WeightedMean
 from voltana_cli.core.policy.predictor import Predictor
 
 
@@ -112,6 +116,9 @@ class FeedbackParams:
             through its rates to this power (1: straight; 2: flat first, then steep, as static-best's clocks
             rise with the load: H100 x Llama-3.1-8B, 80..140 req/s, held-out seeds, decode 720 MHz up to
             100 req/s, then 825, 930, 1035, 1245).
+        overload_z: the overload rule compares the smoothed rate less this many of its standard errors (a
+            Poisson rate measured over the smoothing's effective window, shorter while the smoothing fills):
+            the load must be above the threshold with that confidence (0: the estimate itself).
         hysteresis: a lower clock must fit ``budget * (1 - hysteresis)`` to be taken.
         idle_timeout_s: idle time after which the instance drops to its lowest clock.
         tie_tolerance: clocks whose predicted cost is within this share of the cheapest count as equally
@@ -137,6 +144,7 @@ class FeedbackParams:
     overload_ramp: float = 0.0
     overload_floor_mhz: int = 0
     overload_curve: float = 1.0
+    overload_z: float = 0.0
 
     def levels(self, clocks_mhz: tuple[int, ...]) -> list[int]:
         """The clocks this controller chooses among, ascending: every ``step``-th from ``floor_mhz``, and the top."""
@@ -149,7 +157,7 @@ class FeedbackParams:
     def check(self) -> None:
         """Refuse knobs no controller can run with (``ValueError`` naming the knob)."""
         for name in ("kp", "ki", "integral_limit", "max_correction", "dwell_s", "backlog_gain", "hysteresis",
-                     "idle_timeout_s", "overload_tau_s", "tie_tolerance"):
+                     "idle_timeout_s", "overload_tau_s", "tie_tolerance", "overload_z"):
             v = getattr(self, name)
             if not (v >= 0 and (math.isfinite(v) or name == "idle_timeout_s")):  # NaN fails ``v >= 0``
                 raise ValueError(f"feedback {name} {v} must be a finite number >= 0")
@@ -286,14 +294,23 @@ class FeedbackController:
     def _load(self, obs: Observation) -> float:
         """The arrival rate the overload rule compares, after folding in this observation's: a weighted mean
         from the first reading on (a plain mean while less than ``overload_tau_s`` has passed, not a value
-        still rising from the first reading)."""
-        tau = self.params.overload_tau_s
+        still rising from the first reading), less ``overload_z`` standard errors of it. ``load_rps`` keeps
+        the estimate itself."""
+        p = self.params
         last, self._load_t = self._load_t, obs.now_s
-        if tau <= 0 or last is None:
+        smoothed = False
+        if p.overload_tau_s <= 0 or last is None:
             self.load_rps = obs.rate_rps
-        elif obs.now_s > last:
-            self.load_rps = self._load_mean.add(obs.rate_rps, obs.now_s - last)
-        return self.load_rps
+        else:
+            smoothed = True
+            if obs.now_s > last:
+                self.load_rps = self._load_mean.add(obs.rate_rps, obs.now_s - last)
+        if p.overload_z <= 0:
+            return self.load_rps
+        # The lower confidence bound: the smoothing's window, or (unsmoothed, or no interval yet) that of the
+        # world's own estimate, a weighted mean over ``RATE_TAU_S``.
+        window = (self._load_mean.window_s() if smoothed else 0.0) or 2.0 * RATE_TAU_S
+        return self.load_rps - p.overload_z * math.sqrt(max(self.load_rps, 0.0) / window)
 
     def _want(self, obs: Observation) -> int:
         load, p = self._load(obs), self.params

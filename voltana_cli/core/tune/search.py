@@ -15,9 +15,9 @@ penalty per point of shortfall: one that misses by a hair is walked back to feas
 time (as many as there are workers), moving as soon as a step improves: each clock floor and each phase's
 overload floor one grid step down or up, the prefill tie tolerance, each phase's overload threshold (x 1.2
 either way), overload ramp, the prefill utilisation cap and each headroom (0.1 either way), overload
-curve (0.5 either way), then the floors of the warm starts; until no step is left untried or the budget is
-spent, after which TPE has what is left. The floors set where each phase's clock can go at light load and
-are where most of the energy is; TPE, sampling twenty-four knobs jointly, rarely lands the best floors and
+curve and overload confidence (0.5 either way), then the floors of the warm starts; until no step is left
+untried or the budget is spent, after which TPE has what is left. The floors set where each phase's clock can
+go at light load and are where most of the energy is; TPE, sampling twenty-six knobs jointly, rarely lands the best floors and
 the best gains in the same trial (H100 x Llama-3.1-8B: its best trial kept floors of 1245/1035 MHz where
 static-best runs 825/720, and the same knobs with those floors spend 2-9 % less at 80-140 req/s).
 
@@ -60,13 +60,16 @@ HEADROOM_RANGE = (-0.1, 0.5)
 TIE_TOLERANCE_RANGE = (0.0, 0.1)
 OVERLOAD_RAMP_RANGE = (0.0, 0.5)
 OVERLOAD_CURVE_RANGE = (0.5, 3.0)
+OVERLOAD_TAU_RANGE = (0.0, 30.0)
+OVERLOAD_Z_RANGE = (0.0, 3.0)
 MAX_UTILIZATION_RANGE = (0.5, 1.0)
 #: Continuous knobs the polish steps: (knob, step, multiplicative); each is kept inside its search range.
 POLISH_KNOBS = (("prefill_tie_tolerance", 0.03, False), ("prefill_overload_rps", 1.2, True),
                 ("decode_overload_rps", 1.2, True), ("prefill_overload_ramp", 0.1, False),
                 ("decode_overload_ramp", 0.1, False), ("prefill_overload_curve", 0.5, False),
                 ("decode_overload_curve", 0.5, False), ("prefill_max_utilization", 0.1, False),
-                ("prefill_headroom", 0.1, False), ("decode_headroom", 0.1, False))
+                ("prefill_headroom", 0.1, False), ("decode_headroom", 0.1, False),
+                ("prefill_overload_z", 0.5, False), ("decode_overload_z", 0.5, False))
 
 
 def import_optuna() -> Any:
@@ -128,13 +131,14 @@ def suggest(trial: Any, clocks: tuple[int, ...], levels: tuple[int, ...],
             backlog_gain=trial.suggest_float(f"{name}_backlog_gain", 0.0, 10.0) if name == "decode" else 0.0,
             max_utilization=trial.suggest_float(f"{name}_max_utilization", *MAX_UTILIZATION_RANGE) if name == "prefill" else 1.0,
             overload_rps=trial.suggest_float(f"{name}_overload_rps", *overload_range[name]),
-            overload_tau_s=trial.suggest_float(f"{name}_overload_tau_s", 0.0, 10.0),
+            overload_tau_s=trial.suggest_float(f"{name}_overload_tau_s", *OVERLOAD_TAU_RANGE),
             # Decode prices by power, which falls with the clock anyway: a tolerance changes nothing there.
             tie_tolerance=trial.suggest_float(f"{name}_tie_tolerance", *TIE_TOLERANCE_RANGE)
             if name == "prefill" else 0.0,
             overload_ramp=trial.suggest_float(f"{name}_overload_ramp", *OVERLOAD_RAMP_RANGE),
             overload_floor_mhz=trial.suggest_categorical(f"{name}_overload_floor_mhz", grid),
             overload_curve=trial.suggest_float(f"{name}_overload_curve", *OVERLOAD_CURVE_RANGE),
+            overload_z=trial.suggest_float(f"{name}_overload_z", *OVERLOAD_Z_RANGE),
         )
 
     return TunedPolicy(prefill=phase("prefill"), decode=phase("decode"),
@@ -156,7 +160,7 @@ def default_params(clocks: tuple[int, ...], levels: tuple[int, ...],
         out.update({f"{name}_headroom": p.headroom, f"{name}_kp": p.kp, f"{name}_ki": p.ki,
                     f"{name}_floor_mhz": floor, f"{name}_dwell_s": p.dwell_s,
                     f"{name}_overload_tau_s": p.overload_tau_s, f"{name}_overload_ramp": p.overload_ramp,
-                    f"{name}_overload_curve": p.overload_curve})
+                    f"{name}_overload_curve": p.overload_curve, f"{name}_overload_z": p.overload_z})
         out[f"{name}_overload_rps"] = ranges[name][1]
         out[f"{name}_overload_floor_mhz"] = max(grid)
     out["decode_backlog_gain"] = base.decode.backlog_gain
@@ -417,7 +421,8 @@ def polish_bounds(space: tuple[Any, ...]) -> dict[str, tuple[float, float]]:
 
 #: The fixed search ranges of the polished knobs, by knob name without its phase.
 _RANGES = {"tie_tolerance": TIE_TOLERANCE_RANGE, "headroom": HEADROOM_RANGE, "overload_ramp": OVERLOAD_RAMP_RANGE,
-           "overload_curve": OVERLOAD_CURVE_RANGE, "max_utilization": MAX_UTILIZATION_RANGE}
+           "overload_curve": OVERLOAD_CURVE_RANGE, "max_utilization": MAX_UTILIZATION_RANGE,
+           "overload_z": OVERLOAD_Z_RANGE}
 
 
 def _polish(study: Any, space: tuple[Any, ...], budget: int, anchors: list[dict[str, Any]],

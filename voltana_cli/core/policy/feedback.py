@@ -34,9 +34,9 @@ twice, and plans over the queue:
    clock, and a sustained load above it does within a few time constants. With ``overload_z`` > 0 the rule
    compares the smoothed rate less that many standard errors of a Poisson rate measured over the smoothing's
    window: early in a run the window is the few seconds seen so far, and a mean of them wanders (A100 x
-   Llama-3.1-8B at 70 req/s in all, a prefill switch at 37.5 req/s per instance, held-out seeds: with a 5 s
-   mean 69 % and 86 % of the decisions above it fell in a run's first 10 s, with a 30 s mean all of them in
-   the first 15 s; see ``run.SWITCH_Z`` for what a margin saved). With
+   Llama-3.1-8B at 70 req/s in all, held-out seeds: a prefill switch at 37.5 req/s per instance on a 5 s
+   mean had 69 % and 86 % of the decisions above it in a run's first 10 s, one at 36.5 on a 30 s mean all of
+   them in the first 15 s; see ``run.SWITCH_Z`` for what a margin saved). With
    ``overload_ramp`` > 0 the switch becomes a slope: the lowest clock allowed rises through the levels as the
    smoothed rate goes from ``overload_rps * (1 - ramp)`` to ``overload_rps * (1 + ramp)``. A step must sit between the heaviest
    rate the light-load rule serves and the lightest it does not, and a smoothed Poisson rate crosses it in

@@ -247,7 +247,8 @@ def test_serve_sim_end_to_end_with_the_openai_client_and_bench_url(tmp_path):
         status, cl = _get(f"{url}/cluster")
         assert {(i["role"], i["clock_mhz"]) for i in cl["instances"]} == {("prefill", 1200), ("decode", 990)}
         (pre,) = [i for i in cl["instances"] if i["role"] == "prefill"]
-        assert pre["waits_s"] == [] and 0 < pre["recent_ttft_s"] < 1.0  # every prefill answered; the last TTFT
+        assert pre["waits_s"] == [] and pre["pending"] == 0  # every prefill answered
+        assert 0 < pre["recent_ttft_s"] < 1.0  # the latest TTFT
         r = subprocess.run([*VOLTANA, "bench", "--url", url, "--noise", "0.1"], capture_output=True, text=True,
                            timeout=60)
         assert r.returncode == 2 and "--noise" in r.stderr and r.stderr.count("\n") == 1
@@ -633,18 +634,25 @@ def test_a_prefill_sidecar_sees_the_routers_waits_and_ttft_as_the_simulators_con
     router's latest for the instance. A decode sidecar and a garbled reply get none of it."""
     from voltana_cli.core.live.sidecar import RouterState, observation
 
-    docs = [{"instances": [{"url": "http://p0", "routed": 5, "waits_s": [0.9, 0.5, 0.3, 0.1],
+    docs = [{"instances": [{"url": "http://p0", "routed": 5, "pending": 4, "waits_s": [0.9, 0.5, 0.3, 0.1],
                             "recent_ttft_s": 0.42}]},
             {"instances": [{"url": "http://p0", "routed": 6, "waits_s": ["x"], "recent_ttft_s": "?"}]}]
     state = RouterState("http://router", "http://p0", fetch=lambda: docs.pop(0))
     state.poll(100.0)
     waits = state.waits_at(100.25)
-    assert waits == pytest.approx([1.15, 0.75, 0.55, 0.35])
+    assert waits == pytest.approx([1.15, 0.75, 0.55, 0.35]) and state.pending == 4
     msg = {"scheduled_requests": {"num_prefill_requests": 1, "sum_prefill_tokens": 300},
            "queued_requests": {"num_prefill_requests": 2, "sum_prefill_tokens": 500}, "wall_time": 0.05}
     obs = observation(msg, "prefill", 100.25, 1410, state.rate_rps, waits, state.recent_ttft_s)
     assert obs.oldest_wait_s == pytest.approx(1.15) and obs.queued_oldest_wait_s == pytest.approx(0.55)
     assert obs.recent_ttft_s == pytest.approx(0.42) and obs.queued_tokens == 500
+    # A queue longer than the router lists: the oldest queued request lies past the list, whose last wait
+    # bounds it; within the list, it is found by the count in all.
+    assert observation(msg, "prefill", 100.25, 1410, 0.0, waits, 0.42, 400).queued_oldest_wait_s == pytest.approx(0.35)
+    assert observation(msg, "prefill", 100.25, 1410, 0.0, waits, 0.42, 5).queued_oldest_wait_s == pytest.approx(0.35)
+    assert observation(msg, "prefill", 100.25, 1410, 0.0, waits, 0.42, 6).queued_oldest_wait_s == pytest.approx(0.35)
+    full = {**msg, "queued_requests": {"num_prefill_requests": 3, "sum_prefill_tokens": 500}}
+    assert observation(full, "prefill", 100.25, 1410, 0.0, waits, 0.42, 4).queued_oldest_wait_s == pytest.approx(0.75)
     dec = {"scheduled_requests": {"num_decode_requests": 3, "sum_decode_kv_tokens": 90}, "wall_time": 0.01}
     assert observation(dec, "decode", 100.25, 1410, 0.0, waits, 0.42).oldest_wait_s == 0.0
     state.poll(101.0)  # a garbled reply keeps the last good waits and TTFT

@@ -416,8 +416,9 @@ def _status_routes(router: Router, routes: Any) -> None:
             "instances": [{"role": b.role, "url": b.url, "bootstrap_port": b.spec.bootstrap_port,
                            "clock_mhz": (st.get(b.url) or {}).get("clock_mhz"), "healthy": b.healthy,
                            "in_flight": b.view.num_requests, "routed": b.routed,
-                           **({"waits_s": b.waits(now), "recent_ttft_s": round(b.recent_ttft_s, 6)}
-                              if b.role == "prefill" else {})} for b in router.backends()]})
+                           **({"pending": len(b.pending), "waits_s": b.waits(now),
+                               "recent_ttft_s": round(b.recent_ttft_s, 6)} if b.role == "prefill" else {})}
+                          for b in router.backends()]})
 
     @routes.get("/energy")
     async def energy(request: web.Request) -> web.Response:

@@ -105,7 +105,8 @@ class RouterState:
       reading, the requests routed since the last one over the time between, smoothed with the simulator's
       time constant (``RATE_TAU_S``), so a controller tuned in the simulator reads the same estimate live.
     - ``waits_s``: a prefill instance's requests that have not had its answer yet, how long each had waited
-      at the poll, oldest first; ``waits_at(t)`` ages them to ``t``.
+      at the poll, oldest first (the router lists the oldest few hundred); ``waits_at(t)`` ages them to
+      ``t``; ``pending``: how many there are in all.
     - ``recent_ttft_s``: the TTFT of the prefill instance's latest request to stream its first token.
 
     ``start()`` polls in a daemon thread; a router that does not answer leaves everything as it was.
@@ -123,6 +124,7 @@ class RouterState:
         self.fetch = fetch or self._fetch
         self.rate_rps = 0.0
         self.waits_s: list[float] = []
+        self.pending = 0
         self.recent_ttft_s = 0.0
         self._polled_at = 0.0
         self._mean = WeightedMean(RATE_TAU_S)  # from the first reading, as the simulator's from its start
@@ -152,9 +154,10 @@ class RouterState:
         for inst in instances if isinstance(instances, list) else []:
             if isinstance(inst, dict) and inst.get("url") == self.instance_url and isinstance(inst.get("routed"), int):
                 self.sample(inst["routed"], t)
-                waits, ttft = inst.get("waits_s"), inst.get("recent_ttft_s")
+                waits, ttft, pending = inst.get("waits_s"), inst.get("recent_ttft_s"), inst.get("pending")
                 if isinstance(waits, list) and all(isinstance(w, (int, float)) for w in waits):
                     self.waits_s, self._polled_at = [float(w) for w in waits], t
+                    self.pending = pending if isinstance(pending, int) and pending >= len(waits) else len(waits)
                 if isinstance(ttft, (int, float)) and math.isfinite(ttft):
                     self.recent_ttft_s = float(ttft)
                 return
@@ -171,11 +174,13 @@ class RouterState:
 
 
 def observation(msg: dict[str, Any], role: str, now: float, clock: int, rate_rps: float = 0.0,
-                waits_s: list[float] | None = None, recent_ttft_s: float = 0.0) -> Observation:
+                waits_s: list[float] | None = None, recent_ttft_s: float = 0.0,
+                pending: int | None = None) -> Observation:
     """What the controller sees after one forward-pass message: the iteration that ran is the estimate of the
     next one (its shape), and its duration and clock are the feedback. A prefill instance's waits come from
-    the router (``RouterState``: its requests not answered yet, oldest first): the batch's oldest wait is the
-    oldest of them, the queue's is the oldest of the youngest as many as the message says are queued."""
+    the router (``RouterState``: its ``pending`` requests not answered yet, the waits of the oldest of them
+    listed first): the batch's oldest wait is the oldest of them, the queue's is the oldest of the youngest
+    as many as the message says are queued (past the list's end, the last listed wait: an upper bound)."""
     s, q = msg.get("scheduled_requests") or {}, msg.get("queued_requests") or {}
     wall = float(msg.get("wall_time") or 0.0)
     oldest = queued_oldest = ttft = 0.0
@@ -184,8 +189,9 @@ def observation(msg: dict[str, Any], role: str, now: float, clock: int, rate_rps
         queued, queued_tokens = int(q.get("num_prefill_requests", 0)), int(q.get("sum_prefill_tokens", 0))
         waits, ttft = waits_s or [], recent_ttft_s
         oldest = waits[0] if waits else 0.0
-        if 0 < queued <= len(waits):
-            queued_oldest = waits[len(waits) - queued]
+        total = len(waits) if pending is None else max(pending, len(waits))
+        if waits and 0 < queued <= total:
+            queued_oldest = waits[min(total - queued, len(waits) - 1)]
     else:
         batch, tokens = int(s.get("num_decode_requests", 0)), int(s.get("sum_decode_kv_tokens", 0))
         queued, queued_tokens = int(q.get("num_decode_requests", 0)), 0
@@ -218,7 +224,8 @@ def run(reader: Any, role: str, controller: Any, guard: ClockGuard, min_dwell_s:
         if router is None:
             obs = observation(msg, role, t, current)
         else:
-            obs = observation(msg, role, t, current, router.rate_rps, router.waits_at(t), router.recent_ttft_s)
+            obs = observation(msg, role, t, current, router.rate_rps, router.waits_at(t), router.recent_ttft_s,
+                              router.pending)
         want = int(controller.decide(obs))
         if want == current or (want < current and t - changed_at < min_dwell_s):
             continue

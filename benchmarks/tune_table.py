@@ -84,8 +84,9 @@ def main() -> int:
             print(f"{rate:g} req/s: no pair meets the requirement on the training seeds")
             continue
         held = [scn.run(pick.name, rate, s) for s in spec.heldout]
-        base = [scn.run("static-max", rate, s)["energy_j"]["total"] for s in spec.heldout]
-        saving = sum(1 - r["energy_j"]["total"] / b for r, b in zip(held, base, strict=True)) / len(held)
+        base = {r["seed"]: r["energy_j"]["total"] for r in out.runs
+                if r["request_rate"] == rate and r["policy"] == "static-max"}  # the validation's runs
+        saving = sum(1 - r["energy_j"]["total"] / base[s] for r, s in zip(held, spec.heldout, strict=True)) / len(held)
         both = means(held)[1]
         sb, t = by[(rate, "static-best")], by.get((rate, "voltana-tuned"))
         print(f"{rate:g} req/s: {pick.name} saves {100 * saving:.1f} % at {100 * both:.1f} % joint "

@@ -36,9 +36,9 @@ twice, and plans over the queue:
    window: early in a run the window is the few seconds seen so far, and a mean of them wanders (A100 x
    Llama-3.1-8B at 70 req/s in all, held-out seeds: a prefill switch at 37.5 req/s per instance on a 5 s
    mean had 69 % and 86 % of the decisions above it in a run's first 10 s, one at 36.5 on a 30 s mean all of
-   them in the first 15 s; see ``run.SWITCH_Z`` for what a margin saved). With
-   ``overload_ramp`` > 0 the switch becomes a slope: the lowest clock allowed rises through the levels as the
-   smoothed rate goes from ``overload_rps * (1 - ramp)`` to ``overload_rps * (1 + ramp)``. A step must sit between the heaviest
+   them in the first 15 s; see ``run.SWITCH_Z`` for what a margin saved). With ``overload_ramp`` > 0 the
+   switch becomes a slope: the lowest clock allowed rises through the levels as the smoothed rate goes from
+   ``overload_rps * (1 - ramp)`` to ``overload_rps * (1 + ramp)``. A step must sit between the heaviest
    rate the light-load rule serves and the lightest it does not, and a smoothed Poisson rate crosses it in
    bursts: A100 x Llama-3.1-8B, the paper's rule with a step at 37.5 req/s per instance spent 4 % more than
    without it at 70 req/s, to keep the requirement at 75 and 80; a slope of 0.2 around 36 (prefill) and 38

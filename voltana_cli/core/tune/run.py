@@ -58,6 +58,8 @@ SWITCH_RAMP = 0.2
 #: saved 34.7 / 31.3 / 27.0 / 14.9 / 7.4 / 6.0 % at 50 / 60 / 70 / 80 / 90 / 100 req/s instead of 34.2 / 31.0
 #: / 24.6 / 11.7 / 7.0 / 4.3 %, every requirement still met).
 SWITCH_TAU_S, SWITCH_Z = 20.0, 1.0
+#: The overload smoothing (s) of the warm starts' slopes (no margin: a slope spreads the switch over the rates).
+SLOPE_TAU_S = 5.0
 
 
 @dataclass
@@ -155,8 +157,8 @@ def warm_starts(scn: Scenario, reqs: list[Requirement], spec: TuneSpec,
       arrival rate: the paper's rule serves the light rates cheaply and misses the heavy ones, so the switch
       is placed a quarter and a half of the way from the last rate where the paper's policy meets its
       requirement to the next one (per instance), as a step on a rate smoothed over ``SWITCH_TAU_S`` with a
-      margin of ``SWITCH_Z`` standard errors, and once more half way as a slope (``SWITCH_RAMP``) on a 5 s
-      mean; each once from EcoFreq's lowest level up and once from static-best's clocks at the least loaded
+      margin of ``SWITCH_Z`` standard errors, and once more half way as a slope (``SWITCH_RAMP``) on a
+      ``SLOPE_TAU_S`` mean; each once from EcoFreq's lowest level up and once from static-best's clocks at the least loaded
       rate up."""
     space = search_space(scn, spec.rates)
     ends = sorted(reqs, key=lambda r: r.rate)
@@ -198,7 +200,7 @@ def warm_starts(scn: Scenario, reqs: list[Requirement], spec: TuneSpec,
             point[f"{phase}_overload_rps"] = min(max(switch / n, lo), hi)
             # A step, with the margin; the slope without it (it spreads the switch over the rates already, and
             # shifted up by the margin it left A100 x Llama-3.1-8B short at 90 req/s: 86.8 % against 87.5).
-            point[f"{phase}_overload_tau_s"] = SWITCH_TAU_S if ramp == 0 else 5.0
+            point[f"{phase}_overload_tau_s"] = SWITCH_TAU_S if ramp == 0 else SLOPE_TAU_S
             point[f"{phase}_overload_z"] = SWITCH_Z if ramp == 0 else 0.0
             point[f"{phase}_overload_ramp"] = ramp
         out.append(point)
@@ -227,7 +229,7 @@ def _tracking(scn: Scenario, space: tuple[Any, ...], ends: list[Requirement], li
         point[f"{phase}_overload_floor_mhz"] = heavy[f"{phase}_floor_mhz"]
         point[f"{phase}_overload_rps"] = min(max((lo + hi) / 2, space[2][phase][0]), space[2][phase][1])
         point[f"{phase}_overload_ramp"] = min((hi - lo) / (hi + lo), OVERLOAD_RAMP_RANGE[1])
-        point[f"{phase}_overload_tau_s"] = 5.0
+        point[f"{phase}_overload_tau_s"] = SLOPE_TAU_S
         if middle is not None and hi > lo:
             point[f"{phase}_overload_curve"] = slope_curve(
                 (middle[0] / n - lo) / (hi - lo), light[f"{phase}_floor_mhz"], middle[1][i], heavy[f"{phase}_floor_mhz"])

@@ -16,9 +16,9 @@ time (as many as there are workers), moving as soon as a step improves: each clo
 overload floor one grid step down or up, the prefill tie tolerance, each phase's overload threshold (x 1.2
 either way), overload ramp, the prefill utilisation cap and each headroom (0.1 either way), overload
 curve and overload confidence (0.5 either way), then the floors of the warm starts; until no step is left
-untried or the budget is spent, after which TPE has what is left. The floors set where each phase's clock can
-go at light load and are where most of the energy is; TPE, sampling twenty-six knobs jointly, rarely lands the best floors and
-the best gains in the same trial (H100 x Llama-3.1-8B: its best trial kept floors of 1245/1035 MHz where
+untried or the budget is spent, after which TPE has what is left. The floors set where each phase's clock
+can go at light load and are where most of the energy is; TPE, sampling twenty-six knobs jointly, rarely
+lands the best floors and the best gains in the same trial (H100 x Llama-3.1-8B: its best trial kept floors of 1245/1035 MHz where
 static-best runs 825/720, and the same knobs with those floors spend 2-9 % less at 80-140 req/s).
 
 Many workers share one study through Optuna's storage (``--storage``: ``sqlite:///file.db``, a

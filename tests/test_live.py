@@ -406,7 +406,7 @@ def test_a_port_in_use_is_refused_before_anything_starts(tmp_path):
     assert _engine_pids(ports) == []
 
 
-def _tuned_file(tmp_path: Path, gpu: str = "a100-80g-sxm4") -> Path:
+def _tuned_file(tmp_path: Path, gpu: str = "a100-80g-sxm4", prefill_router: str | None = None) -> Path:
     from voltana_cli.core.models import PerfModel, engine_spec, gpu_spec, model_spec
     from voltana_cli.core.policy.feedback import TunedPolicy
     from voltana_cli.core.tune import tune_document, write_document
@@ -414,8 +414,23 @@ def _tuned_file(tmp_path: Path, gpu: str = "a100-80g-sxm4") -> Path:
     pm = PerfModel(gpu_spec("a100-80g-sxm4"), model_spec("llama-3.1-8b"), engine_spec())
     path = tmp_path / "tuned.yaml"
     write_document(path, tune_document(TunedPolicy.default_for(tuple(pm.clocks), pm.gpu.ecofreq_levels_mhz),
-                                       {"gpu": gpu, "model": "llama-3.1-8b"}, {}))
+                                       {"gpu": gpu, "model": "llama-3.1-8b",
+                                        **({"prefill_router": prefill_router} if prefill_router else {})}, {}))
     return path
+
+
+def test_the_live_router_picks_prefill_instances_as_the_tuned_config_was_tuned(tmp_path):
+    """Round-robin without a tuned config, and for a file that does not record its prefill routing (written
+    before it was: random, as every tune ran then); else the router it records."""
+    from voltana_cli.core.live.router import live_context
+    from voltana_cli.core.models import PerfModel, engine_spec, gpu_spec, model_spec
+
+    pm = PerfModel(gpu_spec("a100-80g-sxm4"), model_spec("llama-3.1-8b"), engine_spec())
+    assert live_context(pm, 800, 50).prefill_router == "round-robin"
+    (tmp_path / "old").mkdir()
+    assert live_context(pm, 800, 50, _tuned_file(tmp_path / "old")).prefill_router == "random"
+    rr = _tuned_file(tmp_path, prefill_router="least-loaded")
+    assert live_context(pm, 800, 50, rr).prefill_router == "least-loaded"
 
 
 def test_serve_tuned_runs_voltana_tuned_in_every_sidecar(tmp_path):

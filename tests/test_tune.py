@@ -102,6 +102,7 @@ def test_the_tuned_file_round_trips(tmp_path):
     (lambda d: d["policy"].__setitem__("decode", [1]), "policy.decode is missing or not a mapping"),
     (lambda d: d["policy"].__setitem__("router_headroom", "x"), "router_headroom a number"),
     (lambda d: (d.pop("policy"), d.pop("validation")), "neither a predictor nor a policy"),
+    (lambda d: d["provenance"].__setitem__("prefill_router", "nope"), "prefill_router 'nope' is not one of"),
 ])
 def test_bad_tuned_files_are_one_line(tmp_path, change, msg):
     doc = tune_document(tuned_example(), {"gpu": "a100-80g-sxm4", "model": "llama-3.1-8b"}, {})
@@ -132,6 +133,7 @@ def test_unknown_storage_schemes_are_refused():
     (["--storage", "ftp://x"], "--storage: 'ftp://x' is not a study storage"),
     (["--trials", "0"], "--trials: 0 must be >= 1"),
     (["--seeds", "0"], "--seeds: 0 must be >= 1"),
+    (["--prefill-router", "nope", "--trials", "1"], "--prefill-router: unknown router 'nope'"),
 ])
 def test_tune_bad_input_is_one_line(args, msg, tmp_path):
     r = runner.invoke(app, ["tune", "--out", str(tmp_path / "t.yaml"), *args])
@@ -143,12 +145,13 @@ def test_tune_bad_input_is_one_line(args, msg, tmp_path):
 def test_a_tiny_tune_end_to_end_then_bench_loads_it(tmp_path):
     out, js = tmp_path / "tuned.yaml", tmp_path / "tune.json"
     r = runner.invoke(app, ["tune", "--request-rate", "30:40:10", "--duration-s", "15", "--trials", "6", "--seeds",
-                            "1", "--out", str(out), "--json", str(js), "--plot", str(tmp_path / "t.png")],
-                      env={"COLUMNS": "200"})
+                            "1", "--out", str(out), "--json", str(js), "--plot", str(tmp_path / "t.png"),
+                            "--prefill-router", "round-robin"], env={"COLUMNS": "200"})
     assert r.exit_code == 0, r.output
     assert (tmp_path / "t.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     cfg = load_tuned(out)
     assert cfg.policy is not None and cfg.provenance["gpu"] == "a100-80g-sxm4" and cfg.provenance["trials"] == 6
+    assert cfg.prefill_router == "round-robin"  # recorded: serve and bench route prefill as the tune did
     runs = json.loads(js.read_text())["runs"]
     policies = {x["policy"] for x in runs}
     assert policies == {"static-max", "static-best", "colocated", "voltana", "voltana-tuned", "oracle"}
@@ -159,8 +162,9 @@ def test_a_tiny_tune_end_to_end_then_bench_loads_it(tmp_path):
     b = runner.invoke(app, ["bench", "--tuned", str(out), "--request-rate", "30", "--duration-s", "10", "--policy",
                             "static-max", "--json", str(tmp_path / "b.json")])
     assert b.exit_code == 0, b.output
-    assert [x["policy"] for x in json.loads((tmp_path / "b.json").read_text())["runs"]] == ["static-max",
-                                                                                          "voltana-tuned"]
+    bench_doc = json.loads((tmp_path / "b.json").read_text())
+    assert [x["policy"] for x in bench_doc["runs"]] == ["static-max", "voltana-tuned"]
+    assert bench_doc["config"]["prefill_router"] == "round-robin"  # the tuned config's, none being given
 
 
 def test_bench_runs_static_best_and_the_oracle_and_says_which_pair_it_found(tmp_path):

@@ -63,9 +63,10 @@ def bench(
     decode: int = typer.Option(2, help="Decode instances."),
     policy: list[str] | None = typer.Option(
         None, help=f"Policy, repeatable: {REGISTRY.help_text()} Default: {', '.join(DEFAULT_POLICIES)}."),
-    prefill_router: str = typer.Option(
-        "random", help="Router that picks each request's prefill instance: "
-        f"{ROUTERS} (random: as the paper's reference load balancer does)."),
+    prefill_router: str | None = typer.Option(
+        None, help="Router that picks each request's prefill instance: "
+        f"{ROUTERS}. Default: the one --tuned was tuned with, else random (as the paper's reference load "
+        "balancer does)."),
     slo_ttft_ms: float | None = typer.Option(
         None, help="TTFT SLO (ms). Default: the model's (800 for Llama-3.1-8B, the paper's; spec data names each source)."),
     slo_itl_ms: float | None = typer.Option(None, help="ITL SLO (ms). Default: the model's (50 for Llama-3.1-8B)."),

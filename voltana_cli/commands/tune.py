@@ -38,7 +38,7 @@ from voltana_cli.core.workloads import ARRIVALS, DATASETS
 FLAGS = {"request_rates": "--request-rate", "n_prefill": "--prefill", "n_decode": "--decode", "json": "--json",
          "plot": "--plot",
          "out": "--out", "target_attainment": "--target-attainment", "heldout_seeds": "--seeds",
-         "train_seeds": "--train-seeds", "profile": "--profile"}
+         "train_seeds": "--train-seeds", "profile": "--profile", "prefill_router": "--prefill-router"}
 
 
 def tune(
@@ -73,6 +73,9 @@ def tune(
                                        "postgresql://..., mysql://... or journal:FILE (default: in memory)."),
     study_name: str | None = typer.Option(None, help="Study name in --storage (an existing one is resumed)."),
     jobs: int = typer.Option(1, help="Local worker processes sharing the search."),
+    prefill_router: str | None = typer.Option(
+        None, help="Router that picks each request's prefill instance while tuning (as bench; default random); "
+        "the tuned config records it, and `serve --tuned` and `bench --tuned` route prefill with it."),
     prediction_error: float = typer.Option(0.05, help="The analytical predictor's error, without --profile."),
     noise: float = typer.Option(0.02, help="Simulated GPU's per-iteration timing noise (lognormal sigma)."),
     out: Path | None = typer.Option(None, help="The tuned config to write (YAML; --fit-only: the predictor)."),
@@ -110,7 +113,7 @@ def tune(
                           arrival=arrival, burstiness=burstiness, seed=seed, gpu=gpu, model=model, tp=tp,
                           n_prefill=prefill, n_decode=decode, policies=["static-max"], slo_ttft_ms=slo_ttft_ms,
                           slo_itl_ms=slo_itl_ms, prediction_error=prediction_error, noise=noise,
-                          profile=profile_path)
+                          profile=profile_path, prefill_router=prefill_router)
         _tune(console, spec, cfg, profile_path, holdout, seed, out, json_path, plot_path)
 
 
@@ -198,7 +201,7 @@ def _provenance(cfg: dict[str, Any], tp: int, spec: TuneSpec, profile_path: str 
         "train_seeds": spec.training, "heldout_seeds": spec.heldout, "heldout_rate": spec.heldout_rate(),
         "storage": spec.storage, "study_name": spec.study_name, "predictor": "EcoPred fitted from the profile"
         if profile_path else f"analytical model with ±{cfg['prediction_error']:g} error",
-        "noise": cfg["noise"], "tune_seconds": round(elapsed, 1),
+        "noise": cfg["noise"], "prefill_router": cfg["prefill_router"], "tune_seconds": round(elapsed, 1),
     }
 
 

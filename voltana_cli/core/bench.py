@@ -72,7 +72,9 @@ class BenchConfig(BaseModel):
     noise: float = 0.02
     chunked_prefill_tokens: int | None = None
     tile: int | None = None
-    prefill_router: str = "random"  # as the paper's reference load balancer picks prefill instances
+    # The router of prefill instances; None: the one a ``tuned`` config was tuned with, else random (as the
+    # paper's reference load balancer picks them).
+    prefill_router: str | None = None
     random_input_len: int = 1024
     random_output_len: int = 128
     profile: str | None = None  # a profile directory (or shipped <gpu>/<model>) as the simulated GPU's truth
@@ -224,6 +226,11 @@ class PreparedBench:
     scenario: Scenario
 
 
+#: The prefill router of a bench or tune that names none (and no tuned config does): the paper's reference load
+#: balancer picks prefill instances at random.
+DEFAULT_PREFILL_ROUTER = "random"
+
+
 def prepare_bench(cfg: BenchConfig) -> PreparedBench:
     """Validate ``cfg`` and load what it needs; raises ``UserError`` before any simulation runs."""
     cfg = make_config(**cfg.model_dump())
@@ -251,6 +258,10 @@ def prepare_bench(cfg: BenchConfig) -> PreparedBench:
         tuned = tc.policy
         if predictor is None and tc.predictor is not None:
             predictor = tc.predictor  # the knobs were tuned with this predictor
+        if cfg.prefill_router is None:  # the knobs were validated with this prefill routing
+            cfg = cfg.model_copy(update={"prefill_router": tc.prefill_router})
+    if cfg.prefill_router is None:
+        cfg = cfg.model_copy(update={"prefill_router": DEFAULT_PREFILL_ROUTER})
     cluster = ClusterConfig(n_prefill=cfg.n_prefill, n_decode=cfg.n_decode, noise=cfg.noise,
                             chunked_prefill_tokens=cfg.chunked_prefill_tokens)
     cluster.validate()
@@ -267,7 +278,7 @@ def prepare_bench(cfg: BenchConfig) -> PreparedBench:
     scenario = Scenario(pm, truth, cluster, lengths, arrival, duration_s=cfg.duration_s, num_prompts=cfg.num_prompts,
                         burstiness=cfg.burstiness, slo_ttft_s=slo_ttft_ms / 1e3, slo_itl_s=slo_itl_ms / 1e3,
                         prediction_error=cfg.prediction_error, ecofreq=ecof, tile=cfg.tile or pm.engine.gemm_tile,
-                        prefill_router=cfg.prefill_router, fitted=predictor, tuned=tuned)
+                        prefill_router=cfg.prefill_router or DEFAULT_PREFILL_ROUTER, fitted=predictor, tuned=tuned)
     for name in cfg.policies:
         if not REGISTRY.searched(name):
             scenario.policy(name, cfg.seed)  # every name builds before any run

@@ -264,10 +264,13 @@ class Router:
 def live_context(pm: PerfModel, slo_ttft_ms: float, slo_itl_ms: float, tuned: str | Path | None = None) -> PolicyContext:
     """The policy context of the live world: the router's and the sidecars' policies predict with the
     performance model of the cluster's GPU and model (exact: no drawn error), or with the EcoPred of the tuned
-    config ``tuned``, whose knobs ``voltana-tuned`` runs; prefill instances are picked round-robin."""
+    config ``tuned``, whose knobs ``voltana-tuned`` runs. Prefill instances are picked round-robin, or with
+    the router the tuned config was tuned and validated with (its knobs read the per-instance arrival rates
+    and queues that routing makes)."""
     clocks = list(pm.clocks)
     predictor: Any = ModelPredictor(pm, 0.0, random_generator(0), clocks)
     knobs = None
+    prefill_router = "round-robin"
     if tuned is not None:
         from voltana_cli.core.tune import load_tuned
 
@@ -281,8 +284,9 @@ def live_context(pm: PerfModel, slo_ttft_ms: float, slo_itl_ms: float, tuned: st
                             "`voltana tune`", field="tuned")
         knobs = tc.policy
         predictor = tc.predictor or predictor
+        prefill_router = tc.prefill_router
     return PolicyContext(tuple(clocks), tuple(pm.gpu.ecofreq_levels_mhz), slo_ttft_ms / 1e3, slo_itl_ms / 1e3,
-                         predictor, pm.engine.gemm_tile, prefill_router="round-robin", tuned=knobs)
+                         predictor, pm.engine.gemm_tile, prefill_router=prefill_router, tuned=knobs)
 
 
 class NoBackend(Exception):

@@ -119,6 +119,12 @@ class TunedConfig:
     policy: TunedPolicy | None
     provenance: dict[str, Any]
 
+    @property
+    def prefill_router(self) -> str:
+        """The router that picked prefill instances while the knobs were tuned and validated (files written
+        before it was recorded: random, what every tune ran with then)."""
+        return str(self.provenance.get("prefill_router") or "random")
+
 
 def policy_to_dict(tuned: TunedPolicy) -> dict[str, Any]:
     """The ``policy`` section: every knob in plain numbers."""
@@ -181,9 +187,19 @@ def load_tuned(path: str | Path) -> TunedConfig:
     prov = raw.get("provenance") or {}
     if not isinstance(prov, dict):
         raise UserError(f"{p}: provenance must be a mapping")
+    router = prov.get("prefill_router")
+    if router is not None and router not in _router_names():
+        raise UserError(f"{p}: prefill_router {router!r} is not one of {', '.join(_router_names())}; regenerate it "
+                        "with `voltana tune`")
     if pred is None and policy is None:
         raise UserError(f"{p}: has neither a predictor nor a policy section; regenerate it with `voltana tune`")
     return TunedConfig(str(p), str(got), pred, policy, prov)
+
+
+def _router_names() -> list[str]:
+    from voltana_cli.core.policy import REGISTRY
+
+    return [e.name for e in REGISTRY.routers()]
 
 
 def load_predictor(path: str | Path) -> EcoPred:

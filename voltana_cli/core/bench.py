@@ -249,6 +249,7 @@ def prepare_bench(cfg: BenchConfig) -> PreparedBench:
         predictor = load_predictor(cfg.predictor)
         _same_target("predictor", str(predictor.info.get("gpu")), str(predictor.info.get("model")), cfg)
     tuned = None
+    validated_router = DEFAULT_PREFILL_ROUTER  # the prefill routing the tuned knobs were validated with
     if cfg.tuned is not None:
         tc = load_tuned(cfg.tuned)
         if tc.policy is None:
@@ -258,10 +259,9 @@ def prepare_bench(cfg: BenchConfig) -> PreparedBench:
         tuned = tc.policy
         if predictor is None and tc.predictor is not None:
             predictor = tc.predictor  # the knobs were tuned with this predictor
-        if cfg.prefill_router is None:  # the knobs were validated with this prefill routing
-            cfg = cfg.model_copy(update={"prefill_router": tc.prefill_router})
-    if cfg.prefill_router is None:
-        cfg = cfg.model_copy(update={"prefill_router": DEFAULT_PREFILL_ROUTER})
+        validated_router = tc.prefill_router
+    prefill_router = cfg.prefill_router or validated_router
+    cfg = cfg.model_copy(update={"prefill_router": prefill_router})
     cluster = ClusterConfig(n_prefill=cfg.n_prefill, n_decode=cfg.n_decode, noise=cfg.noise,
                             chunked_prefill_tokens=cfg.chunked_prefill_tokens)
     cluster.validate()
@@ -278,7 +278,7 @@ def prepare_bench(cfg: BenchConfig) -> PreparedBench:
     scenario = Scenario(pm, truth, cluster, lengths, arrival, duration_s=cfg.duration_s, num_prompts=cfg.num_prompts,
                         burstiness=cfg.burstiness, slo_ttft_s=slo_ttft_ms / 1e3, slo_itl_s=slo_itl_ms / 1e3,
                         prediction_error=cfg.prediction_error, ecofreq=ecof, tile=cfg.tile or pm.engine.gemm_tile,
-                        prefill_router=cfg.prefill_router or DEFAULT_PREFILL_ROUTER, fitted=predictor, tuned=tuned)
+                        prefill_router=prefill_router, fitted=predictor, tuned=tuned)
     for name in cfg.policies:
         if not REGISTRY.searched(name):
             scenario.policy(name, cfg.seed)  # every name builds before any run

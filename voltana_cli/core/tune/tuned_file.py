@@ -19,6 +19,7 @@ import yaml
 from voltana_cli import __version__
 from voltana_cli.core.errors import UserError
 from voltana_cli.core.models.ecopred import EcoPred
+from voltana_cli.core.policy import REGISTRY
 from voltana_cli.core.policy.feedback import FeedbackParams, TunedPolicy
 from voltana_cli.core.report import write_text
 from voltana_cli.core.tune.fitonly import FitReport
@@ -197,8 +198,6 @@ def load_tuned(path: str | Path) -> TunedConfig:
 
 
 def _router_names() -> list[str]:
-    from voltana_cli.core.policy import REGISTRY
-
     return [e.name for e in REGISTRY.routers()]
 
 

@@ -120,6 +120,22 @@ def test_bench_refuses_a_tuned_file_of_another_gpu(tmp_path):
     assert r.exit_code == 2 and "--tuned: it is for h100-80g-sxm x llama-3.1-8b" in r.output, r.output
 
 
+def test_bench_says_when_it_routes_prefill_otherwise_than_the_tuned_knobs_were_validated(tmp_path):
+    path = tmp_path / "t.yaml"
+    write_document(path, tune_document(tuned_example(), {"gpu": "a100-80g-sxm4", "model": "llama-3.1-8b",
+                                                         "prefill_router": "round-robin"}, {}))
+    js = tmp_path / "b.json"
+    args = ["bench", "--tuned", str(path), "--duration-s", "5", "--policy", "static-max", "--json", str(js)]
+    r = runner.invoke(app, [*args, "--prefill-router", "random"], env={"COLUMNS": "200"})
+    assert r.exit_code == 0, r.output
+    assert "validated with prefill router round-robin; this run routes prefill with random" in r.output
+    doc = json.loads(js.read_text())
+    assert doc["config"]["prefill_router"] == "random"
+    r = runner.invoke(app, args, env={"COLUMNS": "200"})  # not given: the tuned config's, and nothing to say
+    assert r.exit_code == 0 and "validated with prefill router" not in r.output, r.output
+    assert json.loads(js.read_text())["config"]["prefill_router"] == "round-robin"
+
+
 def test_unknown_storage_schemes_are_refused():
     with pytest.raises(UserError, match="is not a study storage"):
         storage_for("redis://localhost/0")

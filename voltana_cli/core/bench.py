@@ -224,6 +224,7 @@ class PreparedBench:
     lengths: LengthTrace
     arrival: str
     scenario: Scenario
+    notes: list[str] = field(default_factory=list)  # what the user should know of the set-up (also in the report)
 
 
 #: The prefill router of a bench or tune that names none (and no tuned config does): the paper's reference load
@@ -261,6 +262,10 @@ def prepare_bench(cfg: BenchConfig) -> PreparedBench:
             predictor = tc.predictor  # the knobs were tuned with this predictor
         validated_router = tc.prefill_router
     prefill_router = cfg.prefill_router or validated_router
+    notes = []
+    if cfg.tuned is not None and prefill_router != validated_router:
+        notes.append(f"voltana-tuned's knobs were tuned and validated with prefill router {validated_router}; this "
+                     f"run routes prefill with {prefill_router}")
     cfg = cfg.model_copy(update={"prefill_router": prefill_router})
     cluster = ClusterConfig(n_prefill=cfg.n_prefill, n_decode=cfg.n_decode, noise=cfg.noise,
                             chunked_prefill_tokens=cfg.chunked_prefill_tokens)
@@ -283,7 +288,7 @@ def prepare_bench(cfg: BenchConfig) -> PreparedBench:
         if not REGISTRY.searched(name):
             scenario.policy(name, cfg.seed)  # every name builds before any run
     _check_context(lengths, pm)
-    return PreparedBench(cfg, pm, truth, predictor, cluster, ecof, lengths, arrival, scenario)
+    return PreparedBench(cfg, pm, truth, predictor, cluster, ecof, lengths, arrival, scenario, notes)
 
 
 def _check_size(cfg: BenchConfig) -> None:
@@ -324,7 +329,7 @@ def run_bench_full(cfg: BenchConfig | PreparedBench, progress: Callable[[str], N
 
     runs: list[RunRecord] = []
     out_runs: list[dict] = []
-    notes: list[str] = []
+    notes: list[str] = list(prep.notes)
     for rate in cfg.request_rates:
         # The same requests and arrivals for every policy at a rate: differences come from the policy.
         wl = prep.scenario.workload(rate, cfg.seed)

@@ -29,7 +29,7 @@ from voltana_cli.core.models import (
 )
 from voltana_cli.core.models.ecopred import EcoPred
 from voltana_cli.core.models.profile import load_profile
-from voltana_cli.core.policy import PAPER_RUN_MARGINS, REGISTRY, EcoFreqParams
+from voltana_cli.core.policy import DEFAULT_PREFILL_ROUTER, PAPER_RUN_MARGINS, REGISTRY, EcoFreqParams
 from voltana_cli.core.report import Timeline
 from voltana_cli.core.sim import ClusterConfig
 from voltana_cli.core.tune import Scenario, find_searched, load_predictor, load_tuned, requirement_for, searched_fallback
@@ -72,8 +72,8 @@ class BenchConfig(BaseModel):
     noise: float = 0.02
     chunked_prefill_tokens: int | None = None
     tile: int | None = None
-    # The router of prefill instances; None: the one a ``tuned`` config was tuned with, else random (as the
-    # paper's reference load balancer picks them).
+    # The router of prefill instances; None: the one a ``tuned`` config was tuned with, else
+    # ``DEFAULT_PREFILL_ROUTER`` (random, as the paper's reference load balancer picks them).
     prefill_router: str | None = None
     random_input_len: int = 1024
     random_output_len: int = 128
@@ -225,11 +225,6 @@ class PreparedBench:
     arrival: str
     scenario: Scenario
     notes: list[str] = field(default_factory=list)  # what the user should know of the set-up (also in the report)
-
-
-#: The prefill router of a bench or tune that names none (and no tuned config does): the paper's reference load
-#: balancer picks prefill instances at random.
-DEFAULT_PREFILL_ROUTER = "random"
 
 
 def prepare_bench(cfg: BenchConfig) -> PreparedBench:

@@ -8,6 +8,7 @@ simulator, in ``tune`` and in the live sidecar and router. ``tests/test_architec
 from voltana_cli.core.policy.controller import EcoFreqController, FrequencyController, Observation, StaticController
 from voltana_cli.core.policy.predictor import Predictor
 from voltana_cli.core.policy.registry import (
+    DEFAULT_PREFILL_ROUTER,
     PAPER_RUN_MARGINS,
     REGISTRY,
     ControllerEntry,
@@ -28,6 +29,7 @@ from voltana_cli.core.policy.router import (
 )
 
 __all__ = [
+    "DEFAULT_PREFILL_ROUTER",
     "PAPER_RUN_MARGINS",
     "REGISTRY",
     "ControllerEntry",

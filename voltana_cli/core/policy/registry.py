@@ -32,6 +32,9 @@ ControllerFactory = Callable[[], FrequencyController]
 #: 0.35`` does not parse. ``docs/notes/voltanallm-reference.md`` has the evidence; ``EcoFreqController`` says
 #: what each reading does to the paper's figure.
 PAPER_RUN_MARGINS = {"prefill": 450 / 800 - 1, "decode": 45 / 50 - 1}
+#: The router that picks prefill instances where none is named: the paper's reference load balancer picks
+#: them at random for every policy.
+DEFAULT_PREFILL_ROUTER = "random"
 
 
 @dataclass(frozen=True)
@@ -77,7 +80,7 @@ class PolicyContext:
     predictor: Predictor
     tile: int
     ecofreq: EcoFreqParams = field(default_factory=EcoFreqParams)
-    prefill_router: str = "random"
+    prefill_router: str = DEFAULT_PREFILL_ROUTER
     seed: int = 0
     tuned: TunedPolicy | None = None
 

@@ -18,7 +18,7 @@ from voltana_cli.core.errors import UserError
 from voltana_cli.core.metrics import RequestLog, summarize
 from voltana_cli.core.models import InstanceModel, ModelPredictor, PerfModel
 from voltana_cli.core.models.ecopred import EcoPred
-from voltana_cli.core.policy import REGISTRY, EcoFreqParams, Policy, PolicyContext, Predictor
+from voltana_cli.core.policy import DEFAULT_PREFILL_ROUTER, REGISTRY, EcoFreqParams, Policy, PolicyContext, Predictor
 from voltana_cli.core.policy.feedback import TunedPolicy
 from voltana_cli.core.sim import ClusterConfig, simulate
 from voltana_cli.core.workloads import LengthTrace, Workload, build_workload
@@ -70,7 +70,7 @@ class Scenario:
     prediction_error: float
     ecofreq: EcoFreqParams
     tile: int
-    prefill_router: str = "random"
+    prefill_router: str = DEFAULT_PREFILL_ROUTER
     fitted: EcoPred | None = None
     tuned: TunedPolicy | None = None
 

@@ -19,7 +19,7 @@ import yaml
 from voltana_cli import __version__
 from voltana_cli.core.errors import UserError
 from voltana_cli.core.models.ecopred import EcoPred
-from voltana_cli.core.policy import REGISTRY
+from voltana_cli.core.policy import DEFAULT_PREFILL_ROUTER, REGISTRY
 from voltana_cli.core.policy.feedback import FeedbackParams, TunedPolicy
 from voltana_cli.core.report import write_text
 from voltana_cli.core.tune.fitonly import FitReport
@@ -123,8 +123,8 @@ class TunedConfig:
     @property
     def prefill_router(self) -> str:
         """The router that picked prefill instances while the knobs were tuned and validated (files written
-        before it was recorded: random, what every tune ran with then)."""
-        return str(self.provenance.get("prefill_router") or "random")
+        before it was recorded: the default, random, what every tune ran with then)."""
+        return str(self.provenance.get("prefill_router") or DEFAULT_PREFILL_ROUTER)
 
 
 def policy_to_dict(tuned: TunedPolicy) -> dict[str, Any]:
@@ -189,16 +189,12 @@ def load_tuned(path: str | Path) -> TunedConfig:
     if not isinstance(prov, dict):
         raise UserError(f"{p}: provenance must be a mapping")
     router = prov.get("prefill_router")
-    if router is not None and router not in _router_names():
-        raise UserError(f"{p}: prefill_router {router!r} is not one of {', '.join(_router_names())}; regenerate it "
-                        "with `voltana tune`")
+    if router is not None and (not isinstance(router, str) or REGISTRY.router(router) is None):
+        names = ", ".join(e.name for e in REGISTRY.routers())
+        raise UserError(f"{p}: prefill_router {router!r} is not one of {names}; regenerate it with `voltana tune`")
     if pred is None and policy is None:
         raise UserError(f"{p}: has neither a predictor nor a policy section; regenerate it with `voltana tune`")
     return TunedConfig(str(p), str(got), pred, policy, prov)
-
-
-def _router_names() -> list[str]:
-    return [e.name for e in REGISTRY.routers()]
 
 
 def load_predictor(path: str | Path) -> EcoPred:

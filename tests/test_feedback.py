@@ -376,6 +376,40 @@ def test_the_overload_ramp_raises_the_lowest_clock_allowed_step_by_step_with_the
         FeedbackParams(overload_ramp=1.0).check()
 
 
+def test_the_overload_round_moves_the_slopes_steps_from_rounding_up_to_the_nearest_level():
+    """``overload_round`` 0 (the default, what a file without it means) rounds the slope's share of the way up
+    to the next level: the second level as soon as the rate enters the slope. 0.5 rounds to the nearest level:
+    the lowest level holds through the first half-level of the slope, and every clock allowed is at most the
+    rounded-up one; both reach the top at the slope's end and never fall as the rate rises."""
+    def clocks(rnd: float) -> list[int]:
+        p = FeedbackParams(headroom=0.0, dwell_s=0.0, overload_rps=30.0, overload_ramp=0.2, overload_round=rnd)
+        return [FeedbackController("decode", Linear(), CLOCKS, 0.05, p).decide(
+            Observation(0.0, 8, 4000, rate_rps=24.0 + 0.25 * i)) for i in range(49)]  # 24 ... 36 req/s
+
+    levels = FeedbackParams().levels(CLOCKS)
+    n = len(levels) - 1
+    up, nearest = clocks(0.0), clocks(0.5)
+    for seen in (up, nearest):
+        assert seen == sorted(seen) and seen[0] == levels[0] and seen[-1] == levels[-1]
+    assert all(b <= a for a, b in zip(up, nearest, strict=True)) and nearest != up
+    # 24 + 12 * share req/s: just inside the slope, rounding up already allows the second level, nearest not
+    inside = 24.0 + 12.0 * 0.4 / n
+
+    def at(rnd: float, rate: float) -> int:
+        p = FeedbackParams(headroom=0.0, dwell_s=0.0, overload_rps=30.0, overload_ramp=0.2, overload_round=rnd)
+        return FeedbackController("decode", Linear(), CLOCKS, 0.05, p).decide(Observation(0.0, 8, 4000, rate_rps=rate))
+
+    assert (at(0.0, inside), at(0.5, inside)) == (levels[1], levels[0])
+    assert at(0.5, 24.0 + 12.0 * 0.6 / n) == levels[1]  # past half a level: the nearest is the second
+    # a slope without a threshold (the default, infinite) is off, as the step is: the floor, no arithmetic on inf
+    off = FeedbackParams(headroom=0.0, dwell_s=0.0, overload_ramp=0.2, overload_round=0.5)
+    assert FeedbackController("decode", Linear(), CLOCKS, 0.05, off).decide(
+        Observation(0.0, 8, 4000, rate_rps=1e6)) == levels[0]
+    for bad in (1.0, -0.1, float("nan")):
+        with pytest.raises(ValueError, match="overload_round"):
+            FeedbackParams(overload_round=bad).check()
+
+
 def test_the_overload_curve_bends_the_slope_and_keeps_its_ends():
     """``overload_curve`` > 1 keeps the lowest clock allowed low longer, then rises steeply (static-best's
     shape along the load); < 1 the reverse. The slope's ends and its never falling stay as with 1."""

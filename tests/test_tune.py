@@ -78,9 +78,33 @@ def test_requirement_is_the_target_or_what_static_max_keeps():
     assert requirement_for(0.6, 0.99) == pytest.approx(0.59)
 
 
+def test_a_trial_pays_for_what_it_spends_above_the_cheapest_baseline_that_meets_the_rate():
+    """The objective's share of a rate is the energy relative to static-max's, plus ``REGRET_WEIGHT`` times
+    what it spends above the reference; the reference is the cheaper of static-best and the paper's policy
+    among those that meet the requirement, and a rate where neither does has no regret term."""
+    from voltana_cli.core.tune.run import Baselines, with_references
+    from voltana_cli.core.tune.search import REGRET_WEIGHT, Requirement
+    from voltana_cli.core.tune.static_best import PairResult
+
+    req = Requirement(60.0, 0.98, 1000.0, 1.0)
+    assert req.cost(700.0) == pytest.approx(0.7)  # no reference: energy relative to static-max's
+    ref = Requirement(60.0, 0.98, 1000.0, 1.0, reference_energy_j=650.0)
+    assert ref.cost(600.0) == pytest.approx(0.6)  # below the reference: no regret
+    assert ref.cost(700.0) == pytest.approx(0.7 + REGRET_WEIGHT * 0.05)
+    reqs = [Requirement(r, 0.98, 1000.0, 1.0) for r in (50.0, 60.0, 70.0, 80.0)]
+    base = Baselines(
+        static_best={50.0: PairResult(1095, 675, 640.0, 0.99), 60.0: PairResult(1095, 885, 700.0, 0.985),
+                     70.0: PairResult(1305, 1095, 800.0, 0.99), 80.0: None},
+        voltana={50.0: (660.0, 1.0), 60.0: (680.0, 0.99), 70.0: (720.0, 0.97), 80.0: (850.0, 0.90)})
+    refs = [r.reference_energy_j for r in with_references(reqs, base)]
+    # static-best cheaper; the paper's policy cheaper; the paper's misses (static-best's stands); neither meets
+    assert refs == [640.0, 680.0, 800.0, None]
+
+
 def tuned_example() -> TunedPolicy:
     return TunedPolicy(FeedbackParams(headroom=0.2, kp=0.4, floor_mhz=900, step=7),
-                       FeedbackParams(headroom=-0.05, ki=0.1, floor_mhz=810), "tile-aware", 0.15)
+                       FeedbackParams(headroom=-0.05, ki=0.1, floor_mhz=810, overload_ramp=0.2, overload_round=0.5),
+                       "tile-aware", 0.15)
 
 
 def test_the_tuned_file_round_trips(tmp_path):
@@ -91,6 +115,10 @@ def test_the_tuned_file_round_trips(tmp_path):
     assert back.policy == tuned_example() and back.predictor is None and back.provenance["seed"] == 3
     assert back.schema == "voltana.tuned/2" and path.read_text().startswith("# voltana tuned config")
     assert policy_from_dict(policy_to_dict(tuned_example()), "x") == tuned_example()
+    # a file written before a knob existed means the rule it ran with: the slope rounded up
+    older = policy_to_dict(tuned_example())
+    del older["decode"]["overload_round"]
+    assert policy_from_dict(older, "x").decode.overload_round == 0.0
     with pytest.raises(UserError, match="has no predictor section"):
         load_predictor(path)
 
@@ -99,6 +127,7 @@ def test_the_tuned_file_round_trips(tmp_path):
     (lambda d: d.__setitem__("schema", "voltana.tuned/9"), "is not 'voltana.tuned/2'"),
     (lambda d: d["policy"]["decode"].__setitem__("gain", 1), "policy.decode.gain is not a knob"),
     (lambda d: d["policy"]["prefill"].__setitem__("headroom", 3.0), "headroom 3.0 must be in"),
+    (lambda d: d["policy"]["decode"].__setitem__("overload_round", 1.5), "overload_round 1.5 must be in"),
     (lambda d: d["policy"].__setitem__("decode", [1]), "policy.decode is missing or not a mapping"),
     (lambda d: d["policy"].__setitem__("router_headroom", "x"), "router_headroom a number"),
     (lambda d: (d.pop("policy"), d.pop("validation")), "neither a predictor nor a policy"),
@@ -293,6 +322,12 @@ def test_the_search_starts_from_static_best_and_from_the_papers_rule_above_its_l
     n = scn.cluster.n_decode
     ramp, mid = track["decode_overload_ramp"], track["decode_overload_rps"]
     assert mid * (1 - ramp) == pytest.approx(40.0 / n) and mid * (1 + ramp) == pytest.approx(90.0 / n)
+    # ... rounding to the nearest level, as every warm start's slope does (a step has nothing to round)
+    from voltana_cli.core.tune.run import SLOPE_ROUND
+
+    assert all(track[f"{ph}_overload_round"] == SLOPE_ROUND for ph in ("prefill", "decode"))
+    assert {p["decode_overload_round"] for p in switched} == {0.0, SLOPE_ROUND}
+    assert all(p["decode_overload_round"] == (SLOPE_ROUND if p["decode_overload_ramp"] > 0 else 0.0) for p in switched)
     # ... curved through static-best's clocks at the middle rate
     from voltana_cli.core.tune.run import slope_curve
 

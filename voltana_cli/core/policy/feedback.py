@@ -38,7 +38,9 @@ twice, and plans over the queue:
    mean had 69 % and 86 % of the decisions above it in a run's first 10 s, one at 36.5 on a 30 s mean all of
    them in the first 15 s; see ``run.SWITCH_Z`` for what a margin saved). With ``overload_ramp`` > 0 the
    switch becomes a slope: the lowest clock allowed rises through the levels as the smoothed rate goes from
-   ``overload_rps * (1 - ramp)`` to ``overload_rps * (1 + ramp)``. A step must sit between the heaviest
+   ``overload_rps * (1 - ramp)`` to ``overload_rps * (1 + ramp)``: the share of the way up, counted in
+   levels, is rounded up after ``overload_round`` is taken off it (0: rounded up, a level higher than the
+   nearest as soon as the rate enters the slope; 0.5: to the nearest level). A step must sit between the heaviest
    rate the light-load rule serves and the lightest it does not, and a smoothed Poisson rate crosses it in
    bursts: A100 x Llama-3.1-8B, the paper's rule with a step at 37.5 req/s per instance spent 4 % more than
    without it at 70 req/s, to keep the requirement at 75 and 80; a slope of 0.2 around 36 (prefill) and 38
@@ -120,6 +122,9 @@ class FeedbackParams:
         overload_z: the overload rule compares the smoothed rate less this many of its standard errors (a
             Poisson rate measured over the smoothing's effective window, shorter while the smoothing fills):
             the load must be above the threshold with that confidence (0: the estimate itself).
+        overload_round: taken off the slope's share of the way up, counted in levels, before it is rounded
+            up to a level: 0 rounds up (the rule before this knob, and what a file without it means), 0.5
+            rounds to the nearest level; in [0, 1).
         hysteresis: a lower clock must fit ``budget * (1 - hysteresis)`` to be taken.
         idle_timeout_s: idle time after which the instance drops to its lowest clock.
         tie_tolerance: clocks whose predicted cost is within this share of the cheapest count as equally
@@ -146,6 +151,7 @@ class FeedbackParams:
     overload_floor_mhz: int = 0
     overload_curve: float = 1.0
     overload_z: float = 0.0
+    overload_round: float = 0.0
 
     def levels(self, clocks_mhz: tuple[int, ...]) -> list[int]:
         """The clocks this controller chooses among, ascending: every ``step``-th from ``floor_mhz``, and the top."""
@@ -172,6 +178,8 @@ class FeedbackParams:
             raise ValueError(f"feedback overload_floor_mhz {self.overload_floor_mhz} must be >= 0 (0: the top clock)")
         if not 0 <= self.overload_ramp < 1:
             raise ValueError(f"feedback overload_ramp {self.overload_ramp} must be in [0, 1)")
+        if not 0 <= self.overload_round < 1:
+            raise ValueError(f"feedback overload_round {self.overload_round} must be in [0, 1)")
         if not (self.overload_curve > 0 and math.isfinite(self.overload_curve)):
             raise ValueError(f"feedback overload_curve {self.overload_curve} must be a finite number > 0")
         if not self.overload_rps > 0:
@@ -316,10 +324,10 @@ class FeedbackController:
     def _want(self, obs: Observation) -> int:
         load, p = self._load(obs), self.params
         lowest = 0
-        if p.overload_ramp > 0:
+        if p.overload_ramp > 0 and p.overload_rps < math.inf:  # an infinite threshold is off, slope or step
             lo = p.overload_rps * (1.0 - p.overload_ramp)
             frac = min(max((load - lo) / (2.0 * p.overload_ramp * p.overload_rps), 0.0), 1.0) ** p.overload_curve
-            lowest = self._ramp[math.ceil(frac * (len(self._ramp) - 1))]
+            lowest = self._ramp[max(math.ceil(frac * (len(self._ramp) - 1) - p.overload_round), 0)]
         elif load > p.overload_rps:
             lowest = self._ramp[-1]
         budget = self.target_s * (1.0 + self.correction)

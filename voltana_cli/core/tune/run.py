@@ -177,7 +177,7 @@ def with_references(reqs: list[Requirement], base: Baselines) -> list[Requiremen
     """``reqs`` with each rate's reference energy: the least of the baselines that meet its requirement."""
     out = []
     for r in reqs:
-        sb, (paper_j, paper_att) = base.static_best.get(r.rate), base.voltana[r.rate]
+        sb, (paper_j, paper_att) = base.static_best[r.rate], base.voltana[r.rate]
         known = [sb.energy_j] if sb is not None and sb.attainment >= r.attainment else []
         known += [paper_j] if paper_att >= r.attainment else []
         out.append(replace(r, reference_energy_j=min(known) if known else None))

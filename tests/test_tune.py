@@ -389,6 +389,25 @@ def test_the_polish_steps_the_clock_floors_from_the_best_trial_to_a_local_best(a
     assert _polish(optuna.create_study(), space, 5, [], score_all, None) == 5  # nothing scored: nothing to step
 
 
+def test_the_polish_leaves_a_steps_slope_knobs_alone(a100_8b):
+    """``overload_round`` and ``overload_curve`` shape a slope: on a phase whose overload rule is a step (ramp 0)
+    a step of them would only repeat the start, so the polish tries them only where the phase has a slope."""
+    from voltana_cli.core.tune.search import SLOPE_ONLY, default_params, polish_bounds, polish_steps
+
+    clocks, levels = tuple(a100_8b.clocks), tuple(a100_8b.gpu.ecofreq_levels_mhz)
+    space = (clocks, levels, {"prefill": (10.0, 60.0), "decode": (10.0, 60.0)})
+    grid = sorted(clock_grid(clocks))
+    start = {**default_params(*space), "decode_overload_ramp": 0.2, "decode_overload_rps": 30.0}
+
+    def moved(steps: list[dict]) -> set[str]:
+        return {k for st in steps for k in st if st[k] != start[k]}
+
+    knobs = moved(polish_steps(start, grid, [], polish_bounds(space)))
+    assert {f"decode_{k}" for k in SLOPE_ONLY} <= knobs  # the decode has a slope
+    assert not {f"prefill_{k}" for k in SLOPE_ONLY} & knobs  # the prefill's rule is a step
+    assert "prefill_overload_ramp" in knobs  # which the polish may still turn into a slope
+
+
 def test_with_no_feasible_trial_the_polish_walks_from_the_least_short_one_to_feasibility(a100_8b):
     import optuna
 

@@ -13,17 +13,18 @@ of them. Training asks no more than the requirement, although the search ends at
 on the training seeds and held-out traffic then misses by a few tenths of a point at the steepest rates:
 asked half a point more, one of two A100 tunes kept a single feasible trial, at static-max's energy.
 
-The last 40 % of the budget polishes: a coordinate search from the best trial (ranked by value plus a
-penalty per point of shortfall: one that misses by a hair is walked back to feasibility), a few steps at a
-time (as many as there are workers), moving as soon as a step improves: each clock floor and each phase's
-overload floor one grid step down or up, the prefill tie tolerance, each phase's overload threshold (x 1.2
-either way), where its slope rounds to a level (0.25 either way), overload ramp, the prefill utilisation
-cap and each headroom (0.1 either way), overload curve and overload confidence (0.5 either way), then the
-floors of the warm starts; until no step is left untried or the budget is spent, after which TPE has what
-is left. The floors set where each phase's clock can go at light load and are where most of the energy
-is; TPE, sampling twenty-nine knobs jointly, rarely
-lands the best floors and the best gains in the same trial (H100 x Llama-3.1-8B: its best trial kept floors of 1245/1035 MHz where
-static-best runs 825/720, and the same knobs with those floors spend 2-9 % less at 80-140 req/s).
+The last 40 % of the budget polishes: a coordinate search from the best trial (ranked by value plus a penalty
+per point of shortfall: one that misses by a hair is walked back to feasibility), a few steps at a time (as
+many as there are workers), moving as soon as a step improves: each clock floor and each phase's overload
+floor one grid step down or up, the prefill tie tolerance, each phase's overload threshold (x 1.2 either way),
+where its slope rounds to a level (0.25 either way), overload ramp, the prefill utilisation cap and each
+headroom (0.1 either way), overload curve and overload confidence (0.5 either way; the rounding and the curve
+only on a phase whose rule is a slope, ``SLOPE_ONLY``), then the floors of the warm starts; until no step is
+left untried or the budget is spent, after which TPE has what is left. The floors set where each phase's clock
+can go at light load and are where most of the energy is; TPE, sampling twenty-nine knobs jointly, rarely
+lands the best floors and the best gains in the same trial (H100 x Llama-3.1-8B: its best trial kept floors of
+1245/1035 MHz where static-best runs 825/720, and the same knobs with those floors spend 2-9 % less at 80-140
+req/s).
 
 Many workers share one study through Optuna's storage (``--storage``: ``sqlite:///file.db``, a
 PostgreSQL/MySQL URL, or ``journal:PATH`` for a journal file on a shared disk): ``--jobs J`` starts J local
@@ -59,6 +60,8 @@ CANDIDATES = 4
 POLISH_SHARE = 0.4
 #: The knobs the polish steps on the clock grid.
 FLOOR_KNOBS = ("prefill_floor_mhz", "decode_floor_mhz", "prefill_overload_floor_mhz", "decode_overload_floor_mhz")
+#: Knobs that shape an overload slope and do nothing to a step (``overload_ramp`` 0): the polish leaves them.
+SLOPE_ONLY = ("overload_round", "overload_curve")
 #: Search ranges of knobs the polish steps too (``suggest`` samples them; the polish stays inside them).
 HEADROOM_RANGE = (-0.1, 0.5)
 TIE_TOLERANCE_RANGE = (0.0, 0.1)
@@ -427,6 +430,9 @@ def polish_steps(params: dict[str, Any], grid: list[int], anchors: list[dict[str
     for knob, size, times in POLISH_KNOBS:
         if knob not in params or bounds is None or knob not in bounds:
             continue
+        phase, name = knob.split("_", 1)
+        if name in SLOPE_ONLY and not params.get(f"{phase}_overload_ramp", 0.0) > 0:
+            continue  # a step has no slope to bend or round: the trial would repeat its start
         lo, hi = bounds[knob]
         v = float(params[knob])
         for moved in ((v / size, v * size) if times else (v - size, v + size)):

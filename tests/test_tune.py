@@ -408,6 +408,19 @@ def test_the_polish_leaves_a_steps_slope_knobs_alone(a100_8b):
     assert "prefill_overload_ramp" in knobs  # which the polish may still turn into a slope
 
 
+def test_a_trial_of_an_older_study_without_a_newer_knob_reads_as_it_ran():
+    """A study resumed through ``--storage`` may hold trials from before a knob existed: their parameters
+    lack it, and they ran with its untuned value (``overload_round`` 0: rounded up)."""
+    from voltana_cli.core.tune.search import default_params, search_space, tuned_from_params
+
+    scn = scenario(duration=5.0)
+    params = {**default_params(*search_space(scn, [40.0, 60.0])), "decode_overload_ramp": 0.2}
+    older = {k: v for k, v in params.items() if not k.endswith("_overload_round")}
+    tuned = tuned_from_params(older, scn, [40.0, 60.0])
+    assert tuned.decode.overload_round == 0.0 and tuned.decode.overload_ramp == 0.2
+    assert tuned == tuned_from_params(params, scn, [40.0, 60.0])
+
+
 def test_with_no_feasible_trial_the_polish_walks_from_the_least_short_one_to_feasibility(a100_8b):
     import optuna
 

@@ -138,15 +138,25 @@ class TuneOutcome:
     infeasible_rates: list[float] = field(default_factory=list)
 
 
-def requirements(scn: Scenario, rates: list[float], seeds: list[int], target: float,
-                 progress: Callable[[str], None] | None = None) -> list[Requirement]:
-    """Each rate's requirement from static-max on ``seeds``."""
-    out = []
+def static_max_runs(scn: Scenario, rates: list[float], seeds: list[int],
+                    progress: Callable[[str], None] | None = None) -> dict[float, list[dict[str, Any]]]:
+    """Static-max's runs (summaries, one per seed) at each rate."""
+    out = {}
     for r in rates:
         if progress:
             progress(f"static-max at {r:g} req/s")
-        runs = [scn.run("static-max", r, s) for s in seeds]
-        e, att = means(runs)
+        out[r] = [scn.run("static-max", r, s) for s in seeds]
+    return out
+
+
+def requirements(scn: Scenario, rates: list[float], seeds: list[int], target: float,
+                 progress: Callable[[str], None] | None = None,
+                 runs: dict[float, list[dict[str, Any]]] | None = None) -> list[Requirement]:
+    """Each rate's requirement from static-max on ``seeds`` (``runs``: its runs there, when already made)."""
+    runs = runs or static_max_runs(scn, rates, seeds, progress)
+    out = []
+    for r in rates:
+        e, att = means(runs[r])
         out.append(Requirement(r, requirement_for(att, target), e, att))
     return out
 
@@ -162,9 +172,13 @@ class Baselines:
 
 
 def baselines(scn: Scenario, reqs: list[Requirement], spec: TuneSpec,
-              progress: Callable[[str], None] | None = None) -> Baselines:
-    """Static-best searched and the paper's policy run at every rate of ``reqs`` on the training seeds."""
-    pairs = {r.rate: find_static_best(scn, r.rate, spec.training, r.attainment, progress).best for r in reqs}
+              progress: Callable[[str], None] | None = None,
+              static_max: dict[float, list[dict[str, Any]]] | None = None) -> Baselines:
+    """Static-best searched and the paper's policy run at every rate of ``reqs`` on the training seeds
+    (``static_max``: static-max's runs there, the search's top pair, when already made)."""
+    sm = static_max or {}
+    pairs = {r.rate: find_static_best(scn, r.rate, spec.training, r.attainment, progress, sm.get(r.rate)).best
+             for r in reqs}
     paper = {}
     for r in reqs:
         if progress:
@@ -355,11 +369,12 @@ def run_tune(scn: Scenario, spec: TuneSpec, progress: Callable[[str], None] | No
              on_trial: Callable[[int, float | None], None] | None = None) -> TuneOutcome:
     """Requirements, search, validation (see the module docstring)."""
     spec.check()
-    reqs = requirements(scn, spec.rates, spec.training, spec.target, progress)
+    top = static_max_runs(scn, spec.rates, spec.training, progress)
+    reqs = requirements(scn, spec.rates, spec.training, spec.target, progress, top)
     if all(r.static_max_attainment <= 0 for r in reqs):
         raise UserError("no policy serves any request within the SLOs at these rates (static-max attains 0 %): "
                         "lower the rates or loosen the SLOs", field="request_rates")
-    base = baselines(scn, reqs, spec, progress)
+    base = baselines(scn, reqs, spec, progress, top)
     reqs = with_references(reqs, base)
     study = run_study(scn, reqs, spec.training, spec.trials, spec.seed, spec.storage, spec.study_name, spec.jobs,
                       on_trial, warm_starts(scn, reqs, spec, progress, base))

@@ -6,7 +6,9 @@ within 10 % of the oracle; and where P/D with control wins over the colocated la
     python benchmarks/tune_table.py --gpu h100-80g-sxm --rates 80:140:10   # the same pair on H100, its rates
     python benchmarks/tune_table.py --model qwen3-32b --rates 15:30:5
 
-Prints the table, the wall time of the tune, and one line per check; exits 1 when a check fails. Then, for
+Prints the table, the wall time of the tune, and one line per check; exits 1 when a check fails ("<= voltana"
+is scored only at rates where the paper's policy meets the requirement: a policy that drops SLOs is no
+reference for energy, and the line says n/a there). Then, for
 context, static-best as an operator would find it: its pair searched on the training seeds (yesterday's
 traffic), run on the held-out seeds. The table's static-best is searched on the held-out seeds themselves,
 which is the strongest baseline and picks the pair that the held-out draw happens to favour. The table is
@@ -65,16 +67,19 @@ def main() -> int:
             print(f"{rate:g}: no tuned policy (no feasible trial)")
             ok = False
             continue
+        # A baseline that misses the rate's requirement is no reference for energy (dropping SLOs is always
+        # cheaper): "<= voltana" is scored only where the paper's policy meets it, and says so where it does not.
+        papers_ok = by[(rate, "voltana")]["meets"]
         checks = {
             "meets requirement": t["meets"],
-            "<= voltana": t["energy_j"] <= by[(rate, "voltana")]["energy_j"] * 1.0005,
+            "<= voltana": t["energy_j"] <= by[(rate, "voltana")]["energy_j"] * 1.0005 if papers_ok else None,
             "<= static-best": t["energy_j"] <= by[(rate, "static-best")]["energy_j"] * 1.0005,
             "within 10 % of oracle": t["energy_j"] <= by[(rate, "oracle")]["energy_j"] * 1.10,
         }
-        ok &= all(checks.values())
+        ok &= all(v is not False for v in checks.values())
         co = by[(rate, "colocated")]
-        papers = "" if by[(rate, "voltana")]["meets"] else " [voltana itself misses the requirement]"
-        print(f"{rate:g} req/s: " + ", ".join(f"{k} {'ok' if v else 'MISS'}" for k, v in checks.items()) + papers
+        word = {True: "ok", False: "MISS", None: "n/a (voltana misses the requirement)"}
+        print(f"{rate:g} req/s: " + ", ".join(f"{k} {word[v]}" for k, v in checks.items())
               + f" (tuned/oracle {t['energy_j'] / by[(rate, 'oracle')]['energy_j']:.3f}; P/D + control uses "
               f"{100 * (1 - t['energy_j'] / co['energy_j']):.1f} % less energy than colocated ({co['ran_as']}), "
               f"which {'meets' if co['meets'] else 'MISSES'} the requirement)")

@@ -136,6 +136,7 @@ class TuneOutcome:
     static_best: dict[float, str | None]
     heldout_rate: float | None
     infeasible_rates: list[float] = field(default_factory=list)
+    baselines: Baselines | None = None  # static-best and the paper's policy on the training seeds, per rate
 
 
 def static_max_runs(scn: Scenario, rates: list[float], seeds: list[int],
@@ -383,7 +384,7 @@ def run_tune(scn: Scenario, spec: TuneSpec, progress: Callable[[str], None] | No
     rates = sorted({*spec.rates, *([held] if held is not None else [])})
     runs, pairs = validate(scn, study.tuned, rates, spec.heldout, spec.target, progress)
     infeasible = [r.rate for r in reqs if r.static_max_attainment < spec.target]
-    return TuneOutcome(study, reqs, runs, pairs, held, infeasible)
+    return TuneOutcome(study, reqs, runs, pairs, held, infeasible, base)
 
 
 def table_rows(outcome: TuneOutcome) -> list[dict[str, Any]]:

@@ -441,3 +441,49 @@ def test_the_overload_rule_ends_at_its_overload_floor_not_the_top_clock():
     seen = [FeedbackController("decode", Linear(), CLOCKS, 0.05, ramp).decide(
         Observation(0.0, 8, 4000, rate_rps=20.0 + i)) for i in range(20)]
     assert seen == sorted(seen) and seen[0] == CLOCKS[0] and seen[-1] == light
+
+
+def test_the_tail_loop_tracks_the_quantile_it_is_asked_for():
+    """With ``quantile`` > 0 the SLO loop's observed latency settles at that quantile of what it reads, not at
+    the mean: latencies of 20 ms with one in ten at 60 ms have a mean of 24 ms and a 0.95-quantile of 60."""
+    p = FeedbackParams(quantile=0.95, quantile_gain=0.01, kp=0.0, ki=0.0)
+    tail = FeedbackController("decode", LatencyOnly(), CLOCKS, 0.05, p)
+    mean = FeedbackController("decode", LatencyOnly(), CLOCKS, 0.05, FeedbackParams(kp=0.0, ki=0.0))
+    for i in range(4000):
+        last = 0.06 if i % 10 == 0 else 0.02
+        for ctl in (tail, mean):
+            ctl.decide(decode_obs(i * 0.03, 8, 8000, last=last, clock=1410))
+    assert 0.045 < tail.observed_s <= 0.061  # between the body and the tail's value: the tail
+    assert 0.02 < mean.observed_s < 0.03
+    # The tail sits above the 45 ms target, so its error lowers the budget where the mean's raises it.
+    q = FeedbackParams(quantile=0.95, quantile_gain=0.01, kp=0.5, ki=0.1)
+    ctl = FeedbackController("decode", LatencyOnly(), CLOCKS, 0.05, q)
+    for i in range(4000):
+        ctl.decide(decode_obs(i * 0.03, 8, 8000, last=0.06 if i % 10 == 0 else 0.02, clock=1410))
+    assert ctl.correction < 0
+
+
+def test_the_tail_loop_lifts_the_lowest_clock_while_the_tail_is_late_and_lowers_it_after():
+    """``lift_gain`` > 0: a tail above the target lifts the lowest clock allowed (within the levels), one that
+    recovers lets it down again, and an idle timeout forgets it."""
+    p = FeedbackParams(quantile=0.9, quantile_gain=0.02, kp=0.0, ki=0.0, lift_gain=1.0, dwell_s=0.0)
+    ctl = FeedbackController("decode", LatencyOnly(), CLOCKS, 0.05, p)
+    light = 8, 800  # a batch the lowest clock serves far inside the budget
+    for i in range(300):  # every iteration late: the tail is above the target
+        clock = ctl.decide(decode_obs(i * 0.1, *light, last=0.1, clock=ctl.current))
+    assert ctl.lift == len(ctl.levels) - 1 and clock == max(ctl.levels)
+    for i in range(300, 3000):  # every iteration fast: the tail falls below the target and the lift with it
+        clock = ctl.decide(decode_obs(i * 0.1, *light, last=0.01, clock=ctl.current))
+    assert ctl.lift == 0 and clock == min(ctl.levels)
+    for i in range(3000, 3100):
+        ctl.decide(decode_obs(i * 0.1, *light, last=0.1, clock=ctl.current))
+    assert ctl.lift > 0
+    ctl.on_idle_timeout()
+    assert ctl.lift == 0
+
+
+@pytest.mark.parametrize("bad", [dict(quantile=1.0), dict(quantile=-0.1), dict(lift_gain=-1.0),
+                                 dict(quantile_gain=float("nan"))])
+def test_tail_loop_knobs_out_of_range_are_refused(bad):
+    with pytest.raises(ValueError):
+        FeedbackParams(**bad).check()

@@ -449,7 +449,8 @@ def test_with_no_feasible_trial_the_polish_walks_from_the_least_short_one_to_fea
 
 class _ConfirmWorld:
     """A fake world for ``confirm``: the candidate with the prefill floor ``edgy`` spends least but misses the
-    requirement on the confirmation seed; every other candidate meets it everywhere."""
+    requirement on the confirmation seeds (``confirm_seed`` and up), by enough to miss it on the pool of
+    those and the training seeds too; every other candidate meets it everywhere."""
 
     def __init__(self, model, edgy: int, confirm_seed: int):
         from types import SimpleNamespace
@@ -462,7 +463,7 @@ class _ConfirmWorld:
         if name == "static-max":
             return {"attainment": {"both": 1.0}, "energy_j": {"total": 100.0}}
         edgy = tuned.prefill.floor_mhz == self.edgy
-        att = 0.97 if edgy and seed == self.confirm_seed else 0.995
+        att = 0.95 if edgy and seed >= self.confirm_seed else 0.995
         return {"attainment": {"both": att}, "energy_j": {"total": 50.0 if edgy else 60.0}}
 
 

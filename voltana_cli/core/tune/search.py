@@ -19,9 +19,10 @@ many as there are workers), moving as soon as a step improves: each clock floor 
 floor one grid step down or up, the prefill tie tolerance, each phase's overload threshold (x 1.2 either way),
 where its slope rounds to a level (0.25 either way), overload ramp, the prefill utilisation cap and each
 headroom (0.1 either way), overload curve and overload confidence (0.5 either way; the rounding and the curve
-only on a phase whose rule is a slope, ``SLOPE_ONLY``), then the floors of the warm starts; until no step is
+only on a phase whose rule is a slope, ``SLOPE_ONLY``), the prefill SLO loop's quantile (0.02 either way, only
+where it reads one, ``TAIL_ONLY``) and floor lift (0.5 either way), then the floors of the warm starts; until no step is
 left untried or the budget is spent, after which TPE has what is left. The floors set where each phase's clock
-can go at light load and are where most of the energy is; TPE, sampling twenty-nine knobs jointly, rarely
+can go at light load and are where most of the energy is; TPE, sampling thirty-one knobs jointly, rarely
 lands the best floors and the best gains in the same trial (H100 x Llama-3.1-8B: its best trial kept floors of
 1245/1035 MHz where static-best runs 825/720, and the same knobs with those floors spend 2-9 % less at 80-140
 req/s).
@@ -71,6 +72,11 @@ OVERLOAD_TAU_RANGE = (0.0, 30.0)
 OVERLOAD_Z_RANGE = (0.0, 3.0)
 OVERLOAD_ROUND_RANGE = (0.0, 0.9)
 MAX_UTILIZATION_RANGE = (0.5, 1.0)
+#: The prefill SLO loop's tail (``FeedbackParams.quantile``; 0: the mean) and floor lift. Prefill only: TTFT is
+#: a per-request SLO whose tail the loop can read; a decode iteration's latency is not the per-request mean ITL
+#: that the ITL SLO scores, and decode kept every ITL SLO on the setups tuned so far.
+QUANTILE_RANGE = (0.0, 0.99)
+LIFT_GAIN_RANGE = (0.0, 2.0)
 #: Continuous knobs the polish steps: (knob, step, multiplicative); each is kept inside its search range.
 POLISH_KNOBS = (("prefill_tie_tolerance", 0.03, False), ("prefill_overload_rps", 1.2, True),
                 ("decode_overload_rps", 1.2, True), ("prefill_overload_round", 0.25, False),
@@ -78,7 +84,10 @@ POLISH_KNOBS = (("prefill_tie_tolerance", 0.03, False), ("prefill_overload_rps",
                 ("decode_overload_ramp", 0.1, False), ("prefill_overload_curve", 0.5, False),
                 ("decode_overload_curve", 0.5, False), ("prefill_max_utilization", 0.1, False),
                 ("prefill_headroom", 0.1, False), ("decode_headroom", 0.1, False),
-                ("prefill_overload_z", 0.5, False), ("decode_overload_z", 0.5, False))
+                ("prefill_overload_z", 0.5, False), ("decode_overload_z", 0.5, False),
+                ("prefill_quantile", 0.02, False), ("prefill_lift_gain", 0.5, False))
+#: Knobs that do nothing while the SLO loop reads the mean (``quantile`` 0): the polish leaves them there.
+TAIL_ONLY = ("quantile",)
 
 
 def import_optuna() -> Any:
@@ -167,6 +176,8 @@ def suggest(trial: Any, clocks: tuple[int, ...], levels: tuple[int, ...],
             overload_curve=trial.suggest_float(f"{name}_overload_curve", *OVERLOAD_CURVE_RANGE),
             overload_z=trial.suggest_float(f"{name}_overload_z", *OVERLOAD_Z_RANGE),
             overload_round=trial.suggest_float(f"{name}_overload_round", *OVERLOAD_ROUND_RANGE),
+            quantile=trial.suggest_float(f"{name}_quantile", *QUANTILE_RANGE) if name == "prefill" else 0.0,
+            lift_gain=trial.suggest_float(f"{name}_lift_gain", *LIFT_GAIN_RANGE) if name == "prefill" else 0.0,
         )
 
     return TunedPolicy(prefill=phase("prefill"), decode=phase("decode"),
@@ -195,6 +206,8 @@ def default_params(clocks: tuple[int, ...], levels: tuple[int, ...],
     out["decode_backlog_gain"] = base.decode.backlog_gain
     out["prefill_max_utilization"] = base.prefill.max_utilization
     out["prefill_tie_tolerance"] = base.prefill.tie_tolerance
+    out["prefill_quantile"] = base.prefill.quantile
+    out["prefill_lift_gain"] = base.prefill.lift_gain
     return out
 
 
@@ -433,6 +446,8 @@ def polish_steps(params: dict[str, Any], grid: list[int], anchors: list[dict[str
         phase, name = knob.split("_", 1)
         if name in SLOPE_ONLY and not params.get(f"{phase}_overload_ramp", 0.0) > 0:
             continue  # a step has no slope to bend or round: the trial would repeat its start
+        if name in TAIL_ONLY and not params.get(f"{phase}_quantile", 0.0) > 0:
+            continue  # from the mean, a step would read the lowest quantiles, the opposite of a tail
         lo, hi = bounds[knob]
         v = float(params[knob])
         for moved in ((v / size, v * size) if times else (v - size, v + size)):
@@ -455,7 +470,8 @@ def polish_bounds(space: tuple[Any, ...]) -> dict[str, tuple[float, float]]:
 #: The fixed search ranges of the polished knobs, by knob name without its phase.
 _RANGES = {"tie_tolerance": TIE_TOLERANCE_RANGE, "headroom": HEADROOM_RANGE, "overload_ramp": OVERLOAD_RAMP_RANGE,
            "overload_curve": OVERLOAD_CURVE_RANGE, "max_utilization": MAX_UTILIZATION_RANGE,
-           "overload_z": OVERLOAD_Z_RANGE, "overload_round": OVERLOAD_ROUND_RANGE}
+           "overload_z": OVERLOAD_Z_RANGE, "overload_round": OVERLOAD_ROUND_RANGE, "quantile": QUANTILE_RANGE,
+           "lift_gain": LIFT_GAIN_RANGE}
 
 
 def _polish(study: Any, space: tuple[Any, ...], budget: int, anchors: list[dict[str, Any]],

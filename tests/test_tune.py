@@ -328,6 +328,18 @@ def test_the_search_starts_from_static_best_and_from_the_papers_rule_above_its_l
     assert all(track[f"{ph}_overload_round"] == SLOPE_ROUND for ph in ("prefill", "decode"))
     assert {p["decode_overload_round"] for p in switched} == {0.0, SLOPE_ROUND}
     assert all(p["decode_overload_round"] == (SLOPE_ROUND if p["decode_overload_ramp"] > 0 else 0.0) for p in switched)
+    # ... and the earliest step once more with the prefill loop on the TTFT tail the requirement scores, from
+    # the light floors, at each of the tail headrooms
+    from voltana_cli.core.tune.run import TAIL_HEADROOMS
+
+    tails = [p for p in points if p["prefill_quantile"] > 0]
+    assert sorted(p["prefill_headroom"] for p in tails) == sorted(TAIL_HEADROOMS)
+    for p in tails:
+        assert p["prefill_quantile"] == pytest.approx(spec.target - 0.01) and p["prefill_kp"] > 0
+        assert (p["prefill_floor_mhz"], p["decode_floor_mhz"]) == (near["prefill"], near["decode"])
+        assert p["decode_overload_ramp"] == 0 and p["decode_overload_rps"] == min(
+            q["decode_overload_rps"] for q in switched)
+    assert all(p["prefill_quantile"] == 0 for p in points if p not in tails)  # every other start reads the mean
     # ... curved through static-best's clocks at the middle rate
     from voltana_cli.core.tune.run import slope_curve
 
@@ -406,6 +418,24 @@ def test_the_polish_leaves_a_steps_slope_knobs_alone(a100_8b):
     assert {f"decode_{k}" for k in SLOPE_ONLY} <= knobs  # the decode has a slope
     assert not {f"prefill_{k}" for k in SLOPE_ONLY} & knobs  # the prefill's rule is a step
     assert "prefill_overload_ramp" in knobs  # which the polish may still turn into a slope
+
+
+def test_the_polish_steps_the_tail_quantile_only_where_the_loop_reads_a_tail(a100_8b):
+    """From a loop on the mean (``quantile`` 0) a quantile step would read the lowest quantiles: the polish
+    leaves it there, and steps it (inside its range) where the loop reads a tail; the lift it steps either way."""
+    from voltana_cli.core.tune.search import QUANTILE_RANGE, default_params, polish_bounds, polish_steps
+
+    clocks, levels = tuple(a100_8b.clocks), tuple(a100_8b.gpu.ecofreq_levels_mhz)
+    space = (clocks, levels, {"prefill": (10.0, 60.0), "decode": (10.0, 60.0)})
+    grid = sorted(clock_grid(clocks))
+    mean = default_params(*space)
+    steps = polish_steps(mean, grid, [], polish_bounds(space))
+    assert all(st["prefill_quantile"] == 0 for st in steps)
+    assert any(st["prefill_lift_gain"] > 0 for st in steps)
+    tail = {**mean, "prefill_quantile": 0.98}
+    moved = sorted(st["prefill_quantile"] for st in polish_steps(tail, grid, [], polish_bounds(space))
+                   if st["prefill_quantile"] != 0.98)
+    assert moved == [pytest.approx(0.96), QUANTILE_RANGE[1]]
 
 
 def test_a_trial_of_an_older_study_without_a_newer_knob_reads_as_it_ran():

@@ -5,6 +5,7 @@ within 10 % of the oracle; and where P/D with control wins over the colocated la
     python benchmarks/tune_table.py                          # 2P2D A100-80G-SXM4, Llama-3.1-8B, 50..100 req/s
     python benchmarks/tune_table.py --gpu h100-80g-sxm --rates 80:140:10   # the same pair on H100, its rates
     python benchmarks/tune_table.py --model qwen3-32b --rates 15:30:5
+    python benchmarks/tune_table.py --prefill-router least-loaded   # every policy's prefill routed by load
 
 Prints the table, the wall time of the tune, and one line per check; exits 1 when a check fails ("<= voltana"
 is scored only at rates where the paper's policy meets the requirement: a policy that drops SLOs is no
@@ -39,10 +40,12 @@ def main() -> int:
     ap.add_argument("--train-seeds", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--jobs", type=int, default=1)
+    ap.add_argument("--prefill-router", default=None,
+                    help="the router that picks prefill instances, for every policy alike (default: bench's, random)")
     a = ap.parse_args()
     rates = parse_rates(a.rates)
     cfg = BenchConfig(request_rates=rates, duration_s=a.duration_s, gpu=a.gpu, model=a.model, policies=["static-max"],
-                      seed=a.seed)
+                      seed=a.seed, prefill_router=a.prefill_router)
     scn = prepare_bench(cfg).scenario
     t0 = time.perf_counter()
     out = run_tune(scn, TuneSpec(rates, trials=a.trials, seed=a.seed, train_seeds=a.train_seeds,
@@ -50,7 +53,8 @@ def main() -> int:
     wall = time.perf_counter() - t0
     rows = table_rows(out)
     by = {(r["request_rate"], r["policy"]): r for r in rows}
-    print(f"{a.gpu} x {a.model}, 2P2D, sharegpt, TTFT 800 ms, ITL 50 ms; {out.study.trials} trials "
+    print(f"{a.gpu} x {a.model}, 2P2D, sharegpt, TTFT 800 ms, ITL 50 ms, prefill routed {scn.prefill_router}; "
+          f"{out.study.trials} trials "
           f"({out.study.feasible} feasible), tune wall time {wall:.0f} s; held-out seeds, held-out rate "
           f"{out.heldout_rate}")
     if out.study.tuned is not None:

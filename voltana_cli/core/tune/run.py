@@ -330,7 +330,8 @@ def slope_curve(rate_share: float, low_mhz: int, mid_mhz: int, high_mhz: int) ->
 
 
 def confirm(scn: Scenario, study: StudyResult, spec: TuneSpec,
-            progress: Callable[[str], None] | None = None) -> StudyResult:
+            progress: Callable[[str], None] | None = None,
+            static_max: dict[float, list[dict[str, Any]]] | None = None) -> StudyResult:
     """Choose among the search's best feasible trials on more traffic than it saw.
 
     The search keeps the trial with the least energy on its training traffic, which is the trial most
@@ -341,11 +342,17 @@ def confirm(scn: Scenario, study: StudyResult, spec: TuneSpec,
     requirement, else the one that misses by the least. Pooled rather than on the confirmation seeds alone:
     a single 60 s draw decides a rate by itself otherwise (A100 x Llama-3.1-8B at 70 req/s, the paper's
     policy keeps 96.5-99.8 % joint attainment from one seed to the next, with a standard deviation of 0.8
-    points over seeds 0-11, where the requirement leaves one point)."""
+    points over seeds 0-11, where the requirement leaves one point). ``static_max``: static-max's runs on the
+    training seeds, when already made (only the confirmation seeds' are run then)."""
     if len(study.candidates) < 2:
         return study
-    pool = [*spec.training, *(spec.seed + CONFIRM_OFFSET + i for i in range(CONFIRM_SEEDS))]
-    reqs = requirements(scn, spec.rates, pool, spec.target, progress)
+    extra = [spec.seed + CONFIRM_OFFSET + i for i in range(CONFIRM_SEEDS)]
+    pool = [*spec.training, *extra]
+    runs = None
+    if static_max is not None:
+        more = static_max_runs(scn, spec.rates, extra, progress)
+        runs = {r: [*static_max[r], *more[r]] for r in spec.rates}
+    reqs = requirements(scn, spec.rates, pool, spec.target, progress, runs)
     ranked = []
     for params, value in study.candidates:
         if progress:
@@ -403,7 +410,7 @@ def run_tune(scn: Scenario, spec: TuneSpec, progress: Callable[[str], None] | No
     reqs = with_references(reqs, base)
     study = run_study(scn, reqs, spec.training, spec.trials, spec.seed, spec.storage, spec.study_name, spec.jobs,
                       on_trial, warm_starts(scn, reqs, spec, progress, base))
-    study = confirm(scn, study, spec, progress)
+    study = confirm(scn, study, spec, progress, top)
     held = spec.heldout_rate()
     rates = sorted({*spec.rates, *([held] if held is not None else [])})
     runs, pairs = validate(scn, study.tuned, rates, spec.heldout, spec.target, progress)

@@ -23,9 +23,11 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import replace
 
 from voltana_cli.core.bench import BenchConfig, parse_rates, prepare_bench
 from voltana_cli.core.tune.run import TuneSpec, run_tune, table_rows
+from voltana_cli.core.tune.scenario import Scenario
 from voltana_cli.core.tune.static_best import find_static_best, means, requirement_for
 
 
@@ -108,7 +110,33 @@ def main() -> int:
               f"attainment ({'meets' if both >= sb['requirement'] - 1e-9 else 'MISSES'} the requirement); the "
               f"table's static-best {sb['ran_as']} saves {100 * sb['saving_vs_static_max']:.1f} %"
               + (f", voltana-tuned {100 * t['saving_vs_static_max']:.1f} %" if t else ""))
+    tuned = out.study.tuned
+    if tuned is not None and tuned.prefill_router not in (None, scn.prefill_router):
+        _same_routing(scn, tuned.prefill_router, spec, rows, out.runs)
     return 0 if ok else 1
+
+
+def _same_routing(scn: Scenario, router: str, spec: TuneSpec, rows: list[dict], runs: list[dict]) -> None:
+    """Context, not a check: the paper's policy and static-best with prefill routed as voltana-tuned routes it
+    (the table's references route it as the paper's run did), against the table's requirements, on the
+    held-out seeds: how much of voltana-tuned's saving its prefill router makes, and how much its control."""
+    alike = replace(scn, prefill_router=router)
+    by = {(r["request_rate"], r["policy"]): r for r in rows}
+    print(f"the references with prefill routed {router}, like voltana-tuned (context, not a check; held-out seeds):")
+    for rate in sorted({r["request_rate"] for r in rows}):
+        t = by.get((rate, "voltana-tuned"))
+        req = by[(rate, "static-max")]["requirement"]
+        base = {r["seed"]: r["energy_j"]["total"] for r in runs
+                if r["request_rate"] == rate and r["policy"] == "static-max"}
+        sm = sum(base.values()) / len(base)
+        pick = find_static_best(alike, rate, spec.heldout, req).best
+        v = means([alike.run("voltana", rate, s) for s in spec.heldout])
+        parts = [f"voltana {100 * (1 - v[0] / sm):.1f} % ({'meets' if v[1] >= req - 1e-9 else 'MISSES'})"]
+        parts.append(f"static-best {pick.name} {100 * (1 - pick.energy_j / sm):.1f} %" if pick is not None
+                     else "static-best: no pair meets the requirement")
+        if t is not None:
+            parts.append(f"voltana-tuned {100 * t['saving_vs_static_max']:.1f} %")
+        print(f"{rate:g} req/s (requirement {100 * req:.1f} %): " + ", ".join(parts))
 
 
 if __name__ == "__main__":

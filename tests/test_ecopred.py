@@ -98,7 +98,7 @@ def test_predictor_tracks_the_noise_free_model(a100_8b, report):
 def test_bad_predictor_files(tmp_path):
     f = tmp_path / "t.yaml"
     f.write_text("schema: something-else\n")
-    with pytest.raises(UserError, match="is not 'voltana.tuned/2'"):
+    with pytest.raises(UserError, match="is not 'voltana.tuned/3'"):
         load_predictor(f)
     f.write_text("schema: voltana.tuned/2\npredictor: {schema: voltana.ecopred/1, decode: {segments: [[1, 2]]}}\n")
     with pytest.raises(UserError, match="malformed 'decode'"):

@@ -433,6 +433,27 @@ def test_the_live_router_picks_prefill_instances_as_the_tuned_config_was_tuned(t
     assert live_context(pm, 800, 50, rr).prefill_router == "least-loaded"
 
 
+def test_the_live_router_routes_voltana_tuned_prefill_as_its_config_chose(tmp_path):
+    """A tuned config that chose its own prefill router: voltana-tuned routes with it, a reference policy
+    with the one the config's references were run with."""
+    from voltana_cli.core.live.router import live_context
+    from voltana_cli.core.models import PerfModel, engine_spec, gpu_spec, model_spec
+    from voltana_cli.core.policy import build_policy
+    from voltana_cli.core.policy.feedback import TunedPolicy
+    from voltana_cli.core.policy.router import LeastLoadedRouter, RandomRouter
+    from voltana_cli.core.tune import tune_document, write_document
+
+    pm = PerfModel(gpu_spec("a100-80g-sxm4"), model_spec("llama-3.1-8b"), engine_spec())
+    own = TunedPolicy.default_for(tuple(pm.clocks), pm.gpu.ecofreq_levels_mhz)
+    path = tmp_path / "own.yaml"
+    write_document(path, tune_document(TunedPolicy(own.prefill, own.decode, prefill_router="least-loaded"),
+                                       {"gpu": "a100-80g-sxm4", "model": "llama-3.1-8b", "prefill_router": "random"},
+                                       {}))
+    ctx = live_context(pm, 800, 50, path)
+    assert isinstance(build_policy("voltana-tuned", ctx).prefill_router, LeastLoadedRouter)
+    assert isinstance(build_policy("static-max", ctx).prefill_router, RandomRouter)
+
+
 def test_serve_tuned_runs_voltana_tuned_in_every_sidecar(tmp_path):
     tuned = _tuned_file(tmp_path)
     r = subprocess.run([*VOLTANA, "serve", "--tuned", str(tuned), "--dry-run"], capture_output=True, text=True,

@@ -44,7 +44,7 @@ def test_tune_fit_only_json_and_tuned_yaml(small_profile, tmp_path):
             assert 0 < figs["mape_pct"] < 10
     assert any(s["after_batch"] == 128 for s in acc["steps"])
     doc = yaml.safe_load(y.read_text())
-    assert doc["schema"] == "voltana.tuned/2" and doc["predictor"]["schema"] == "voltana.ecopred/1"
+    assert doc["schema"] == "voltana.tuned/3" and doc["predictor"]["schema"] == "voltana.ecopred/1"
     assert load_predictor(y).clocks_mhz == [1005, 1410]
     assert "MAPE %" in r.output and "decode steps found" in r.output
 

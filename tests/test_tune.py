@@ -99,6 +99,11 @@ def test_a_trial_pays_for_what_it_spends_above_the_cheapest_baseline_that_meets_
     refs = [r.reference_energy_j for r in with_references(reqs, base)]
     # static-best cheaper; the paper's policy cheaper; the paper's misses (static-best's stands); neither meets
     assert refs == [640.0, 680.0, 800.0, None]
+    # the baselines with prefill routed otherwise only start the search: the references route as the world does
+    base.routed["least-loaded"] = Baselines(
+        static_best={50.0: PairResult(885, 675, 620.0, 0.99), 60.0: None, 70.0: None, 80.0: None},
+        voltana={50.0: (600.0, 0.97), 60.0: (650.0, 0.99), 70.0: (730.0, 0.99), 80.0: (900.0, 0.90)})
+    assert [r.reference_energy_j for r in with_references(reqs, base)] == refs
 
 
 def tuned_example() -> TunedPolicy:
@@ -113,18 +118,38 @@ def test_the_tuned_file_round_trips(tmp_path):
     write_document(path, tune_document(tuned_example(), prov, {"rows": []}))
     back = load_tuned(path)
     assert back.policy == tuned_example() and back.predictor is None and back.provenance["seed"] == 3
-    assert back.schema == "voltana.tuned/2" and path.read_text().startswith("# voltana tuned config")
+    assert back.schema == "voltana.tuned/3" and path.read_text().startswith("# voltana tuned config")
     assert policy_from_dict(policy_to_dict(tuned_example()), "x") == tuned_example()
     # a file written before a knob existed means the rule it ran with: the slope rounded up
     older = policy_to_dict(tuned_example())
     del older["decode"]["overload_round"]
     assert policy_from_dict(older, "x").decode.overload_round == 0.0
+    assert "prefill_router" not in older and policy_from_dict(older, "x").prefill_router is None  # the run's
+    own = TunedPolicy(prefill_router="least-loaded")
+    assert policy_to_dict(own)["prefill_router"] == "least-loaded" and policy_from_dict(policy_to_dict(own), "x") == own
     with pytest.raises(UserError, match="has no predictor section"):
         load_predictor(path)
+    # a file of the previous schema (no prefill router: voltana-tuned routes prefill like the run) still loads
+    doc = tune_document(tuned_example(), prov, {"rows": []})
+    doc["schema"] = "voltana.tuned/2"
+    path.write_text(yaml.safe_dump(doc))
+    assert load_tuned(path).policy == tuned_example() and load_tuned(path).policy.prefill_router is None
+
+
+def test_voltana_tuned_routes_prefill_with_its_own_router_and_the_references_with_the_runs():
+    from voltana_cli.core.policy.router import LeastLoadedRouter, RandomRouter
+
+    scn = scenario(duration=5.0)
+    own = TunedPolicy.default_for(tuple(scn.model.clocks), tuple(scn.model.gpu.ecofreq_levels_mhz))
+    assert scn.prefill_router == "random"
+    tuned = scn.policy("voltana-tuned", 0, TunedPolicy(own.prefill, own.decode, prefill_router="least-loaded"))
+    assert isinstance(tuned.prefill_router, LeastLoadedRouter)
+    assert isinstance(scn.policy("voltana-tuned", 0, own).prefill_router, RandomRouter)  # None: the run's
+    assert isinstance(scn.policy("voltana", 0).prefill_router, RandomRouter)
 
 
 @pytest.mark.parametrize("change,msg", [
-    (lambda d: d.__setitem__("schema", "voltana.tuned/9"), "is not 'voltana.tuned/2'"),
+    (lambda d: d.__setitem__("schema", "voltana.tuned/9"), "is not 'voltana.tuned/3'"),
     (lambda d: d["policy"]["decode"].__setitem__("gain", 1), "policy.decode.gain is not a knob"),
     (lambda d: d["policy"]["prefill"].__setitem__("headroom", 3.0), "headroom 3.0 must be in"),
     (lambda d: d["policy"]["decode"].__setitem__("overload_round", 1.5), "overload_round 1.5 must be in"),
@@ -132,6 +157,8 @@ def test_the_tuned_file_round_trips(tmp_path):
     (lambda d: d["policy"].__setitem__("router_headroom", "x"), "router_headroom a number"),
     (lambda d: (d.pop("policy"), d.pop("validation")), "neither a predictor nor a policy"),
     (lambda d: d["provenance"].__setitem__("prefill_router", "nope"), "prefill_router 'nope' is not one of"),
+    (lambda d: d["policy"].__setitem__("prefill_router", "nope"), "policy.prefill_router 'nope' is not one of"),
+    (lambda d: d["policy"].__setitem__("prefill_router", "tuned"), "policy.prefill_router 'tuned' is not one of"),
 ])
 def test_bad_tuned_files_are_one_line(tmp_path, change, msg):
     doc = tune_document(tuned_example(), {"gpu": "a100-80g-sxm4", "model": "llama-3.1-8b"}, {})
@@ -163,6 +190,12 @@ def test_bench_says_when_it_routes_prefill_otherwise_than_the_tuned_knobs_were_v
     r = runner.invoke(app, args, env={"COLUMNS": "200"})  # not given: the tuned config's, and nothing to say
     assert r.exit_code == 0 and "validated with prefill router" not in r.output, r.output
     assert json.loads(js.read_text())["config"]["prefill_router"] == "round-robin"
+    # knobs that route their own prefill: the note says voltana-tuned keeps its router
+    own = TunedPolicy(tuned_example().prefill, tuned_example().decode, prefill_router="least-loaded")
+    write_document(path, tune_document(own, {"gpu": "a100-80g-sxm4", "model": "llama-3.1-8b",
+                                             "prefill_router": "round-robin"}, {}))
+    r = runner.invoke(app, [*args, "--prefill-router", "random"], env={"COLUMNS": "300"})
+    assert r.exit_code == 0 and "voltana-tuned keeps its own, least-loaded" in r.output, r.output
 
 
 def test_unknown_storage_schemes_are_refused():
@@ -298,7 +331,8 @@ def test_the_search_starts_from_static_best_and_from_the_papers_rule_above_its_l
             (("prefill", light.prefill_mhz), ("decode", light.decode_mhz))}
     floors = [(p["prefill_floor_mhz"], p["decode_floor_mhz"]) for p in points]
     assert (near["prefill"], near["decode"]) in floors
-    papers = [p for p in points if p["prefill_kp"] == 0 and p["decode_ki"] == 0 and p["router"] == "least-loaded"]
+    own = [p for p in points if p["prefill_router"] == scn.prefill_router]  # the world's prefill routing
+    papers = [p for p in own if p["prefill_kp"] == 0 and p["decode_ki"] == 0 and p["router"] == "least-loaded"]
     assert {(p["prefill_floor_mhz"], p["decode_floor_mhz"]) for p in papers} >= {(near["prefill"], near["decode"])}
     assert len({(p["prefill_floor_mhz"], p["decode_floor_mhz"]) for p in papers}) == 2
     switched = [p for p in papers if p["decode_overload_rps"] < search_space(scn, spec.rates)[2]["decode"][1]]
@@ -332,14 +366,32 @@ def test_the_search_starts_from_static_best_and_from_the_papers_rule_above_its_l
     # the light floors, at each of the tail headrooms
     from voltana_cli.core.tune.run import TAIL_HEADROOMS
 
-    tails = [p for p in points if p["prefill_quantile"] > 0]
+    tails = [p for p in own if p["prefill_quantile"] > 0]
     assert sorted(p["prefill_headroom"] for p in tails) == sorted(TAIL_HEADROOMS)
     for p in tails:
         assert p["prefill_quantile"] == pytest.approx(spec.target - 0.01) and p["prefill_kp"] > 0
         assert (p["prefill_floor_mhz"], p["decode_floor_mhz"]) == (near["prefill"], near["decode"])
         assert p["decode_overload_ramp"] == 0 and p["decode_overload_rps"] == min(
             q["decode_overload_rps"] for q in switched)
-    assert all(p["prefill_quantile"] == 0 for p in points if p not in tails)  # every other start reads the mean
+    assert all(p["prefill_quantile"] == 0 for p in own if p not in tails)  # every other start reads the mean
+    # ... and the earliest switch and its tail loops once more with prefill routed by load, from static-best's
+    # light clocks routed so
+    from dataclasses import replace
+
+    from voltana_cli.core.tune.run import ROUTED_BASELINES
+
+    routed = [p for p in points if p not in own]
+    assert {p["prefill_router"] for p in routed} == set(ROUTED_BASELINES)
+    assert [{**p, "prefill_router": scn.prefill_router} for p in routed[:len(tails)]] == tails  # as they are
+    fresh = routed[len(tails):]
+    assert len(fresh) == 1 + len(TAIL_HEADROOMS) and sorted(p["prefill_headroom"] for p in fresh
+                                                            if p["prefill_quantile"] > 0) == sorted(TAIL_HEADROOMS)
+    by_load = find_static_best(replace(scn, prefill_router=ROUTED_BASELINES[0]), 40.0, spec.training,
+                               reqs[0].attainment).best
+    assert by_load is not None and all(
+        (p["prefill_floor_mhz"], p["decode_floor_mhz"]) == tuple(min(grid, key=lambda c: abs(c - f))  # noqa: B023
+                                                                 for f in (by_load.prefill_mhz, by_load.decode_mhz))
+        for p in fresh)
     # ... curved through static-best's clocks at the middle rate
     from voltana_cli.core.tune.run import slope_curve
 
@@ -388,6 +440,11 @@ def test_the_polish_steps_the_clock_floors_from_the_best_trial_to_a_local_best(a
     assert len(steps) == 7 and all(set(s) == set(start) for s in steps)
     assert sum(s != start for s in steps) == 7 and steps[-1]["prefill_floor_mhz"] == grid[0]
     assert {s["decode_overload_floor_mhz"] for s in steps} == {grid[-1], grid[-2]}
+    # given the prefill routers, the other two come first, nothing else changed
+    routed = polish_steps(start, grid, [], prefill_routers=("random", "round-robin", "least-loaded"))
+    assert [s["prefill_router"] for s in routed[:2]] == ["round-robin", "least-loaded"]
+    assert all({**s, "prefill_router": start["prefill_router"]} == start for s in routed[:2])
+    assert routed[2:] == steps[:-1]
     study = optuna.create_study(direction="minimize")
     study.enqueue_trial(start)
     t = study.ask()
@@ -449,6 +506,11 @@ def test_a_trial_of_an_older_study_without_a_newer_knob_reads_as_it_ran():
     tuned = tuned_from_params(older, scn, [40.0, 60.0])
     assert tuned.decode.overload_round == 0.0 and tuned.decode.overload_ramp == 0.2
     assert tuned == tuned_from_params(params, scn, [40.0, 60.0])
+    # a trial from before the search chose the prefill router ran with the world's
+    space = search_space(scn, [40.0, 60.0])
+    assert space[3][0] == scn.prefill_router and set(space[3]) == {"random", "round-robin", "least-loaded"}
+    unrouted = {k: v for k, v in params.items() if k != "prefill_router"}
+    assert tuned_from_params(unrouted, scn, [40.0, 60.0]).prefill_router == scn.prefill_router
 
 
 def test_with_no_feasible_trial_the_polish_walks_from_the_least_short_one_to_feasibility(a100_8b):
@@ -487,6 +549,7 @@ class _ConfirmWorld:
 
         self.model = model
         self.cluster = SimpleNamespace(n_prefill=2, n_decode=2)
+        self.prefill_router = "random"
         self.edgy, self.confirm_seed = edgy, confirm_seed
 
     def run(self, name, rate, seed, tuned=None):

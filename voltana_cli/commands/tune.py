@@ -74,8 +74,9 @@ def tune(
     study_name: str | None = typer.Option(None, help="Study name in --storage (an existing one is resumed)."),
     jobs: int = typer.Option(1, help="Local worker processes sharing the search."),
     prefill_router: str | None = typer.Option(
-        None, help="Router that picks each request's prefill instance while tuning (as bench; default random); "
-        "the tuned config records it, and `serve --tuned` and `bench --tuned` route prefill with it."),
+        None, help="Router that picks each request's prefill instance for the reference policies (as bench; "
+        "default random); voltana-tuned's is searched. The tuned config records it, and `serve --tuned` and "
+        "`bench --tuned` route the other policies' prefill with it."),
     prediction_error: float = typer.Option(0.05, help="The analytical predictor's error, without --profile."),
     noise: float = typer.Option(0.02, help="Simulated GPU's per-iteration timing noise (lognormal sigma)."),
     out: Path | None = typer.Option(None, help="The tuned config to write (YAML; --fit-only: the predictor)."),

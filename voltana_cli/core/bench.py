@@ -259,8 +259,13 @@ def prepare_bench(cfg: BenchConfig) -> PreparedBench:
     prefill_router = cfg.prefill_router or validated_router
     notes = []
     if cfg.tuned is not None and prefill_router != validated_router:
-        notes.append(f"voltana-tuned's knobs were tuned and validated with prefill router {validated_router}; this "
-                     f"run routes prefill with {prefill_router}")
+        if tuned is not None and tuned.prefill_router is not None:
+            notes.append(f"voltana-tuned's knobs were tuned and validated against policies whose prefill was routed "
+                         f"{validated_router}; this run routes theirs {prefill_router} (voltana-tuned keeps its own, "
+                         f"{tuned.prefill_router})")
+        else:
+            notes.append(f"voltana-tuned's knobs were tuned and validated with prefill router {validated_router}; "
+                         f"this run routes prefill with {prefill_router}")
     cfg = cfg.model_copy(update={"prefill_router": prefill_router})
     cluster = ClusterConfig(n_prefill=cfg.n_prefill, n_decode=cfg.n_decode, noise=cfg.noise,
                             chunked_prefill_tokens=cfg.chunked_prefill_tokens)

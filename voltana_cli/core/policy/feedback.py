@@ -408,19 +408,22 @@ class FeedbackController:
 
 @dataclass(frozen=True)
 class TunedPolicy:
-    """What ``voltana tune`` chooses: a feedback controller's knobs per phase and the decode router.
+    """What ``voltana tune`` chooses: a feedback controller's knobs per phase and the two routers.
 
     Attributes:
         prefill: the prefill controllers' knobs.
         decode: the decode controllers' knobs.
         router: the registered decode router (``predictive``, ``tile-aware``, ...).
         router_headroom: the predictive router's ITL budget is ``slo * (1 - router_headroom)``.
+        prefill_router: the registered router that picks prefill instances (``None``: the run's, what every
+            other policy in it uses; tuned configs written before the tune chose it).
     """
 
     prefill: FeedbackParams = FeedbackParams()
     decode: FeedbackParams = FeedbackParams()
     router: str = "predictive"
     router_headroom: float = 0.1
+    prefill_router: str | None = None
 
     @classmethod
     def default_for(cls, clocks_mhz: tuple[int, ...], levels_mhz: tuple[int, ...]) -> TunedPolicy:

@@ -133,6 +133,8 @@ class ControllerEntry:
             entry that takes an argument is also a plain policy with it (``colocated:<MHz>``).
         layout: the cluster layout it runs on: ``pd`` (prefill and decode instances) or ``colocated`` (the
             same GPUs, each instance serving both phases).
+        prefill_router: ``context -> name`` of the router the policy picks prefill instances with itself
+            (``voltana-tuned``: its config's), or ``None`` from it or instead of it: the context's.
     """
 
     name: str
@@ -145,6 +147,7 @@ class ControllerEntry:
     yardstick: bool = False
     searched: bool = False
     layout: str = "pd"
+    prefill_router: Callable[[PolicyContext], str | None] | None = None
 
     @property
     def usage(self) -> str:
@@ -243,9 +246,10 @@ class PolicyRegistry:
     def build(self, name: str, ctx: PolicyContext) -> Policy:
         """Build policy ``name`` for ``ctx``; an unknown name or an unsupported clock fails with the valid ones."""
         entry, arg, router = self.parse(name)
-        prefill = self.router(ctx.prefill_router)
+        pname = (entry.prefill_router(ctx) if entry.prefill_router else None) or ctx.prefill_router
+        prefill = self.router(pname)
         if prefill is None:
-            raise UserError(f"unknown router {ctx.prefill_router!r}: use one of {', '.join(self._routers)}",
+            raise UserError(f"unknown router {pname!r}: use one of {', '.join(self._routers)}",
                             field="prefill_router")
         make_prefill, make_decode = entry.build(ctx, arg)
         return Policy(name, make_prefill, make_decode, router.build(ctx), prefill.build(ctx))
@@ -418,7 +422,8 @@ for _entry in (
                     clocks=lambda ctx: ctx.feedback().clocks(ctx.clocks_mhz)),
     ControllerEntry("voltana-tuned", "the feedback controller and router with the knobs of a tuned config", _tuned,
                     default_router="tuned", params=TunedPolicy,
-                    clocks=lambda ctx: ctx.feedback().clocks(ctx.clocks_mhz)),
+                    clocks=lambda ctx: ctx.feedback().clocks(ctx.clocks_mhz),
+                    prefill_router=lambda ctx: ctx.tuned.prefill_router if ctx.tuned else None),
     ControllerEntry("static-best", "one static clock for prefill and one for decode: the pair with the least energy "
                     "that meets the rate's requirement, found by search", _searched, searched=True),
     ControllerEntry("colocated", "no P/D split: the same GPUs each serve both phases (chunked prefill mixed into "

@@ -8,7 +8,7 @@
 - ``search``: ``run_study``, the Optuna search (constrained TPE, shared storage, local workers);
 - ``run``: ``run_tune`` (requirements, search, validation on held-out traffic), ``TuneSpec``, ``table_rows``;
 - ``fitonly``: ``evaluate`` -> ``FitReport``, ``holdout_mask``, the GBT comparison;
-- ``tuned_file``: the tuned-config file (``voltana.tuned/2``) and its one loader, ``load_tuned``.
+- ``tuned_file``: the tuned-config file (``voltana.tuned/3``) and its one loader, ``load_tuned``.
 """
 
 from voltana_cli.core.tune.fitonly import CHOSEN_FAMILY, FitReport, evaluate, gbt_features, holdout_mask

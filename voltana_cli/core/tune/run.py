@@ -82,6 +82,18 @@ SLOPE_ROUND = 0.5
 #: training seeds (0.1 missed 70 req/s by half a point); no held-out traffic chose them.
 TAIL_KP, TAIL_KI, TAIL_LIFT = 0.5, 0.1, 0.0
 TAIL_HEADROOMS = (0.2, 0.3)
+#: Prefill routers under which the baselines are also found (``Baselines.routed``), besides the world's own,
+#: for warm starts: the tail loops as they are but routed so, and the paper's rule and the tail loop once more
+#: routed so, switched where the paper's rule routed so stops meeting the requirement, from static-best's
+#: light clocks routed so. The polish steps the router too, but one step at a time: A100 x Llama-3.1-8B, seed
+#: 0, training seeds, the tail loop at headroom 0.3 routed by load missed 100 req/s by 0.3 points (its decode
+#: took the prefill's extra throughput: ITL attainment 57-84 % against 60-87 %), while with its prefill floor
+#: three steps lower (780 MHz) it met every rate at 0.788 of static-max's energy, against 0.822 for the same
+#: knobs routed at random. They are not references of the objective (the requirement's and the report's
+#: references route prefill as the world does): with them there, 5 x what a trial spent above them at 70-80
+#: req/s, A100 seed 1's search ended at 3 feasible trials of 40 and a winner that missed 75 req/s on held-out
+#: traffic.
+ROUTED_BASELINES = ("least-loaded",)
 
 
 @dataclass
@@ -181,6 +193,8 @@ class Baselines:
 
     static_best: dict[float, PairResult | None]
     voltana: dict[float, tuple[float, float]]
+    #: the same with prefill routed otherwise than the world routes it, by router (``ROUTED_BASELINES``)
+    routed: dict[str, Baselines] = field(default_factory=dict)
 
 
 def baselines(scn: Scenario, reqs: list[Requirement], spec: TuneSpec,
@@ -196,7 +210,9 @@ def baselines(scn: Scenario, reqs: list[Requirement], spec: TuneSpec,
         if progress:
             progress(f"voltana at {r.rate:g} req/s")
         paper[r.rate] = means([scn.run("voltana", r.rate, s) for s in spec.training])
-    return Baselines(pairs, paper)
+    routed = {router: baselines(replace(scn, prefill_router=router), reqs, spec, progress)
+              for router in ROUTED_BASELINES if router != scn.prefill_router}
+    return Baselines(pairs, paper, routed)
 
 
 def with_references(reqs: list[Requirement], base: Baselines) -> list[Requirement]:
@@ -234,7 +250,9 @@ def warm_starts(scn: Scenario, reqs: list[Requirement], spec: TuneSpec,
       SLO loop reading the tail the requirement scores (the ``target - 0.01`` quantile of TTFT; feedback item
       7) at each of ``TAIL_HEADROOMS``: the paper's rule reads no outcome, and its prefill target of 450 ms
       rises to 1410 MHz for requests that static 1095 MHz serves in time (A100 x Llama-3.1-8B, seed 0, held-out
-      seeds: 1410 MHz for 6 % of the prefill's busy time at 50 req/s, 34.2 % saved against static-best's 34.5).
+      seeds: 1410 MHz for 6 % of the prefill's busy time at 50 req/s, 34.2 % saved against static-best's 34.5);
+    - for each of ``ROUTED_BASELINES``: those tail loops routed so, and the earliest switch and its tail loops
+      once more, prefill routed so, switched and floored from the baselines routed so.
 
     ``base``: the baselines at these rates when the caller has them (else they are found here)."""
     base = base or baselines(scn, reqs, spec, progress)
@@ -246,7 +264,7 @@ def warm_starts(scn: Scenario, reqs: list[Requirement], spec: TuneSpec,
     for r in ([ends[0], ends[-1]] if len(ends) > 1 else ends):
         best = base.static_best[r.rate]
         if best is not None:
-            out.append(default_params(*space, (best.prefill_mhz, best.decode_mhz)))
+            out.append(default_params(*space, floors=(best.prefill_mhz, best.decode_mhz)))
             if r is ends[0]:
                 light = {k: v for k, v in out[-1].items() if k in ("prefill_floor_mhz", "decode_floor_mhz")}
             else:  # static-best of the heaviest rate as it ran (its router): feasible at every rate
@@ -255,16 +273,41 @@ def warm_starts(scn: Scenario, reqs: list[Requirement], spec: TuneSpec,
                     mid = base.static_best[middle.rate] if middle is not None else None
                     shape = (middle.rate, (mid.prefill_mhz, mid.decode_mhz)) if middle and mid else None
                     out.append(_tracking(scn, space, ends, light, out[-1], shape))
-    meets = [base.voltana[r.rate][1] >= r.attainment for r in ends]
     eco = {**default_params(*space), "prefill_headroom": -PAPER_RUN_MARGINS["prefill"],
            "decode_headroom": -PAPER_RUN_MARGINS["decode"], "prefill_kp": 0.0, "prefill_ki": 0.0, "decode_kp": 0.0,
            "decode_ki": 0.0, "prefill_max_utilization": 1.0, "decode_backlog_gain": 0.0, "router": "least-loaded"}
+    out += _papers_rule(scn, space, ends, spec, eco, base.voltana, light)
+    for router, alt in base.routed.items():
+        # the paper's rule and the tail loop, prefill routed otherwise: the tail loops as they are, routed so
+        # (the polish steps one knob at a time; see ROUTED_BASELINES), then switched and floored for that routing
+        out += [{**p, "prefill_router": router} for p in out
+                if p["prefill_quantile"] > 0 and p["prefill_router"] == scn.prefill_router]
+        sb = alt.static_best[ends[0].rate]
+        floors = default_params(*space, floors=(sb.prefill_mhz, sb.decode_mhz)) if sb is not None else light
+        routed_light = {k: floors[k] for k in light}
+        out += _papers_rule(scn, space, ends, spec, {**eco, "prefill_router": router}, alt.voltana, routed_light,
+                            earliest_only=True)
+    return out
+
+
+def _papers_rule(scn: Scenario, space: tuple[Any, ...], ends: list[Requirement], spec: TuneSpec,
+                 eco: dict[str, Any], paper: dict[float, tuple[float, float]], light: dict[str, Any],
+                 earliest_only: bool = False) -> list[dict[str, Any]]:
+    """The warm starts of the paper's rule (``eco``) switched up above the rates where it stops meeting the
+    requirement (``paper``: its (energy, attainment) per rate), and of the tail loop (see ``warm_starts``);
+    ``earliest_only``: only the earliest switch from ``light`` and its tail loops."""
+    meets = [paper[r.rate][1] >= r.attainment for r in ends]
+    tail = {"prefill_quantile": min(max(spec.target - 0.01, 0.5), 0.99), "prefill_kp": TAIL_KP,
+            "prefill_ki": TAIL_KI, "prefill_lift_gain": TAIL_LIFT}
     if all(meets):  # the paper's rule serves every rate: no switch (the overload thresholds stay at the top)
-        return [*out, eco, {**eco, **light}] if light else [*out, eco]
+        plain = [] if earliest_only else [eco]
+        return plain + ([{**eco, **light}] if light else []) + [{**eco, **light, **tail, "prefill_headroom": h}
+                                                                for h in TAIL_HEADROOMS]
     k = meets.index(False)
     low = ends[k - 1].rate if k > 0 else 0.8 * ends[0].rate
     high = ends[k].rate
-    for frac, ramp in ((0.25, 0.0), (0.5, 0.0), (0.5, SWITCH_RAMP)):
+    out = []
+    for frac, ramp in ((0.25, 0.0), (0.5, 0.0), (0.5, SWITCH_RAMP))[:1 if earliest_only else 3]:
         switch = low + frac * (high - low)
         point = dict(eco)
         for phase, n in (("prefill", scn.cluster.n_prefill), ("decode", scn.cluster.n_decode)):
@@ -276,14 +319,12 @@ def warm_starts(scn: Scenario, reqs: list[Requirement], spec: TuneSpec,
             point[f"{phase}_overload_z"] = SWITCH_Z if ramp == 0 else 0.0
             point[f"{phase}_overload_ramp"] = ramp
             point[f"{phase}_overload_round"] = SLOPE_ROUND if ramp > 0 else 0.0
-        out.append(point)
+        if not earliest_only:
+            out.append(point)
         if light:  # the same, from the light load's static clocks up (EcoFreq's levels start higher)
             out.append({**point, **light})
         if frac == 0.25 and ramp == 0.0:  # the earliest switch with the prefill tail loop (feedback, item 7)
-            for h in TAIL_HEADROOMS:
-                out.append({**point, **light, "prefill_quantile": min(max(spec.target - 0.01, 0.5), 0.99),
-                            "prefill_kp": TAIL_KP, "prefill_ki": TAIL_KI, "prefill_lift_gain": TAIL_LIFT,
-                            "prefill_headroom": h})
+            out += [{**point, **light, **tail, "prefill_headroom": h} for h in TAIL_HEADROOMS]
     return out
 
 

@@ -2,7 +2,8 @@
 
 Objective: the mean over the rates of the run's energy relative to static-max's at that rate (so every
 rate weighs the same), plus ``REGRET_WEIGHT`` times what it spends above the cheapest baseline that meets
-the rate's requirement on the same seeds (static-best searched there, the paper's policy): knobs that save
+the rate's requirement on the same seeds (static-best searched there, the paper's policy, each also with
+prefill routed by load, ``run.ROUTED_BASELINES``): knobs that save
 much at some rates and lose to a hand-made baseline at others pay for the loss, because a user who runs at
 that rate would have done better with the baseline. Constraint, per rate: joint attainment >= the rate's
 requirement (``static_best.requirement_for``); Optuna's constrained TPE keeps the search among
@@ -15,7 +16,7 @@ asked half a point more, one of two A100 tunes kept a single feasible trial, at 
 
 The last 40 % of the budget polishes: a coordinate search from the best trial (ranked by value plus a penalty
 per point of shortfall: one that misses by a hair is walked back to feasibility), a few steps at a time (as
-many as there are workers), moving as soon as a step improves: each clock floor and each phase's overload
+many as there are workers), moving as soon as a step improves: the prefill router, each clock floor and each phase's overload
 floor one grid step down or up, the prefill tie tolerance, each phase's overload threshold (x 1.2 either way),
 where its slope rounds to a level (0.25 either way), overload ramp, the prefill utilisation cap and each
 headroom (0.1 either way), overload curve and overload confidence (0.5 either way; the rounding and the curve
@@ -51,6 +52,11 @@ from voltana_cli.core.tune.static_best import clock_grid, means
 #: point at the top clocks with it is feasible at every rate, which the others are not under overload (A100 x
 #: Llama-3.1-8B at 100 req/s: the predictive router at the top clocks kept 3 points less than static-max).
 ROUTERS = ("predictive", "tile-aware", "least-loaded", "round-robin")
+#: The routers the search chooses among for prefill (``TunedPolicy.prefill_router``), the run's own first
+#: (what the references run with, and the untuned default). Prefill routing decides much of the TTFT tail:
+#: A100 x Llama-3.1-8B at 70 / 75 req/s, the paper's policy kept 98.6 / 96.7 % of TTFTs routed at random,
+#: 99.2 / 98.5 % round-robin, 100 / 99.7 % to the prefill instance with the fewest queued tokens.
+PREFILL_ROUTERS = ("random", "round-robin", "least-loaded")
 #: Storage URL schemes Optuna serves (SQLAlchemy's) and the journal file form.
 STORAGE_SCHEMES = ("sqlite", "postgresql", "mysql", "journal")
 #: A trial stops at the first rate that misses its requirement by more than this.
@@ -151,9 +157,11 @@ class Requirement:
 
 
 def suggest(trial: Any, clocks: tuple[int, ...], levels: tuple[int, ...],
-            overload_range: dict[str, tuple[float, float]]) -> TunedPolicy:
+            overload_range: dict[str, tuple[float, float]],
+            prefill_routers: tuple[str, ...] = PREFILL_ROUTERS) -> TunedPolicy:
     """The knobs of one trial (the search space). ``overload_range``: per phase, the per-instance arrival
-    rates the overload threshold is searched between (from the rates asked, not from any one setup)."""
+    rates the overload threshold is searched between (from the rates asked, not from any one setup);
+    ``prefill_routers``: the prefill routers to choose among."""
     grid = sorted(clock_grid(clocks))
     base = TunedPolicy.default_for(clocks, levels)
 
@@ -183,14 +191,17 @@ def suggest(trial: Any, clocks: tuple[int, ...], levels: tuple[int, ...],
 
     return TunedPolicy(prefill=phase("prefill"), decode=phase("decode"),
                        router=trial.suggest_categorical("router", list(ROUTERS)),
-                       router_headroom=trial.suggest_float("router_headroom", 0.0, 0.4))
+                       router_headroom=trial.suggest_float("router_headroom", 0.0, 0.4),
+                       prefill_router=trial.suggest_categorical("prefill_router", list(prefill_routers)))
 
 
-def default_params(clocks: tuple[int, ...], levels: tuple[int, ...],
-                   ranges: dict[str, tuple[float, float]], floors: tuple[int, int] | None = None) -> dict[str, Any]:
+def default_params(clocks: tuple[int, ...], levels: tuple[int, ...], ranges: dict[str, tuple[float, float]],
+                   prefill_routers: tuple[str, ...] = PREFILL_ROUTERS,
+                   floors: tuple[int, int] | None = None) -> dict[str, Any]:
     """The untuned ``feedback`` knobs as trial parameters (floors moved onto the search's grid, the overload
-    threshold at the top of its range: as good as off). ``floors``: (prefill, decode) floors instead of the
-    lowest EcoFreq level (a warm start from static-best's clocks)."""
+    threshold at the top of its range: as good as off, prefill routed by the first of ``prefill_routers``, the
+    run's own). ``floors``: (prefill, decode) floors instead of the lowest EcoFreq level (a warm start from
+    static-best's clocks)."""
     base = TunedPolicy.default_for(clocks, levels)
     grid = clock_grid(clocks)
     want = floors or (base.prefill.floor_mhz, base.decode.floor_mhz)
@@ -209,6 +220,7 @@ def default_params(clocks: tuple[int, ...], levels: tuple[int, ...],
     out["prefill_tie_tolerance"] = base.prefill.tie_tolerance
     out["prefill_quantile"] = base.prefill.quantile
     out["prefill_lift_gain"] = base.prefill.lift_gain
+    out["prefill_router"] = prefill_routers[0]
     return out
 
 
@@ -255,17 +267,18 @@ def overload_range(scn: Scenario, rates: list[float]) -> dict[str, tuple[float, 
 
 
 def search_space(scn: Scenario, rates: list[float]) -> tuple[tuple[int, ...], tuple[int, ...],
-                                                               dict[str, tuple[float, float]]]:
+                                                               dict[str, tuple[float, float]], tuple[str, ...]]:
     """What ``suggest`` and ``default_params`` take for this world and these rates: the supported clocks, the
-    GPU's EcoFreq levels, and each phase's overload-threshold range."""
-    return tuple(scn.model.clocks), tuple(scn.model.gpu.ecofreq_levels_mhz), overload_range(scn, rates)
+    GPU's EcoFreq levels, each phase's overload-threshold range, and the prefill routers (the world's first)."""
+    routers = (scn.prefill_router, *(r for r in PREFILL_ROUTERS if r != scn.prefill_router))
+    return tuple(scn.model.clocks), tuple(scn.model.gpu.ecofreq_levels_mhz), overload_range(scn, rates), routers
 
 
 def _objective(scn: Scenario, reqs: list[Requirement], seeds: list[int]) -> Callable[[Any], float]:
-    clocks, levels, ranges = search_space(scn, [r.rate for r in reqs])
+    space = search_space(scn, [r.rate for r in reqs])
 
     def objective(trial: Any) -> float:
-        tuned = suggest(trial, clocks, levels, ranges)
+        tuned = suggest(trial, *space)
         value, shortfall = score(scn, tuned, reqs, seeds)
         trial.set_constraint("shortfall", shortfall)  # <= 0: every rate met its requirement
         return value
@@ -430,11 +443,17 @@ def _key(params: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
 
 
 def polish_steps(params: dict[str, Any], grid: list[int], anchors: list[dict[str, Any]],
-                 bounds: dict[str, tuple[float, float]] | None = None) -> list[dict[str, Any]]:
-    """The polish's candidate steps from ``params``, in the order they are tried: each clock floor one grid
-    step down, then up; each of ``POLISH_KNOBS`` down, then up, inside ``bounds`` (its search range); then the
-    anchors' floors (the warm starts'). Every other knob is kept. ``grid`` ascending."""
-    out = []
+                 bounds: dict[str, tuple[float, float]] | None = None,
+                 prefill_routers: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """The polish's candidate steps from ``params``, in the order they are tried: each other of
+    ``prefill_routers``; each clock floor one grid step down, then up; each of ``POLISH_KNOBS`` down, then up,
+    inside ``bounds`` (its search range); then the anchors' floors (the warm starts'). Every other knob is
+    kept. ``grid`` ascending.
+
+    The prefill router first: it moves the TTFT tail more than any one knob (``PREFILL_ROUTERS``), and the
+    floors' steps after it spend the slack it leaves."""
+    out = [{**params, "prefill_router": r} for r in prefill_routers
+           if "prefill_router" in params and r != params["prefill_router"]]
     for step in (-1, 1):
         for knob in FLOOR_KNOBS:
             if params.get(knob) in grid:
@@ -484,12 +503,13 @@ def _polish(study: Any, space: tuple[Any, ...], budget: int, anchors: list[dict[
     resumed or shared study sees them."""
     grid = sorted(clock_grid(space[0]))
     bounds = polish_bounds(space)
+    routers = space[3] if len(space) > 3 else ()  # (a space without routers: the prefill router stays)
     while budget > 0:
         trials = study.get_trials(deepcopy=False)
         tried = {_key(t.params) for t in trials}
         steps: list[dict[str, Any]] = []
         for start in _polish_order(trials):  # the first with a step not yet tried
-            for p in polish_steps(dict(start.params), grid, anchors, bounds):
+            for p in polish_steps(dict(start.params), grid, anchors, bounds, routers):
                 if _key(p) not in tried:
                     tried.add(_key(p))
                     steps.append(p)

@@ -1,11 +1,14 @@
 """The tuned-config file and its one loader.
 
-Schema ``voltana.tuned/2`` has optional sections: ``predictor`` (an EcoPred, ``voltana.ecopred/1``, with its
+Schema ``voltana.tuned/3`` has optional sections: ``predictor`` (an EcoPred, ``voltana.ecopred/1``, with its
 held-out ``accuracy``; what ``tune --fit-only`` writes), ``policy`` (the feedback controller's and router's
 knobs that ``voltana tune`` chose) and ``validation`` (how the knobs did on held-out seeds), plus
 ``provenance`` (voltana version, GPU, model, TP, layout, profile digest, workload, SLOs, target, seed,
-trials). ``voltana bench --tuned`` and, later, ``voltana serve --tuned`` read it through ``load_tuned``; a file
-of the first schema (``voltana.tuned/1``: a predictor only) still loads.
+trials). ``voltana bench --tuned`` and ``voltana serve --tuned`` read it through ``load_tuned``; files of the
+earlier schemas still load: ``voltana.tuned/1`` (a predictor only) and ``voltana.tuned/2`` (its policy has
+no ``prefill_router``: ``voltana-tuned`` routes prefill like every other policy of the run). The third
+schema exists because an older voltana would read a ``prefill_router`` it does not know as absent and route
+the tuned knobs' prefill otherwise than they were tuned.
 """
 
 from __future__ import annotations
@@ -24,9 +27,9 @@ from voltana_cli.core.policy.feedback import FeedbackParams, TunedPolicy
 from voltana_cli.core.report import write_text
 from voltana_cli.core.tune.fitonly import FitReport
 
-TUNED_SCHEMA = "voltana.tuned/2"
-#: Schemas ``load_tuned`` reads (the first carried a predictor only).
-READABLE_SCHEMAS = ("voltana.tuned/1", TUNED_SCHEMA)
+TUNED_SCHEMA = "voltana.tuned/3"
+#: Schemas ``load_tuned`` reads (the first carried a predictor only; the second, no prefill router).
+READABLE_SCHEMAS = ("voltana.tuned/1", "voltana.tuned/2", TUNED_SCHEMA)
 #: The comment that opens a tuned-config file, so a reader knows the shape of the lines without the README.
 TUNED_HEADER = (
     "# voltana tuned config: EcoPred predictors (`voltana tune --fit-only`) and/or the feedback controller's and\n"
@@ -129,8 +132,11 @@ class TunedConfig:
 
 def policy_to_dict(tuned: TunedPolicy) -> dict[str, Any]:
     """The ``policy`` section: every knob in plain numbers."""
-    return {"prefill": asdict(tuned.prefill), "decode": asdict(tuned.decode), "router": tuned.router,
-            "router_headroom": tuned.router_headroom}
+    out = {"prefill": asdict(tuned.prefill), "decode": asdict(tuned.decode), "router": tuned.router,
+           "router_headroom": tuned.router_headroom}
+    if tuned.prefill_router is not None:
+        out["prefill_router"] = tuned.prefill_router
+    return out
 
 
 def policy_from_dict(raw: Any, where: str) -> TunedPolicy:
@@ -155,7 +161,12 @@ def policy_from_dict(raw: Any, where: str) -> TunedPolicy:
     router, headroom = raw.get("router", "predictive"), raw.get("router_headroom", 0.1)
     if not isinstance(router, str) or not isinstance(headroom, (int, float)) or not 0 <= headroom < 1:
         raise UserError(f"{where}: policy.router must be a router's name and router_headroom a number in [0, 1)")
-    return TunedPolicy(phases["prefill"], phases["decode"], router, float(headroom))
+    prefill_router = raw.get("prefill_router")
+    if prefill_router is not None and (not isinstance(prefill_router, str) or prefill_router == "tuned"
+                                       or REGISTRY.router(prefill_router) is None):
+        names = ", ".join(e.name for e in REGISTRY.routers() if e.name != "tuned")
+        raise UserError(f"{where}: policy.prefill_router {prefill_router!r} is not one of {names}; rerun `voltana tune`")
+    return TunedPolicy(phases["prefill"], phases["decode"], router, float(headroom), prefill_router)
 
 
 def _read_yaml(p: Path) -> Any:

@@ -134,7 +134,7 @@ class ControllerEntry:
         layout: the cluster layout it runs on: ``pd`` (prefill and decode instances) or ``colocated`` (the
             same GPUs, each instance serving both phases).
         prefill_router: ``context -> name`` of the router the policy picks prefill instances with itself
-            (``voltana-tuned``: its config's), or ``None`` from it or instead of it: the context's.
+            (``voltana-tuned``: its config's); where it is ``None`` or returns ``None``, the context's.
     """
 
     name: str

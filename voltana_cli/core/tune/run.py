@@ -246,7 +246,8 @@ def warm_starts(scn: Scenario, reqs: list[Requirement], spec: TuneSpec,
       margin of ``SWITCH_Z`` standard errors, and once more half way as a slope (``SWITCH_RAMP``) on a
       ``SLOPE_TAU_S`` mean; each once from EcoFreq's lowest level up and once from static-best's clocks at the least loaded
       rate up;
-    - the earliest of those switches (a quarter of the way) from static-best's light clocks up, with the prefill
+    - the earliest of those switches (a quarter of the way; none where the paper's rule meets every rate) from
+      static-best's light clocks up, with the prefill
       SLO loop reading the tail the requirement scores (the ``target - 0.01`` quantile of TTFT; feedback item
       7) at each of ``TAIL_HEADROOMS``: the paper's rule reads no outcome, and its prefill target of 450 ms
       rises to 1410 MHz for requests that static 1095 MHz serves in time (A100 x Llama-3.1-8B, seed 0, held-out

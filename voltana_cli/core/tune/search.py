@@ -2,8 +2,8 @@
 
 Objective: the mean over the rates of the run's energy relative to static-max's at that rate (so every
 rate weighs the same), plus ``REGRET_WEIGHT`` times what it spends above the cheapest baseline that meets
-the rate's requirement on the same seeds (static-best searched there, the paper's policy, each also with
-prefill routed by load, ``run.ROUTED_BASELINES``): knobs that save
+the rate's requirement on the same seeds (static-best searched there, the paper's policy; both with prefill
+routed as the world routes it): knobs that save
 much at some rates and lose to a hand-made baseline at others pay for the loss, because a user who runs at
 that rate would have done better with the baseline. Constraint, per rate: joint attainment >= the rate's
 requirement (``static_best.requirement_for``); Optuna's constrained TPE keeps the search among
@@ -52,8 +52,8 @@ from voltana_cli.core.tune.static_best import clock_grid, means
 #: point at the top clocks with it is feasible at every rate, which the others are not under overload (A100 x
 #: Llama-3.1-8B at 100 req/s: the predictive router at the top clocks kept 3 points less than static-max).
 ROUTERS = ("predictive", "tile-aware", "least-loaded", "round-robin")
-#: The routers the search chooses among for prefill (``TunedPolicy.prefill_router``), the run's own first
-#: (what the references run with, and the untuned default). Prefill routing decides much of the TTFT tail:
+#: The routers the search chooses among for prefill (``TunedPolicy.prefill_router``); ``search_space`` puts
+#: the world's own first (what the references run with, and the untuned default). Prefill routing decides much of the TTFT tail:
 #: A100 x Llama-3.1-8B at 70 / 75 req/s, the paper's policy kept 98.6 / 96.7 % of TTFTs routed at random,
 #: 99.2 / 98.5 % round-robin, 100 / 99.7 % to the prefill instance with the fewest queued tokens.
 PREFILL_ROUTERS = ("random", "round-robin", "least-loaded")

@@ -193,7 +193,8 @@ class Baselines:
 
     static_best: dict[float, PairResult | None]
     voltana: dict[float, tuple[float, float]]
-    #: the same with prefill routed otherwise than the world routes it, by router (``ROUTED_BASELINES``)
+    #: the same with prefill routed otherwise than the world routes it, by router (``ROUTED_BASELINES``; only
+    #: what the warm starts read: static-best at the least loaded rate, the paper's policy at every rate)
     routed: dict[str, Baselines] = field(default_factory=dict)
 
 
@@ -201,18 +202,28 @@ def baselines(scn: Scenario, reqs: list[Requirement], spec: TuneSpec,
               progress: Callable[[str], None] | None = None,
               static_max: dict[float, list[dict[str, Any]]] | None = None) -> Baselines:
     """Static-best searched and the paper's policy run at every rate of ``reqs`` on the training seeds
-    (``static_max``: static-max's runs there, the search's top pair, when already made)."""
+    (``static_max``: static-max's runs there, the search's top pair, when already made), and the same for
+    ``Baselines.routed``."""
+    base = _baselines(scn, reqs, spec, reqs, progress, static_max)
+    lightest = [min(reqs, key=lambda r: r.rate)]
+    base.routed = {router: _baselines(replace(scn, prefill_router=router), reqs, spec, lightest, progress)
+                   for router in ROUTED_BASELINES if router != scn.prefill_router}
+    return base
+
+
+def _baselines(scn: Scenario, reqs: list[Requirement], spec: TuneSpec, searched: list[Requirement],
+               progress: Callable[[str], None] | None = None,
+               static_max: dict[float, list[dict[str, Any]]] | None = None) -> Baselines:
+    """The paper's policy at every rate of ``reqs`` and static-best searched at those of ``searched``."""
     sm = static_max or {}
     pairs = {r.rate: find_static_best(scn, r.rate, spec.training, r.attainment, progress, sm.get(r.rate)).best
-             for r in reqs}
+             for r in searched}
     paper = {}
     for r in reqs:
         if progress:
             progress(f"voltana at {r.rate:g} req/s")
         paper[r.rate] = means([scn.run("voltana", r.rate, s) for s in spec.training])
-    routed = {router: baselines(replace(scn, prefill_router=router), reqs, spec, progress)
-              for router in ROUTED_BASELINES if router != scn.prefill_router}
-    return Baselines(pairs, paper, routed)
+    return Baselines(pairs, paper)
 
 
 def with_references(reqs: list[Requirement], base: Baselines) -> list[Requirement]:
@@ -267,7 +278,7 @@ def warm_starts(scn: Scenario, reqs: list[Requirement], spec: TuneSpec,
         if best is not None:
             out.append(default_params(*space, floors=(best.prefill_mhz, best.decode_mhz)))
             if r is ends[0]:
-                light = {k: v for k, v in out[-1].items() if k in ("prefill_floor_mhz", "decode_floor_mhz")}
+                light = _floors(out[-1])
             else:  # static-best of the heaviest rate as it ran (its router): feasible at every rate
                 out.append({**out[-1], "router": "round-robin"})
                 if light:
@@ -284,11 +295,15 @@ def warm_starts(scn: Scenario, reqs: list[Requirement], spec: TuneSpec,
         out += [{**p, "prefill_router": router} for p in out
                 if p["prefill_quantile"] > 0 and p["prefill_router"] == scn.prefill_router]
         sb = alt.static_best[ends[0].rate]
-        floors = default_params(*space, floors=(sb.prefill_mhz, sb.decode_mhz)) if sb is not None else light
-        routed_light = {k: floors[k] for k in light}
+        routed_light = _floors(default_params(*space, floors=(sb.prefill_mhz, sb.decode_mhz))) if sb and light else light
         out += _papers_rule(scn, space, ends, spec, {**eco, "prefill_router": router}, alt.voltana, routed_light,
                             earliest_only=True)
     return out
+
+
+def _floors(params: dict[str, Any]) -> dict[str, Any]:
+    """The two clock floors of trial parameters (what a warm start takes from static-best's clocks)."""
+    return {k: params[k] for k in ("prefill_floor_mhz", "decode_floor_mhz")}
 
 
 def _papers_rule(scn: Scenario, space: tuple[Any, ...], ends: list[Requirement], spec: TuneSpec,

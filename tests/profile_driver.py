@@ -8,6 +8,7 @@ signal on SIGTERM or SIGHUP, 130 on SIGINT (Ctrl-C).
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 from pathlib import Path
@@ -20,6 +21,9 @@ SIGINT_EXIT = 130
 
 
 def main(argv: list[str]) -> int:
+    # Ctrl-C as from a terminal: a shell that runs the tests in the background (``pytest &``) starts them with
+    # SIGINT ignored, this process would inherit that, and the SIGINT case would finish its profile and exit 0.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     state, out = Path(argv[0]), Path(argv[1])
     per_window_s = float(argv[2]) if len(argv) > 2 else 0.05
     req = ProfileRequest(backend="sim", clocks_mhz=[1005, 1410], batch_sizes=[1, 8], prefill_tokens=[64],

@@ -118,14 +118,10 @@ def test_the_sim_backend_locks_each_clock_on_the_gpu_it_is_given():
     (signal.SIGINT, 130),
 ])
 def test_a_profile_run_restores_clocks_when_stopped_by_a_signal(tmp_path, sig, code):
-    """A real process, a real signal: the GPU's lock state (mirrored to a file by the fake) ends reset. The
-    driver starts with SIGINT at its default, as from a terminal: a shell that runs the tests in the
-    background (``pytest &``) ignores SIGINT in them, the driver would inherit that, and Ctrl-C could not
-    reach it."""
+    """A real process, a real signal: the GPU's lock state (mirrored to a file by the fake) ends reset."""
     state, out = tmp_path / "gpu.json", tmp_path / "p"
     proc = subprocess.Popen([sys.executable, "-m", "tests.profile_driver", str(state), str(out), "0.05"], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
     while time.time() < deadline:
         if state.exists() and json.loads(state.read_text())["locked"] is not None:

@@ -426,7 +426,7 @@ def test_the_polish_steps_the_clock_floors_from_the_best_trial_to_a_local_best(a
 
     clocks, levels = tuple(a100_8b.clocks), tuple(a100_8b.gpu.ecofreq_levels_mhz)
     ranges = {"prefill": (10.0, 60.0), "decode": (10.0, 60.0)}
-    space = (clocks, levels, ranges)
+    space = (clocks, levels, ranges, ("random",))  # one prefill router: nothing for the polish to step
     grid = sorted(clock_grid(clocks))
     want = {"prefill": grid[4], "decode": grid[2]}
 
@@ -520,7 +520,7 @@ def test_with_no_feasible_trial_the_polish_walks_from_the_least_short_one_to_fea
 
     clocks, levels = tuple(a100_8b.clocks), tuple(a100_8b.gpu.ecofreq_levels_mhz)
     ranges = {"prefill": (10.0, 60.0), "decode": (10.0, 60.0)}
-    space = (clocks, levels, ranges)
+    space = (clocks, levels, ranges, ("random",))  # one prefill router: nothing for the polish to step
     grid = sorted(clock_grid(clocks))
     need = grid[-2]  # feasible only with the prefill floor at least this high
 

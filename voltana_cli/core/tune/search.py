@@ -503,13 +503,12 @@ def _polish(study: Any, space: tuple[Any, ...], budget: int, anchors: list[dict[
     resumed or shared study sees them."""
     grid = sorted(clock_grid(space[0]))
     bounds = polish_bounds(space)
-    routers = space[3] if len(space) > 3 else ()  # (a space without routers: the prefill router stays)
     while budget > 0:
         trials = study.get_trials(deepcopy=False)
         tried = {_key(t.params) for t in trials}
         steps: list[dict[str, Any]] = []
         for start in _polish_order(trials):  # the first with a step not yet tried
-            for p in polish_steps(dict(start.params), grid, anchors, bounds, routers):
+            for p in polish_steps(dict(start.params), grid, anchors, bounds, space[3]):
                 if _key(p) not in tried:
                     tried.add(_key(p))
                     steps.append(p)

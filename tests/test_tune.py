@@ -638,3 +638,25 @@ def test_the_confirmation_does_not_rank_by_a_lottery_under_overload(a100_8b):
     world.at_90[grid[3]] = {0: 0.99, 1: 0.96, 500: 0.99, 501: 0.96}
     sm = {r: [world.run("static-max", r, s) for s in pool] for r in spec.rates}
     assert judge(world, tuned, pool, sm, spec.target)[1] == pytest.approx(0.98 - 0.975)  # type: ignore[arg-type]
+
+
+def test_the_confirmation_with_two_workers_chooses_what_one_chooses():
+    """--jobs 2: the candidates are scored in spawned workers, with the same figures as in this process."""
+    from dataclasses import replace
+
+    from voltana_cli.core.tune.run import TuneSpec, confirm
+    from voltana_cli.core.tune.search import StudyResult, default_params, overload_range
+
+    scn = scenario(30.0, 10.0)
+    spec = TuneSpec([30.0], train_seeds=1)
+    base = default_params(tuple(scn.model.clocks), tuple(scn.model.gpu.ecofreq_levels_mhz),
+                          overload_range(scn, spec.rates))
+    grid = sorted(clock_grid(tuple(scn.model.clocks)))
+    # Every candidate meets 30 req/s; on more traffic the lowest floors spend least, though listed second.
+    cands = [(dict(base, prefill_floor_mhz=grid[-1], decode_floor_mhz=grid[-1]), 0.4),
+             (dict(base, prefill_floor_mhz=grid[0], decode_floor_mhz=grid[0]), 0.5),
+             (dict(base, prefill_floor_mhz=grid[4], decode_floor_mhz=grid[2]), 0.6)]
+    study = StudyResult(None, 0.4, 3, 3, cands[0][0], cands)
+    one = confirm(scn, study, spec)
+    two = confirm(scn, study, replace(spec, jobs=2))
+    assert one.params == two.params == cands[1][0] and one.tuned == two.tuned and one.value == 0.5

@@ -539,17 +539,24 @@ def test_with_no_feasible_trial_the_polish_walks_from_the_least_short_one_to_fea
     assert best is not None and best.params["prefill_floor_mhz"] == need
 
 
-class _ConfirmWorld:
-    """A fake world for ``confirm``: the candidate with the prefill floor ``edgy`` spends least but misses the
-    requirement on the confirmation seeds (``confirm_seed`` and up), by enough to miss it on the pool of
-    those and the training seeds too; every other candidate meets it everywhere."""
+class _FakeWorld:
+    """What ``confirm`` reads of a world besides its runs: the model, the cluster's shape, the prefill router."""
 
-    def __init__(self, model, edgy: int, confirm_seed: int):
+    def __init__(self, model):
         from types import SimpleNamespace
 
         self.model = model
         self.cluster = SimpleNamespace(n_prefill=2, n_decode=2)
         self.prefill_router = "random"
+
+
+class _ConfirmWorld(_FakeWorld):
+    """A fake world for ``confirm``: the candidate with the prefill floor ``edgy`` spends least but misses the
+    requirement on the confirmation seeds (``confirm_seed`` and up), by enough to miss it on the pool of
+    those and the training seeds too; every other candidate meets it everywhere."""
+
+    def __init__(self, model, edgy: int, confirm_seed: int):
+        super().__init__(model)
         self.edgy, self.confirm_seed = edgy, confirm_seed
 
     def run(self, name, rate, seed, tuned=None):
@@ -576,7 +583,7 @@ def test_the_confirmation_drops_a_winner_that_misses_on_other_traffic(a100_8b):
     assert confirm(world, StudyResult(None, 0.5, 10, 1, edgy, [(edgy, 0.5)]), spec).params == edgy  # type: ignore[arg-type]
 
 
-class _LotteryWorld:
+class _LotteryWorld(_FakeWorld):
     """A fake world with one rate that static-max serves (40 req/s) and one it cannot (90 req/s: its attainment
     swings from seed to seed). Both candidates spend the same at 90 req/s and keep static-max's attainment there
     give or take a seed's luck; ``cheap`` (its prefill floor) spends less at 40 req/s and its luck at 90 runs a
@@ -585,11 +592,7 @@ class _LotteryWorld:
     SM_90 = {0: 0.26, 1: 0.50, 500: 0.07, 501: 0.30}
 
     def __init__(self, model, cheap: int, at_90: dict[int, dict[int, float]]):
-        from types import SimpleNamespace
-
-        self.model = model
-        self.cluster = SimpleNamespace(n_prefill=2, n_decode=2)
-        self.prefill_router = "random"
+        super().__init__(model)
         self.cheap, self.at_90 = cheap, at_90
 
     def run(self, name, rate, seed, tuned=None):

@@ -609,8 +609,11 @@ def test_the_confirmation_does_not_rank_by_a_lottery_under_overload(a100_8b):
     """Under overload a shortfall counts only beyond one standard error of the per-seed differences to
     static-max: two candidates that both miss static-max's pooled attainment there by a luck-sized margin are
     equal there, and the cheaper one wins; where static-max keeps the target a shortfall counts in full."""
-    from voltana_cli.core.tune.run import CONFIRM_OFFSET, TuneSpec, confirm, judge
-    from voltana_cli.core.tune.search import StudyResult, default_params, overload_range, tuned_from_params
+    from voltana_cli.core.tune.run import CONFIRM_OFFSET, TuneSpec, confirm, requirements
+    from voltana_cli.core.tune.search import StudyResult, default_params, overload_range, score, tuned_from_params
+
+    def judge(world, tuned, pool, sm, target):  # the confirmation's scoring: against static-max on the pool
+        return score(world, tuned, requirements(world, spec.rates, pool, target, runs=sm), pool, sm)
 
     spec = TuneSpec([40.0, 90.0])
     assert spec.seed + CONFIRM_OFFSET == 500 and spec.training == [0, 1]

@@ -7,7 +7,7 @@
    on those seeds, the paper's policy), which also give it its starting points (``warm_starts``).
 3. The confirmation (``confirm``): the search's best few trials scored again on other traffic; the winner is
    chosen among those that still meet every requirement, a shortfall under overload counting only beyond the
-   noise of the comparison with static-max (``judge``).
+   noise of the comparison with static-max (``search.score``).
 4. Validation on held-out seeds (never seen by the search) at every rate and at a held-out rate inside the
    range: static-max, static-best (searched on the held-out seeds themselves: the strongest hand-made
    baseline), colocated (the same GPUs without the P/D split, at its best static clock, searched alike),
@@ -17,8 +17,6 @@
 from __future__ import annotations
 
 import math
-import multiprocessing
-import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -31,12 +29,12 @@ from voltana_cli.core.tune.search import (
     MAX_UTILIZATION_RANGE,
     OVERLOAD_CURVE_RANGE,
     OVERLOAD_RAMP_RANGE,
-    STOP_MARGIN,
     TIE_TOLERANCE_RANGE,
     Requirement,
     StudyResult,
     default_params,
     run_study,
+    score_candidates,
     search_space,
     tuned_from_params,
 )
@@ -184,7 +182,7 @@ def requirements(scn: Scenario, rates: list[float], seeds: list[int], target: fl
     out = []
     for r in rates:
         e, att = means(runs[r])
-        out.append(Requirement(r, requirement_for(att, target), e, att))
+        out.append(Requirement(r, requirement_for(att, target), e, att, anchored=att < target))
     return out
 
 
@@ -398,8 +396,10 @@ def confirm(scn: Scenario, study: StudyResult, spec: TuneSpec,
     likely to sit at the edge of feasibility there by chance (the winner's curse): held-out traffic then
     misses the requirement by tenths of a point at the steepest rates. Each candidate is scored again on the
     training seeds pooled with ``CONFIRM_SEEDS`` confirmation seeds, against requirements from static-max on
-    that pool (``judge``); the chosen one is the candidate with the least value there among those that meet
-    every requirement, else the one that misses by the least. Pooled rather than on the confirmation seeds alone:
+    that pool (``search.score`` with static-max's runs there: under overload a shortfall counts only beyond
+    the noise of the comparison with static-max); the chosen one is the candidate with the least value there
+    among those that meet every requirement, else the one that misses by the least. Pooled rather than on the
+    confirmation seeds alone:
     a single 60 s draw decides a rate by itself otherwise (A100 x Llama-3.1-8B at 70 req/s, the paper's
     policy keeps 96.5-99.8 % joint attainment from one seed to the next, with a standard deviation of 0.8
     points over seeds 0-11, where the requirement leaves one point). ``static_max``: static-max's runs on the
@@ -414,70 +414,12 @@ def confirm(scn: Scenario, study: StudyResult, spec: TuneSpec,
     else:
         base = static_max_runs(scn, spec.rates, pool, progress)
     tuned = [tuned_from_params(params, scn, spec.rates) for params, _ in study.candidates]
-    if spec.jobs > 1:  # the candidates shared among spawned workers, as the search's trials are
-        if progress:
-            progress(f"confirming {len(tuned)} candidates on more traffic")
-        world = {"scn": scn, "seeds": pool, "static_max": base, "target": spec.target}
-        with multiprocessing.get_context("spawn").Pool(min(spec.jobs, len(tuned)), initializer=_init_judge,
-                                                        initargs=(world,)) as workers:
-            scores = workers.map(_judge_worker, tuned)
-    else:
-        scores = []
-        for t in tuned:
-            if progress:
-                progress("confirming a candidate on more traffic")
-            scores.append(judge(scn, t, pool, base, spec.target))
+    reqs = requirements(scn, spec.rates, pool, spec.target, progress, base)
+    scores = score_candidates(scn, tuned, reqs, pool, base, spec.jobs, progress)
     ranked = [(max(shortfall, 0.0), v, i) for i, (v, shortfall) in enumerate(scores)]
     i = min(ranked)[2]
     params, value = study.candidates[i]
     return replace(study, tuned=tuned[i], value=value, params=params)
-
-
-# A confirmation worker's world, set by ``_init_judge`` when the process starts.
-_JUDGE: dict[str, Any] = {}
-
-
-def _init_judge(world: dict[str, Any]) -> None:
-    _JUDGE.update(world)
-
-
-def _judge_worker(tuned: TunedPolicy) -> tuple[float, float]:
-    w = _JUDGE
-    return judge(w["scn"], tuned, w["seeds"], w["static_max"], w["target"])
-
-
-def judge(scn: Scenario, tuned: TunedPolicy, seeds: list[int], static_max: dict[float, list[dict[str, Any]]],
-          target: float) -> tuple[float, float]:
-    """(mean energy relative to static-max's, worst shortfall beyond the noise) of ``tuned`` at the rates of
-    ``static_max`` (static-max's runs on ``seeds``, one per seed, at each rate).
-
-    Where static-max keeps less than ``target``, the requirement is static-max's own attainment less a point,
-    and meeting it is a paired comparison with static-max on the same traffic, whose error is the spread of
-    the per-seed differences. There a shortfall counts only beyond one standard error of their mean: under
-    overload a 60 s run's attainment is a lottery that four seeds cannot settle to a point. A100 x
-    Llama-3.1-8B at 100 req/s, seeds 0, 1, 500, 501: static-max kept 25.9 / 49.5 / 6.7 / 30.1 %, and each
-    of the four candidates of one search (the same clocks there, the same routers) missed the pooled
-    requirement by 1.8-2.7 points; two of them kept 14.6 / 59.1-59.4 / 4.9-5.8 / 18.5-21.8 %. The one kept
-    for missing least spent 0.4 % more at 50 req/s on six held-out seeds than the one this rule keeps (57,237 J
-    against 57,009) and lost to static-best there (57,155 J); on those seeds both met the 100 req/s
-    requirement, with 2.8 and 3.3 points to spare. Where static-max keeps the target, the requirement is the
-    target less a point, a fixed line, and a shortfall counts in full.
-    """
-    rel: list[float] = []
-    worst = -1.0
-    for rate, base in sorted(static_max.items(), key=lambda kv: -kv[0]):  # as ``score``: the heaviest first
-        runs = [scn.run("voltana-tuned", rate, s, tuned) for s in seeds]
-        base_energy, base_att = means(base)
-        energy, att = means(runs)
-        rel.append(energy / base_energy)
-        shortfall = requirement_for(base_att, target) - att
-        if base_att < target and len(seeds) > 1:
-            diffs = [r["attainment"]["both"] - b["attainment"]["both"] for r, b in zip(runs, base, strict=True)]
-            shortfall -= statistics.stdev(diffs) / math.sqrt(len(diffs))
-        worst = max(worst, shortfall)
-        if worst > STOP_MARGIN:  # as ``score``: the rest cannot rescue it
-            return 1.0 + worst, worst
-    return sum(rel) / len(rel), worst
 
 
 def validate(scn: Scenario, tuned: TunedPolicy | None, rates: list[float], seeds: list[int], target: float,

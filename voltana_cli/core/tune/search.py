@@ -36,8 +36,10 @@ search. No queue of our own: Optuna hands out the trials.
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 import os
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -149,6 +151,7 @@ class Requirement:
     static_max_energy_j: float
     static_max_attainment: float
     reference_energy_j: float | None = None
+    anchored: bool = False  # static-max keeps less than the target: ``attainment`` is its own, less a point
 
     def cost(self, energy_j: float) -> float:
         """A run's share of the objective at this rate: its energy relative to static-max's, plus the regret."""
@@ -224,12 +227,25 @@ def default_params(clocks: tuple[int, ...], levels: tuple[int, ...], ranges: dic
     return out
 
 
-def score(scn: Scenario, tuned: TunedPolicy, reqs: list[Requirement], seeds: list[int]) -> tuple[float, float]:
+def score(scn: Scenario, tuned: TunedPolicy, reqs: list[Requirement], seeds: list[int],
+          paired: dict[float, list[dict[str, Any]]] | None = None) -> tuple[float, float]:
     """(mean relative energy with its regret, ``Requirement.cost``; worst shortfall of attainment) of
     ``tuned`` over the rates and seeds.
 
     Rates are scored from the most loaded down; the first that falls short by more than ``STOP_MARGIN``
     ends the scoring (the trial is infeasible whatever the rest would give).
+
+    ``paired``: static-max's runs on the same ``seeds`` at each rate (the confirmation's). With them, at a rate
+    whose requirement is ``anchored`` on static-max's own attainment, meeting it is a paired comparison with
+    static-max on the same traffic, whose error is the spread of the per-seed differences, and a shortfall
+    counts only beyond one standard error of their mean: under overload a 60 s run's attainment is a lottery
+    that four seeds cannot settle to a point. A100 x Llama-3.1-8B at 100 req/s, seeds 0, 1, 500, 501:
+    static-max kept 25.9 / 49.5 / 6.7 / 30.1 %, and each of the four candidates of one search (the same clocks
+    there, the same routers) missed the pooled requirement by 1.8-2.7 points; two of them kept 14.6 /
+    59.1-59.4 / 4.9-5.8 / 18.5-21.8 %. The one kept for missing least spent 0.4 % more at 50 req/s on six
+    held-out seeds than the one this rule keeps (57,237 J against 57,009) and lost to static-best there (57,155
+    J); on those seeds both met the 100 req/s requirement, with 2.8 and 3.3 points to spare. Where static-max
+    keeps the target, the requirement is the target less a point, a fixed line, and a shortfall counts in full.
     """
     rel: list[float] = []
     worst = -1.0
@@ -237,10 +253,35 @@ def score(scn: Scenario, tuned: TunedPolicy, reqs: list[Requirement], seeds: lis
         runs = [scn.run("voltana-tuned", req.rate, s, tuned) for s in seeds]
         energy, att = means(runs)
         rel.append(req.cost(energy))
-        worst = max(worst, req.attainment - att)
+        shortfall = req.attainment - att
+        if paired is not None and req.anchored and len(seeds) > 1:
+            diffs = [r["attainment"]["both"] - b["attainment"]["both"]
+                     for r, b in zip(runs, paired[req.rate], strict=True)]
+            shortfall -= statistics.stdev(diffs) / math.sqrt(len(diffs))
+        worst = max(worst, shortfall)
         if worst > STOP_MARGIN:
             return 1.0 + worst, worst
     return sum(rel) / len(rel), worst
+
+
+def score_candidates(scn: Scenario, tuned: list[TunedPolicy], reqs: list[Requirement], seeds: list[int],
+                     paired: dict[float, list[dict[str, Any]]] | None = None, jobs: int = 1,
+                     progress: Callable[[str], None] | None = None) -> list[tuple[float, float]]:
+    """``score`` of each of ``tuned``, shared among ``jobs`` spawned workers when more than one (as the
+    search's trials are, ``_run_workers``)."""
+    if jobs <= 1:
+        out = []
+        for t in tuned:
+            if progress:
+                progress("confirming a candidate on more traffic")
+            out.append(score(scn, t, reqs, seeds, paired))
+        return out
+    if progress:
+        progress(f"confirming {len(tuned)} candidates on more traffic")
+    world = {"scn": scn, "reqs": reqs, "seeds": seeds, "paired": paired}
+    with multiprocessing.get_context("spawn").Pool(min(jobs, len(tuned)), initializer=_init_worker,
+                                                    initargs=(world,)) as pool:
+        return list(pool.map(_score_worker, tuned))
 
 
 @dataclass
@@ -412,7 +453,7 @@ def _run_workers(scn: Scenario, reqs: list[Requirement], seeds: list[int], trial
 
 def _score_worker(tuned: TunedPolicy) -> tuple[float, float]:
     w = _WORKER
-    return score(w["scn"], tuned, w["reqs"], w["seeds"])
+    return score(w["scn"], tuned, w["reqs"], w["seeds"], w.get("paired"))
 
 
 def _run_queued(study: Any, space: tuple[Any, ...], limit: int,

@@ -15,13 +15,17 @@ from voltana_cli.core.sim import CostCache, DecodeInstance, Outcomes, PrefillIns
 
 @dataclass
 class SmallKv:
-    """A ground truth with a tiny KV cache, so the capacity bound is reached with small requests."""
+    """A ground truth with a tiny KV cache, so the capacity bound is reached with small requests; ``margin``
+    sets the engine's ``decode_reserved_tokens`` (None: the spec's)."""
 
     base: object
     kv_capacity_tokens: int = 3000
     max_batch: int = 8
+    margin: int | None = None
 
     def __getattr__(self, name: str):
+        if name == "engine" and self.margin is not None:
+            return self.base.engine.model_copy(update={"decode_reserved_tokens": self.margin})
         return getattr(self.base, name)
 
 
@@ -36,34 +40,41 @@ def drive(inst, now: float = 0.0, until: float = math.inf, step: float = 0.0) ->
     return now
 
 
+def landing(inst: DecodeInstance) -> DecodeInstance:
+    """Land each request's KV cache as soon as it is pre-allocated (prefill and transfer take no time)."""
+    inst.on_preallocated = lambda rids, now: [inst.submit(rid, now) for rid in rids]
+    return inst
+
+
 def _decode(model, n_req: int, inp: int, out: int, controller=None) -> tuple[DecodeInstance, Requests, Outcomes]:
     reqs = Requests([0.0] * n_req, [inp] * n_req, [out] * n_req)
     outs = Outcomes.empty(n_req)
-    inst = DecodeInstance(0, controller or StaticController(1410), CostCache(model, 8192), reqs, outs,
-                          lambda: 1.0, 0.003, 0.0)
+    inst = landing(DecodeInstance(0, controller or StaticController(1410), CostCache(model, 8192), reqs, outs,
+                                  lambda: 1.0, 0.003, 0.0))
     for rid in range(n_req):
         deliver(inst, rid, 0.0)
     return inst, reqs, outs
 
 
 def deliver(inst: DecodeInstance, rid: int, now: float) -> None:
-    """Route a request here and land its KV cache as soon as it is pre-allocated (prefill and transfer free)."""
+    """Route a request to a ``landing`` instance; its KV lands when the instance pre-allocates it."""
     inst.route(rid)
     inst.preallocate(now)
-    inst.submit(rid, now)
 
 
 @settings(max_examples=40, deadline=None)
-@given(n_req=st.integers(1, 30), inp=st.integers(1, 900), out=st.integers(1, 40))
-def test_decode_keeps_reserved_kv_and_batch_within_capacity(a100_8b, n_req, inp, out):
-    model = SmallKv(a100_8b)
+@given(n_req=st.integers(1, 30), inp=st.integers(1, 900), out=st.integers(1, 40), margin=st.sampled_from([8, 512]))
+def test_decode_keeps_kv_and_batch_within_capacity(a100_8b, n_req, inp, out, margin):
+    """Whatever the pool's pressure, each iteration's tokens fit the KV cache (retracting when they would
+    not), and every request gets every token exactly once."""
+    model = SmallKv(a100_8b, margin=margin)
     inst, reqs, outs = _decode(model, n_req, inp, out)
     now = 0.0
     while inst.has_work():
         dt = inst.start(now)
-        # One request is always admitted into an empty batch; beyond that the reservation fits.
         assert inst.batch <= model.max_batch
-        assert inst.reserved <= max(model.kv_capacity_tokens, inp + out)
+        # The next tokens fit beside what is held (one request always runs: SGLang keeps the last one).
+        assert inst.kv_tokens + inst.allocated_tokens + inst.batch <= max(model.kv_capacity_tokens, inp + out)
         if dt is None:
             break
         now += dt
@@ -72,15 +83,43 @@ def test_decode_keeps_reserved_kv_and_batch_within_capacity(a100_8b, n_req, inp,
     assert all(f >= t for f, t in zip(outs.finish_s, outs.first_token_s, strict=True))
     # Every request got output_tokens - 1 decode iterations: the batch sizes add up to the ITL count.
     assert sum(inst.batches) == n_req * max(out - 1, 0)
+    assert inst.kv_tokens == 0 and not inst.retracted
 
 
-def test_decode_admits_in_order_and_queues_the_rest(a100_8b):
-    inst, _, outs = _decode(SmallKv(a100_8b, kv_capacity_tokens=1000), 5, 300, 10)
+def test_decode_preallocates_in_order_and_gates_the_rest(a100_8b):
+    """SGLang's pre-allocation: a request's input KV, while the free KV less the margin per active request
+    holds it plus a margin; the head of the queue blocks the rest."""
+    inst, _, outs = _decode(SmallKv(a100_8b, kv_capacity_tokens=2000, margin=512), 5, 300, 10)
     inst.start(0.0)
-    assert inst.batch == 3 and len(inst.waiting) == 2  # 3 x 310 reserved tokens fit 1000; the 4th waits
-    assert [math.isfinite(t) for t in outs.first_token_s] == [True, True, True, False, False]
+    # 300 fits an empty pool; 2000 - 300 - 512 = 1188 >= 300 + 512; 2000 - 600 - 1024 = 376 < 812: the 3rd waits.
+    assert inst.batch == 2 and len(inst.prealloc) == 3
+    assert [math.isfinite(t) for t in outs.first_token_s] == [True, True, False, False, False]
     drive(inst)
-    assert outs.first_token_s[3] > 0 and outs.first_token_s[3] <= outs.first_token_s[4]
+    assert outs.first_token_s == sorted(outs.first_token_s)
+
+
+def test_decode_retracts_the_newest_when_the_pool_fills_and_resumes_it_first(a100_8b):
+    """Three equal requests outgrow a 1200-token pool: the newest is retracted first (fewest tokens, then the
+    longest prompt, then the newest), the next newest later; they resume oldest first once KV frees, each
+    getting its next token from the iteration it resumes in, and no token is lost or given twice."""
+    inst, _, outs = _decode(SmallKv(a100_8b, kv_capacity_tokens=1200, margin=8), 3, 300, 500)
+    retracted: list[tuple[int, int]] = []
+    now = 0.0
+    while inst.has_work():
+        before = {rid for rid, _, _ in inst.retracted}
+        dt = inst.start(now)
+        retracted += [(rid, it) for rid, _, it in inst.retracted if rid not in before]
+        now += dt
+        inst.finish(now)
+    # At iteration 100 the three hold 3 x 400 tokens: no room for a step of 3; request 2 leaves, and leaves
+    # room for 20 steps of 2. The two fill the pool again after 200 more steps (800 + 2 x 200 tokens): request 1
+    # leaves, and 0 runs alone to its end.
+    assert retracted[:2] == [(2, 100), (1, 300)]
+    assert outs.finish_s[0] < outs.finish_s[1] < outs.finish_s[2]
+    assert [p[:2] for p in outs.pauses[:2]] == [(2, 100), (1, 300)]  # resumed in the order they left
+    assert all(a < b for _, a, b in outs.pauses)
+    assert sum(inst.batches) == 3 * 499  # no token lost, none given twice
+    assert inst.kv_tokens == 0 and not inst.retracted
 
 
 def test_prefill_splits_a_long_prompt_over_the_chunk_budget(a100_8b):
@@ -128,7 +167,8 @@ def test_idle_drop_changes_the_held_clock(a100_8b):
             """Nothing to forget."""
 
     reqs = Requests([0.0, 10.0], [100, 100], [3, 4])
-    inst = DecodeInstance(0, Scripted(), CostCache(a100_8b, 8192), reqs, Outcomes.empty(2), lambda: 1.0, 0.003, 0.0)
+    inst = landing(DecodeInstance(0, Scripted(), CostCache(a100_8b, 8192), reqs, Outcomes.empty(2), lambda: 1.0,
+                                  0.003, 0.0))
     deliver(inst, 0, 0.0)
     end = drive(inst)
     assert inst.clock == 1410 and inst.record.clock_switches == 1  # 1005 (idle) -> 1410
@@ -198,23 +238,41 @@ def test_prefill_overlap_fixes_the_next_batch_when_the_current_one_starts(a100_8
 
 
 def test_an_aborted_decode_request_frees_its_place_wherever_it_is(a100_8b):
-    """Running, waiting or pre-allocating: an abort frees the batch slot, the reservation and the KV it held, and
-    the instance goes on as if the request had never come."""
+    """Running, waiting or pre-allocating: an abort frees the batch slot and the KV it held, and the instance
+    goes on as if the request had never come."""
     model = SmallKv(a100_8b, kv_capacity_tokens=100_000, max_batch=3)
     inst, reqs, outs = _decode(model, 5, 300, 10)
     assert not inst.prealloc  # every request's KV was allocated; the batch limit holds two back
     dt = inst.start(0.0)
-    inst.finish(dt)  # requests 0-2 running (3 x 310 reserved), 3 and 4 waiting
+    inst.finish(dt)  # requests 0-2 running, 3 and 4 waiting
     assert inst.batch == 3 and list(inst.waiting) == [3, 4]
     kv_before = inst.kv_tokens
     assert inst.abort(1)  # running: its prompt and its one token so far are freed
-    assert inst.batch == 2 and inst.kv_tokens == kv_before - 301 and inst.reserved == 2 * 310
+    assert inst.batch == 2 and inst.kv_tokens == kv_before - 301
     assert inst.abort(4)  # waiting
     assert list(inst.waiting) == [3]
     end = drive(inst, dt)
     assert math.isnan(outs.finish_s[1]) and math.isnan(outs.finish_s[4])
     assert all(math.isfinite(outs.finish_s[i]) for i in (0, 2, 3)) and end > dt
-    assert inst.batch == 0 and inst.kv_tokens == 0 and inst.reserved == 0 and inst.allocated == 0
+    assert inst.batch == 0 and inst.kv_tokens == 0 and inst.allocated == 0
+    v = inst.view()
+    assert v.num_requests == 0 and v.queued_tokens == 0 and v.kv_tokens == 0
+
+
+@pytest.mark.parametrize("when", ["retracted", "resumed"])
+def test_an_aborted_request_that_was_retracted_frees_its_place(a100_8b, when):
+    """A retracted request aborted while off the GPU leaves the retracted queue; one aborted after it resumed
+    frees the KV it holds then. The others finish and the instance ends empty."""
+    inst, _, outs = _decode(SmallKv(a100_8b, kv_capacity_tokens=1200, margin=8), 3, 300, 500)
+    now = 0.0
+    while not inst.retracted or (when == "resumed" and not outs.pauses):  # request 2 leaves at iteration 100
+        now += inst.start(now)
+        inst.finish(now)
+    assert inst.abort(2)
+    assert 2 not in [rid for rid, _, _ in inst.retracted]
+    drive(inst, now)
+    assert math.isnan(outs.finish_s[2]) and all(math.isfinite(outs.finish_s[i]) for i in (0, 1))
+    assert inst.batch == 0 and inst.kv_tokens == 0
     v = inst.view()
     assert v.num_requests == 0 and v.queued_tokens == 0 and v.kv_tokens == 0
 

@@ -498,6 +498,46 @@ def test_a_decode_request_aborted_before_its_kv_lands_frees_its_allocation():
     asyncio.run(main())
 
 
+def test_an_emulated_decode_streams_no_token_to_a_request_it_retracted():
+    """The emulated decode runs the simulator's scheduler: when its pool fills it retracts a request, which
+    then gets no token until it resumes. Each client still receives exactly its output, token by token."""
+    import asyncio
+
+    from voltana_cli.core.live.engine import make_engine, parse_request
+
+    async def main() -> None:
+        async def post(url: str, body: dict) -> None:
+            """The prefill's bootstrap server: not needed here."""
+
+        eng = make_engine("decode", "a100-80g-sxm4", "llama-3.1-8b", 1, "http://decode", None, post)
+        eng.inst.capacity, eng.inst.margin = 700, 8  # three 200-token prompts fill it after 33 tokens each
+        loop = asyncio.ensure_future(eng.run())
+        jobs = []
+        for room in range(3):
+            body = {"input_ids": [1] * 200, "sampling_params": {"max_new_tokens": 60}, "bootstrap_host": "pre",
+                    "bootstrap_port": 9, "bootstrap_room": room}
+            jobs.append(eng.decode(parse_request("generate", body, 100_000)))
+        await asyncio.sleep(0.02)
+        for room in range(3):
+            assert eng.kv_arrived(room)
+
+        async def count(job) -> tuple[int, float]:
+            n = 0
+            while await job.tokens.get() is not None:
+                n += 1
+            return n, eng.now()
+
+        got = await asyncio.wait_for(asyncio.gather(*(count(j) for j in jobs)), 30)
+        loop.cancel()
+        assert [n for n, _ in got] == [60, 60, 60]
+        assert eng.outcomes.pauses and {rid for rid, _, _ in eng.outcomes.pauses} <= {1, 2}
+        # Each stream ends when the scheduler gave its last token (a streamed pause would end it that much sooner).
+        for job, (_, end) in zip(jobs, got, strict=True):
+            assert abs(end - eng.outcomes.finish_s[job.rid]) < 0.05
+
+    asyncio.run(main())
+
+
 def test_the_allocation_notice_lands_the_handshakes_latency_after_the_pre_allocation():
     """The emulated decode tells its prefill of a pre-allocation as a simulated one does: the engine spec's
     handshake latency later, its own trip (learnt from the previous notices' round trips) included."""

@@ -65,6 +65,29 @@ def test_simulator_shaped_log_shares_one_stream_between_requests():
     assert s.itl_ms["mean"] == pytest.approx(1e3 * (0.01 + 0.04 + 0.06 + 0.08) / 6)
 
 
+def test_a_retracted_requests_pause_is_one_itl():
+    """Request 0 gets tokens from gaps 0 and 1, sits out gaps 2-3 (retracted) and resumes in gap 4: three ITLs,
+    the last of them the pause (gaps 2-4 together, 0.08 s). Request 1 gets a token from every gap. The pause is
+    one ITL in the mean, the max, the violation count and the token-weighted percentiles."""
+    dur = np.array([0.01, 0.02, 0.03, 0.03, 0.02])
+    log = RequestLog(
+        arrival_s=np.zeros(2), input_tokens=np.array([5, 5]), output_tokens=np.array([4, 6]),
+        first_token_s=np.zeros(2), finish_s=np.array([0.11, 0.11]),
+        prefill_instance=np.zeros(2, dtype=np.int64), decode_instance=np.zeros(2, dtype=np.int64),
+        gap_stream=np.zeros(2, dtype=np.int64), gap_start=np.array([0, 0]), gap_count=np.array([3, 5]),
+        streams=[dur], stream_weights=[np.array([2.0, 2.0, 1.0, 1.0, 2.0])],
+        instances=[InstanceRecord("decode", 0)], start_s=0.0, end_s=0.11, pauses=np.array([[0, 2, 4]]),
+    )
+    np.testing.assert_allclose(log.itl_mean_s, [0.11 / 3, 0.11 / 5])
+    np.testing.assert_allclose(log.itl_max_s, [0.08, 0.03])
+    np.testing.assert_array_equal(log.itl_violations(0.05), [1, 0])
+    np.testing.assert_array_equal(log.itl_violations(0.025), [1, 2])  # request 0: the pause, not gaps 2 and 3
+    gaps, weights = log.token_gaps
+    assert weights.sum() == log.gap_count.sum()  # one weight per token
+    np.testing.assert_allclose(np.sort(np.repeat(gaps, weights.astype(int))),
+                               np.sort([0.01, 0.02, 0.08, 0.01, 0.02, 0.03, 0.03, 0.02]))
+
+
 def test_segment_max_at_the_end_of_a_stream():
     dur = np.array([0.01, 0.09, 0.02])
     log = RequestLog(

@@ -211,6 +211,28 @@ def test_the_request_paths_ingress_and_egress_shift_every_token_and_change_nothi
     assert all(np.array_equal(a, b) for a, b in zip(path.streams, bare.streams, strict=True))
 
 
+def test_a_thin_margin_admits_more_and_retracts_under_kv_pressure(a100_8b):
+    """Long outputs outgrow a small decode pool. With SGLang's default margin (512 tokens per active request)
+    pre-allocation holds new requests back and nothing is retracted; with the testbed's (8) the decode admits
+    more, then retracts running requests as their outputs grow: first tokens come sooner, running requests
+    stall. Every token arrives once either way, and a pause is one ITL of the request it stalled."""
+    from tests.test_instance import SmallKv
+
+    wl = make_workload(n=80, rate=100.0, out_max=400)
+    runs = {m: run(SmallKv(_engine(a100_8b, decode_reserved_tokens=m), kv_capacity_tokens=12_000,
+                           max_batch=a100_8b.max_batch), wl, "static-max", noise=0.0) for m in (8, 512)}
+    thin, wide = runs[8], runs[512]
+    assert len(wide.pauses) == 0 and len(thin.pauses) > 0
+    assert np.nanmean(thin.ttft_s) < np.nanmean(wide.ttft_s)
+    assert np.nanmax(thin.itl_max_s) > np.nanmax(wide.itl_max_s)
+    for res in runs.values():
+        assert np.all(np.isfinite(res.finish_s)) and np.array_equal(res.gap_count, res.output_tokens - 1)
+        assert res.token_gaps[1].sum() == res.gap_count.sum()
+        has = res.gap_count > 0  # the mean ITL spans first to last token, pauses included
+        np.testing.assert_allclose(res.itl_mean_s[has] * res.gap_count[has],
+                                   (res.finish_s - res.first_token_s)[has], rtol=1e-9)
+
+
 def test_the_handshake_latency_holds_a_prefill_until_its_decode_allocation_is_known(a100_8b):
     """A request on an idle cluster: its decode pre-allocates at once, its prefill may start only the
     handshake's latency later, so its first token comes exactly that much later."""

@@ -261,7 +261,7 @@ class EmulatedEngine:
                                "finished": self.finished_requests, "time_s": self.now()}
         if isinstance(inst, DecodeInstance):
             out.update(running=inst.batch, waiting=len(inst.waiting), preallocating=len(inst.prealloc),
-                       kv_tokens=inst.kv_tokens, kv_capacity_tokens=inst.capacity)
+                       retracted=len(inst.retracted), kv_tokens=inst.kv_tokens, kv_capacity_tokens=inst.capacity)
         else:
             out.update(running=0, waiting=len(inst.queue), queued_tokens=inst.queued_tokens)
         return out
@@ -441,10 +441,15 @@ class EmulatedEngine:
             return []
         got: list[tuple[Job, bool]] = []
         done = []
+        inst = self.inst
+        assert isinstance(inst, DecodeInstance)
+        paused = {rid for rid, _, _ in inst.retracted}  # retracted when the iteration formed: no token from it
         for rid, left in self._running.items():
             job = self.jobs.get(rid)
             if job is None:
                 done.append(rid)
+                continue
+            if rid in paused:
                 continue
             got.append((job, left <= 1))
             if left <= 1:

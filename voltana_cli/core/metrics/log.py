@@ -62,7 +62,11 @@ class RequestLog:
         prefill_instance, decode_instance: where the request ran (-1: nowhere).
         gap_stream: the gap stream holding the request's ITLs (-1: it has none).
         gap_start: index of its first ITL in that stream.
-        gap_count: how many ITLs it has (``output_tokens - 1`` once finished).
+        gap_count: how many ITLs it has (``output_tokens - 1`` once finished). Its ITLs are the stream's
+            gaps from ``gap_start`` on, one per gap, except across a pause.
+        pauses: ``(request, first gap, last gap)`` rows, one per pause of a request its decode instance
+            retracted: the request sat out its stream's gaps from the first up to the one before the last,
+            and the last delivered its next token, so those gaps together are one of its ITLs.
         streams: gap durations (s), one array per stream.
         stream_weights: tokens delivered by each gap, one array per stream.
         instances: one record per instance (prefill first, then decode).
@@ -86,6 +90,7 @@ class RequestLog:
     start_s: float
     end_s: float
     events: int = 0
+    pauses: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), dtype=np.int64))
 
     @property
     def num_requests(self) -> int:
@@ -102,13 +107,25 @@ class RequestLog:
 
     def _runs(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
         """Per stream holding ITLs: its gaps, the requests whose ITLs it holds, and each one's run
-        ``[start, end)`` in it."""
+        ``[start, end)`` in it (its pauses included)."""
         cnt = self.gap_count
+        span = cnt.copy()
+        if len(self.pauses):
+            rid, a, b = self.pauses.T
+            np.add.at(span, rid, b - a)
         for k, dur in enumerate(self.streams):
             sel = np.flatnonzero((self.gap_stream == k) & (cnt > 0))
             if len(sel):
                 s = self.gap_start[sel]
-                yield dur, sel, s, s + cnt[sel]
+                yield dur, sel, s, s + span[sel]
+
+    @cached_property
+    def _pause_gaps(self) -> np.ndarray:
+        """Each pause's ITL: the sum of the stream's gaps it spans (s)."""
+        if not len(self.pauses):
+            return np.zeros(0)
+        rid, a, b = self.pauses.T
+        return np.array([self.streams[self.gap_stream[r]][i:j + 1].sum() for r, i, j in zip(rid, a, b, strict=True)])
 
     @cached_property
     def _itl_stats(self) -> tuple[np.ndarray, np.ndarray]:
@@ -118,7 +135,9 @@ class RequestLog:
         for dur, sel, s, e in self._runs():
             c = np.concatenate([[0.0], np.cumsum(dur)])
             mean[sel] = (c[e] - c[s]) / self.gap_count[sel]
-            mx[sel] = _segment_max(dur, s, e)
+            mx[sel] = _segment_max(dur, s, e)  # a pause's gaps are each at most the pause's ITL
+        if len(self.pauses):
+            np.maximum.at(mx, self.pauses[:, 0], self._pause_gaps)
         return mean, mx
 
     @property
@@ -133,17 +152,26 @@ class RequestLog:
 
     @property
     def token_gaps(self) -> tuple[np.ndarray, np.ndarray]:
-        """Every gap of every stream and the tokens it delivered (for token-weighted ITL percentiles)."""
+        """Every ITL every token saw, as gaps and how many tokens each delivered (for token-weighted ITL
+        percentiles): the streams' gaps, less the tokens whose ITL was a pause, and each pause's ITL."""
         if not self.streams:
             return np.zeros(0), np.zeros(0)
-        return np.concatenate(self.streams), np.concatenate(self.stream_weights)
+        weights = self.stream_weights
+        if len(self.pauses):
+            weights = [w.copy() for w in weights]
+            for r, b in zip(self.pauses[:, 0], self.pauses[:, 2], strict=True):
+                weights[self.gap_stream[r]][b] -= 1
+        return (np.concatenate([*self.streams, self._pause_gaps]),
+                np.concatenate([*weights, np.ones(len(self.pauses))]))
 
     def itl_violations(self, slo_itl_s: float) -> np.ndarray:
-        """Per request, how many of its ITLs exceed ``slo_itl_s``."""
+        """Per request, how many of its ITLs exceed ``slo_itl_s`` (a pause is one ITL)."""
         v = np.zeros(self.num_requests, dtype=np.int64)
         for dur, sel, s, e in self._runs():
             c = np.concatenate([[0], np.cumsum(dur > slo_itl_s)])
             v[sel] = c[e] - c[s]
+        for (r, a, b), gap in zip(self.pauses, self._pause_gaps, strict=True):
+            v[r] += int(gap > slo_itl_s) - int(np.count_nonzero(self.streams[self.gap_stream[r]][a:b + 1] > slo_itl_s))
         return v
 
     @classmethod

@@ -167,6 +167,9 @@ class EngineSpec(_Strict):
     prefill_overlap_schedule: bool = Field(description="the prefill loop forms batch k+1 when batch k starts")
     decode_reserved_tokens: int = Field(ge=0, description="KV tokens a P/D decode instance keeps free per active "
                                         "request when it pre-allocates a new one (num_reserved_decode_tokens)")
+    retract_decode_steps: int = Field(20, gt=0, description="when a decode step finds no KV room for the next "
+                                      "tokens, running requests are retracted until this many steps fit "
+                                      "(retract_decode_steps)")
     mem_fraction_static: float = Field(gt=0, le=1)
     kv_transfer_gbps: float = Field(gt=0)
     kv_transfer_latency_ms: float = Field(ge=0)

@@ -308,7 +308,7 @@ class _Cluster:
                 elif kind == _DECODE_DONE:
                     inst = decodes[x]
                     inst.finish(now)
-                    if inst.batch or inst.waiting or inst.prealloc:  # has_work(), inlined: a pass may just pre-allocate
+                    if inst.batch or inst.waiting or inst.prealloc or inst.retracted:  # has_work(), inlined
                         dt = inst.start(now)  # start_decode(x, now), inlined
                         if dt is not None:
                             push(heap, (now + dt, next_seq(), _DECODE_DONE, x))
@@ -407,6 +407,7 @@ class _Cluster:
             stream_weights=[_array(d.batches, float) for d in self.runners],
             instances=[inst.record for inst in (*self.prefills, *self.runners)],
             start_s=float(workload.arrival_s[0]), end_s=end, events=self.events,
+            pauses=np.array(o.pauses, dtype=np.int64).reshape(-1, 3),
         )
 
 

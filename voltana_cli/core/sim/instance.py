@@ -45,11 +45,14 @@ class Requests:
 
 @dataclass
 class Outcomes:
-    """What instances record per request id: first token, finish, decode iteration of the first ITL."""
+    """What instances record per request id: first token, finish, decode iteration of the first ITL; and
+    every pause of a request its decode instance retracted: ``(request id, the first iteration it sat out,
+    the iteration that gave it its next token)``."""
 
     first_token_s: list[float] = field(default_factory=list)
     finish_s: list[float] = field(default_factory=list)
     first_iter: list[int] = field(default_factory=list)
+    pauses: list[tuple[int, int, int]] = field(default_factory=list)
 
     @classmethod
     def empty(cls, n: int) -> Outcomes:
@@ -412,15 +415,24 @@ class DecodeInstance(Instance):
     request, still fits it plus that margin (first come, first served; the head blocks the rest; an idle
     instance always takes one). Only then may its prefill instance schedule it (``on_preallocated``): decode
     memory pressure backs up into the prefill queues. Its KV cache then arrives and waits; at each
-    iteration boundary waiting requests are admitted in order while the batch is below ``max_batch`` and
-    their input + output tokens fit the capacity beside the running requests' (one is always admitted into
-    an empty batch) — the reservation stands in for SGLang's retraction of running requests when the pool
-    fills. Admission delivers the request's first token (its prefill computed it); every later token ends
-    an iteration.
+    iteration boundary waiting requests are admitted in order while the batch is below ``max_batch`` (their
+    KV is there already: no memory check, as ``get_new_prebuilt_batch``). Admission delivers the request's
+    first token (its prefill computed it); every later token ends an iteration and adds one token of KV.
+
+    Nothing reserves room for outputs: when the free KV no longer holds one more token per running request,
+    the instance retracts running requests (``ScheduleBatch.retract_decode``: fewest generated tokens first,
+    then the longest prompt) until it holds ``retract_decode_steps`` more per request. A retracted request's
+    KV leaves the GPU (SGLang copies it to host memory; the copy's time is not modelled) and its stream
+    stalls; while any is retracted nothing new is pre-allocated. At each iteration boundary the oldest
+    retracted request resumes when its KV fits beside the margin of the active ones, and gets its next token
+    from that iteration (``resume_retracted_reqs``). So an overloaded decode trades inter-token latency for
+    admission, as SGLang's does, instead of holding new requests back. ``docs/notes/sglang-pd-scheduler.md``
+    §1-2 has the source.
     """
 
     __slots__ = ("capacity", "max_batch", "margin", "on_first_tokens", "on_preallocated", "prealloc", "allocated",
-                 "allocated_tokens", "waiting", "inflight", "_ends", "batch", "kv_tokens", "reserved", "iteration", "_dropped")
+                 "allocated_tokens", "waiting", "inflight", "_ends", "batch", "kv_tokens", "iteration", "_dropped", "steps",
+                 "retracted")
 
     def __init__(self, index: int, controller: FrequencyController, costs: CostCache, requests: Requests,
                  outcomes: Outcomes, noise: Callable[[], float], switch_s: float, start_s: float,
@@ -433,6 +445,7 @@ class DecodeInstance(Instance):
         cap = engine.decode_max_running_requests
         self.max_batch = costs.model.max_batch if cap is None else min(cap, costs.model.max_batch)
         self.margin = engine.decode_reserved_tokens
+        self.steps = engine.retract_decode_steps
         self.on_first_tokens = on_first_tokens  # told (request ids, now) of the first tokens a pass delivered
         self.on_preallocated = on_preallocated  # told (request ids, now) of the requests a pass pre-allocated
         self.prealloc: deque[int] = deque()  # routed here, KV not yet allocated: their prefill may not start
@@ -443,9 +456,10 @@ class DecodeInstance(Instance):
         self._ends: dict[int, list[int]] = {}  # iteration index -> the running requests it delivers the last token of
         self.batch = 0
         self.kv_tokens = 0
-        self.reserved = 0  # input + output tokens of the running requests
         self.iteration = 0
         self._dropped: set[int] = set()  # aborted while their KV was in flight (``abort``)
+        # Retracted running requests, oldest first: (request id, tokens it had got, the iteration it left at).
+        self.retracted: deque[tuple[int, int, int]] = deque()
 
     def view(self) -> InstanceView:
         """What a router may know of this instance now: requests running, waiting and in flight to it, their
@@ -513,11 +527,12 @@ class DecodeInstance(Instance):
         self.rate_t = now
 
     def has_work(self) -> bool:
-        return self.batch > 0 or bool(self.waiting) or bool(self.prealloc)
+        return self.batch > 0 or bool(self.waiting) or bool(self.prealloc) or bool(self.retracted)
 
     def abort(self, rid: int) -> bool:
         """Drop request ``rid`` wherever it is (its client went away) and free what it holds: its place in the
-        pre-allocation queue, its allocated KV, or its running reservation and KV. Call it between iterations
+        pre-allocation queue, its allocated KV, its running slot and KV, or its place among the retracted
+        (whose KV is off the GPU already). Call it between iterations
         (a live engine does); a request whose KV is still in flight is dropped when it lands (``submit``).
         Returns whether the request was here."""
         r, v = self.requests, self._view
@@ -536,19 +551,25 @@ class DecodeInstance(Instance):
             v.queued_tokens -= need
             v.kv_tokens -= n_in
             return True
+        for i, (held_rid, _, _) in enumerate(self.retracted):
+            if held_rid == rid:
+                del self.retracted[i]
+                v.num_requests -= 1
+                v.queued_tokens -= need
+                return True
         first = self.outcomes.first_iter[rid]
         if first >= 0 and math.isnan(self.outcomes.finish_s[rid]):  # running
-            last = first + r.output_tokens[rid] - 2
+            # The iteration that would give its last token: its first one's plus its output, plus its pauses.
+            last = first + r.output_tokens[rid] - 2 + sum(b - a for p, a, b in self.outcomes.pauses if p == rid)
             ends = self._ends.get(last)
             if ends is None or rid not in ends:
                 return False
             ends.remove(rid)
             if not ends:
                 del self._ends[last]
-            held = n_in + (self.iteration - first)  # its prompt and the tokens it got so far
+            held = n_in + r.output_tokens[rid] - (last - self.iteration + 1) - 1  # its prompt and the tokens it got
             self.batch -= 1
             self.kv_tokens -= held
-            self.reserved -= need
             v.num_requests -= 1
             v.queued_tokens -= need
             v.kv_tokens -= held
@@ -563,17 +584,13 @@ class DecodeInstance(Instance):
         first_token, first_iter = o.first_token_s, o.first_iter
         it = self.iteration
         ends = self._ends
-        batch, kv, reserved = self.batch, self.kv_tokens, self.reserved
-        cap, max_batch = self.capacity, self.max_batch
+        batch, kv = self.batch, self.kv_tokens
+        max_batch = self.max_batch
         admitted: list[int] = []
         inp_total = 0
-        while w:
-            rid = w[0]
+        while w and batch < max_batch:
+            rid = w.popleft()
             n_in, n_out = inp[rid], out[rid]
-            need = n_in + n_out
-            if (reserved + need > cap and batch > 0) or batch >= max_batch:
-                break
-            w.popleft()
             admitted.append(rid)
             inp_total += n_in
             first_token[rid] = now
@@ -581,33 +598,94 @@ class DecodeInstance(Instance):
                 o.finish_s[rid] = now
                 v = self._view
                 v.num_requests -= 1
-                v.queued_tokens -= need
+                v.queued_tokens -= n_in + n_out
                 v.kv_tokens -= n_in
                 continue
             first_iter[rid] = it
             batch += 1
             kv += n_in
-            reserved += need
             last = it + n_out - 2  # the iteration that delivers its last token
             if last in ends:
                 ends[last].append(rid)
             else:
                 ends[last] = [rid]
-        self.batch, self.kv_tokens, self.reserved = batch, kv, reserved
+        self.batch, self.kv_tokens = batch, kv
         self.allocated -= len(admitted)
         self.allocated_tokens -= inp_total
         # First tokens are announced after the pass's bookkeeping, in admission order.
         if admitted and self.on_first_tokens is not None:
             self.on_first_tokens(admitted, now)
 
+    def _retract(self) -> None:
+        """Retract running requests until the free KV holds ``steps`` more tokens per request left running:
+        fewest tokens got first, then the longest prompt (at least one goes, and one always stays)."""
+        it, v, ends = self.iteration, self._view, self._ends
+        inp, out = self.requests.input_tokens, self.requests.output_tokens
+        # (tokens got, -prompt, -id, the iteration of its last token) per running request, the one retracted
+        # first last (on a tie the newest, as SGLang's stable sort of its batch leaves it).
+        running = sorted(((out[rid] - (last - it + 1), -inp[rid], -rid, last) for last, rids in ends.items()
+                          for rid in rids), reverse=True)
+        while len(running) > 1:
+            got, _, neg_rid, last = running.pop()
+            rid = -neg_rid
+            rids = ends[last]
+            rids.remove(rid)
+            if not rids:
+                del ends[last]
+            held = inp[rid] + got - 1  # its prompt and the tokens it got, but the last one's KV is not written
+            self.batch -= 1
+            self.kv_tokens -= held
+            v.kv_tokens -= held
+            self.retracted.append((rid, got, it))
+            if self.capacity - self.kv_tokens - self.allocated_tokens >= self.steps * self.batch:
+                break
+
+    def _resume(self) -> None:
+        """Bring retracted requests back, oldest first, while each one's KV fits beside the margin of the active
+        requests (one always comes back onto an empty batch); each gets its next token from this iteration."""
+        it, v, ends, q, m = self.iteration, self._view, self._ends, self.retracted, self.margin
+        inp, out = self.requests.input_tokens, self.requests.output_tokens
+        pauses = self.outcomes.pauses
+        while q:
+            rid, got, left_at = q[0]
+            held = inp[rid] + got - 1
+            free = self.capacity - self.kv_tokens - self.allocated_tokens - m * (self.batch + self.allocated)
+            if self.batch and held + 1 + m > free:
+                break
+            q.popleft()
+            self.batch += 1
+            self.kv_tokens += held
+            v.kv_tokens += held
+            last = it + out[rid] - got - 1  # this iteration gives it token got + 1
+            if last in ends:
+                ends[last].append(rid)
+            else:
+                ends[last] = [rid]
+            pauses.append((rid, left_at, it))
+
     def form(self, now: float) -> Observation | None:
         # Requests whose prefill waits for this instance's KV (decode-gated): their wait is TTFT that only a
         # faster decode (freeing KV sooner) gives back.
+        if self.retracted:
+            self._resume()
         gated = self.prealloc
         if gated:
-            self.preallocate(now)
+            if self.retracted:  # nothing new is pre-allocated while a retracted request waits
+                self._view.gated = len(gated)
+            else:
+                self.preallocate(now)
         if self.waiting:
             self._admit(now)
+        while not self.batch and gated and not self.retracted:
+            # Everything admitted left at once (a one-token output): its KV is free for the next in line.
+            n = len(gated)
+            self.preallocate(now)
+            if self.waiting:
+                self._admit(now)
+            if len(gated) == n:
+                break
+        if self.capacity - self.kv_tokens - self.allocated_tokens < self.batch:  # no room for the next tokens
+            self._retract()
         batch = self.batch
         if batch == 0:
             return None
@@ -636,7 +714,6 @@ class DecodeInstance(Instance):
             # Each frees its reservation (input + output tokens) and its KV: its input and all but its last token.
             self.batch -= len(done)
             self.kv_tokens -= tokens - len(done)
-            self.reserved -= tokens
             v = self._view
             v.num_requests -= len(done)
             v.queued_tokens -= tokens

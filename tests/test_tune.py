@@ -159,6 +159,7 @@ def test_voltana_tuned_routes_prefill_with_its_own_router_and_the_references_wit
     (lambda d: d["provenance"].__setitem__("prefill_router", "nope"), "prefill_router 'nope' is not one of"),
     (lambda d: d["policy"].__setitem__("prefill_router", "nope"), "policy.prefill_router 'nope' is not one of"),
     (lambda d: d["policy"].__setitem__("prefill_router", "tuned"), "policy.prefill_router 'tuned' is not one of"),
+    (lambda d: d["provenance"].__setitem__("prefill_router", "tuned"), "prefill_router 'tuned' is not one of"),
 ])
 def test_bad_tuned_files_are_one_line(tmp_path, change, msg):
     doc = tune_document(tuned_example(), {"gpu": "a100-80g-sxm4", "model": "llama-3.1-8b"}, {})

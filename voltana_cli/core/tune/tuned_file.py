@@ -161,12 +161,20 @@ def policy_from_dict(raw: Any, where: str) -> TunedPolicy:
     router, headroom = raw.get("router", "predictive"), raw.get("router_headroom", 0.1)
     if not isinstance(router, str) or not isinstance(headroom, (int, float)) or not 0 <= headroom < 1:
         raise UserError(f"{where}: policy.router must be a router's name and router_headroom a number in [0, 1)")
-    prefill_router = raw.get("prefill_router")
-    if prefill_router is not None and (not isinstance(prefill_router, str) or prefill_router == "tuned"
-                                       or REGISTRY.router(prefill_router) is None):
-        names = ", ".join(e.name for e in REGISTRY.routers() if e.name != "tuned")
-        raise UserError(f"{where}: policy.prefill_router {prefill_router!r} is not one of {names}; rerun `voltana tune`")
+    prefill_router = _prefill_router(raw.get("prefill_router"), f"{where}: policy.prefill_router")
     return TunedPolicy(phases["prefill"], phases["decode"], router, float(headroom), prefill_router)
+
+
+def _prefill_router(name: object, what: str) -> str | None:
+    """``name`` if it names a concrete router (not ``tuned``, which stands for a tuned config's own), or None.
+
+    Raises:
+        UserError: it names none.
+    """
+    if name is not None and (not isinstance(name, str) or name == "tuned" or REGISTRY.router(name) is None):
+        names = ", ".join(e.name for e in REGISTRY.routers() if e.name != "tuned")
+        raise UserError(f"{what} {name!r} is not one of {names}; regenerate it with `voltana tune`")
+    return name
 
 
 def _read_yaml(p: Path) -> Any:
@@ -199,10 +207,7 @@ def load_tuned(path: str | Path) -> TunedConfig:
     prov = raw.get("provenance") or {}
     if not isinstance(prov, dict):
         raise UserError(f"{p}: provenance must be a mapping")
-    router = prov.get("prefill_router")
-    if router is not None and (not isinstance(router, str) or REGISTRY.router(router) is None):
-        names = ", ".join(e.name for e in REGISTRY.routers())
-        raise UserError(f"{p}: prefill_router {router!r} is not one of {names}; regenerate it with `voltana tune`")
+    _prefill_router(prov.get("prefill_router"), f"{p}: prefill_router")
     if pred is None and policy is None:
         raise UserError(f"{p}: has neither a predictor nor a policy section; regenerate it with `voltana tune`")
     return TunedConfig(str(p), str(got), pred, policy, prov)

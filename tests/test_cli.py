@@ -1,5 +1,6 @@
 import json
 
+import pandas as pd
 from typer.testing import CliRunner
 
 from voltana_cli.cli import app
@@ -52,6 +53,17 @@ def test_other_datasets_run(tmp_path):
                  ["--dataset", "random", "--arrival", "gamma", "--burstiness", "0.5"]):
         r = invoke("bench", *args, *FAST, "--policy", "voltana")
         assert r.exit_code == 0, (args, r.output)
+
+
+def test_the_random_dataset_draws_the_lengths_it_is_given(tmp_path):
+    """As SGLang's bench_serving: lengths uniform from ratio x the longest to the longest."""
+    c = tmp_path / "r.csv"
+    r = invoke("bench", "--dataset", "random", "--random-input-len", "40", "--random-output-len", "8",
+               "--random-range-ratio", "0.5", *FAST, "--policy", "static-max", "--csv", str(c))
+    assert r.exit_code == 0, r.output
+    df = pd.read_csv(c)
+    assert df["input_tokens"].between(20, 40).all() and df["output_tokens"].between(4, 8).all()
+    assert df["input_tokens"].nunique() > 10 and set(df["output_tokens"]) == set(range(4, 9))
 
 
 def test_help_lists_the_four_commands():

@@ -52,6 +52,10 @@ def bench(
     request_rate: str = typer.Option("60", help="Requests per second, or START:STOP:STEP for a sweep (inclusive)."),
     duration_s: float = typer.Option(120.0, help="Seconds of arrivals (ignored with --num-prompts)."),
     num_prompts: int | None = typer.Option(None, help="Number of requests instead of a duration."),
+    random_input_len: int = typer.Option(1024, help="--dataset random: the longest prompt (tokens)."),
+    random_output_len: int = typer.Option(128, help="--dataset random: the longest output (tokens)."),
+    random_range_ratio: float = typer.Option(0.5, help="--dataset random: the shortest length as a fraction of the "
+                                             "longest (lengths are drawn uniformly between)."),
     arrival: str = typer.Option("auto", help=f"Arrival process: auto, {', '.join(ARRIVALS)} "
                                 "(auto: trace timestamps for timestamped traces, else poisson)."),
     burstiness: float = typer.Option(1.0, help="Gamma arrivals' shape: 1 = Poisson, < 1 burstier."),
@@ -116,7 +120,8 @@ def bench(
         cfg = make_config(
             dataset=dataset, dataset_path=dataset_path, tokenizer=tokenizer, request_rates=rates,
             duration_s=None if num_prompts is not None else duration_s, num_prompts=num_prompts, arrival=arrival,
-            burstiness=burstiness, seed=seed,
+            burstiness=burstiness, seed=seed, random_input_len=random_input_len, random_output_len=random_output_len,
+            random_range_ratio=random_range_ratio,
             gpu=gpu, model=model, tp=tp, engine=engine_spec, n_prefill=prefill, n_decode=decode,
             policies=_policies(policy, tuned), prefill_router=prefill_router, tuned=tuned,
             slo_ttft_ms=slo_ttft_ms,
@@ -246,6 +251,8 @@ def _live(ctx: typer.Context, url: str, admin_token: str | None, api_key: str | 
             dataset=p["dataset"], dataset_path=p["dataset_path"], tokenizer=p["tokenizer"],
             request_rates=parse_rates(p["request_rate"]), duration_s=None if p["num_prompts"] is not None
             else p["duration_s"], num_prompts=p["num_prompts"], arrival=p["arrival"], burstiness=p["burstiness"],
+            random_input_len=p["random_input_len"], random_output_len=p["random_output_len"],
+            random_range_ratio=p["random_range_ratio"],
             seed=p["seed"], gpu=cluster["gpu"], model=cluster["model"], policies=list(p["policy"] or ["static-max"]),
             slo_ttft_ms=p["slo_ttft_ms"], slo_itl_ms=p["slo_itl_ms"],
             n_prefill=sum(1 for i in cluster["instances"] if i["role"] == "prefill"),

@@ -75,8 +75,10 @@ class BenchConfig(BaseModel):
     # The router of prefill instances; None: the one a ``tuned`` config was tuned with, else
     # ``DEFAULT_PREFILL_ROUTER`` (random, as the paper's reference load balancer picks them).
     prefill_router: str | None = None
+    # The random dataset's lengths, as SGLang's bench_serving draws them: uniform from ratio x len to len.
     random_input_len: int = 1024
     random_output_len: int = 128
+    random_range_ratio: float = 0.5
     profile: str | None = None  # a profile directory (or shipped <gpu>/<model>) as the simulated GPU's truth
     predictor: Path | None = None  # a tuned-config YAML whose EcoPred the controller uses
     tuned: Path | None = None  # a tuned config from `voltana tune`: adds voltana-tuned with its knobs
@@ -88,6 +90,20 @@ class BenchConfig(BaseModel):
         if v != "llama3" and info.data.get("dataset") != "sharegpt":
             raise ValueError(f"{v} counts ShareGPT's text only; the {info.data.get('dataset')} dataset is token "
                              "counts already: leave it out")
+        return v
+
+    @field_validator("random_input_len", "random_output_len", "random_range_ratio")
+    @classmethod
+    def _random_only(cls, v: float, info: ValidationInfo) -> float:
+        if info.field_name == "random_range_ratio":
+            if not 0 <= v <= 1:
+                raise ValueError(f"{v} must be a fraction from 0 to 1")
+        elif v < 1:
+            raise ValueError(f"{v} must be a number of tokens >= 1")
+        # Only the random dataset draws lengths; any other has its own, so a length given for it would go unused.
+        if v != cls.model_fields[str(info.field_name)].default and info.data.get("dataset") != "random":
+            raise ValueError(f"{v} sets the random dataset's lengths; the {info.data.get('dataset')} dataset has its "
+                             "own: leave it out, or use --dataset random")
         return v
 
     @field_validator("request_rates")
@@ -404,7 +420,8 @@ def per_request_frame(runs: list[RunRecord]) -> pd.DataFrame:
 
 def _lengths(cfg: BenchConfig) -> tuple[LengthTrace, str]:
     """The dataset's token lengths and the arrival process to use (``auto`` resolved)."""
-    req = DatasetRequest(cfg.dataset, cfg.dataset_path, cfg.tokenizer, cfg.random_input_len, cfg.random_output_len)
+    req = DatasetRequest(cfg.dataset, cfg.dataset_path, cfg.tokenizer, cfg.random_input_len, cfg.random_output_len,
+                         cfg.random_range_ratio)
     n_hint = cfg.num_prompts or int(max(cfg.request_rates) * (cfg.duration_s or 0) * 1.2) + 64
     lengths = load_lengths(req, np.random.default_rng(cfg.seed), n_hint)
     arrival = cfg.arrival

@@ -431,8 +431,8 @@ class DecodeInstance(Instance):
     """
 
     __slots__ = ("capacity", "max_batch", "margin", "on_first_tokens", "on_preallocated", "prealloc", "allocated",
-                 "allocated_tokens", "waiting", "inflight", "_ends", "batch", "kv_tokens", "iteration", "_dropped", "steps",
-                 "retracted")
+                 "allocated_tokens", "waiting", "inflight", "_ends", "batch", "kv_tokens", "iteration", "_dropped",
+                 "retract_steps", "retracted")
 
     def __init__(self, index: int, controller: FrequencyController, costs: CostCache, requests: Requests,
                  outcomes: Outcomes, noise: Callable[[], float], switch_s: float, start_s: float,
@@ -445,7 +445,7 @@ class DecodeInstance(Instance):
         cap = engine.decode_max_running_requests
         self.max_batch = costs.model.max_batch if cap is None else min(cap, costs.model.max_batch)
         self.margin = engine.decode_reserved_tokens
-        self.steps = engine.retract_decode_steps
+        self.retract_steps = engine.retract_decode_steps
         self.on_first_tokens = on_first_tokens  # told (request ids, now) of the first tokens a pass delivered
         self.on_preallocated = on_preallocated  # told (request ids, now) of the requests a pass pre-allocated
         self.prealloc: deque[int] = deque()  # routed here, KV not yet allocated: their prefill may not start
@@ -463,7 +463,7 @@ class DecodeInstance(Instance):
 
     def view(self) -> InstanceView:
         """What a router may know of this instance now: requests running, waiting and in flight to it, their
-        reserved tokens (input + output), and the clock. One view object per instance, kept current as the
+        input + output tokens, and the clock. One view object per instance, kept current as the
         instance changes (a router reads it during its call only)."""
         return self._view
 
@@ -617,7 +617,7 @@ class DecodeInstance(Instance):
             self.on_first_tokens(admitted, now)
 
     def _retract(self) -> None:
-        """Retract running requests until the free KV holds ``steps`` more tokens per request left running:
+        """Retract running requests until the free KV holds ``retract_steps`` more tokens per request left running:
         fewest tokens got first, then the longest prompt (at least one goes, and one always stays)."""
         it, v, ends = self.iteration, self._view, self._ends
         inp, out = self.requests.input_tokens, self.requests.output_tokens
@@ -637,7 +637,7 @@ class DecodeInstance(Instance):
             self.kv_tokens -= held
             v.kv_tokens -= held
             self.retracted.append((rid, got, it))
-            if self.capacity - self.kv_tokens - self.allocated_tokens >= self.steps * self.batch:
+            if self.capacity - self.kv_tokens - self.allocated_tokens >= self.retract_steps * self.batch:
                 break
 
     def _resume(self) -> None:
@@ -664,10 +664,10 @@ class DecodeInstance(Instance):
             pauses.append((rid, left_at, it))
 
     def form(self, now: float) -> Observation | None:
-        # Requests whose prefill waits for this instance's KV (decode-gated): their wait is TTFT that only a
-        # faster decode (freeing KV sooner) gives back.
         if self.retracted:
             self._resume()
+        # Requests whose prefill waits for this instance's KV (decode-gated): their wait is TTFT that only a
+        # faster decode (freeing KV sooner) gives back.
         gated = self.prealloc
         if gated:
             if self.retracted:  # nothing new is pre-allocated while a retracted request waits
@@ -711,7 +711,7 @@ class DecodeInstance(Instance):
             for rid in done:
                 fin[rid] = now
                 tokens += inp[rid] + out[rid]
-            # Each frees its reservation (input + output tokens) and its KV: its input and all but its last token.
+            # Each frees its KV (its input and all but its last token) and leaves the view's input + output tokens.
             self.batch -= len(done)
             self.kv_tokens -= tokens - len(done)
             v = self._view
@@ -732,8 +732,11 @@ class ColocatedInstance(Instance):
     onto an idle instance); the admitted requests' prompts are then prefilled in chunks, head first, within
     the chunked-prefill budget less the running batch (the decode tokens ride in the same forward pass).
     A request whose last chunk ran gets its first token when that iteration ends and joins the decode batch
-    from the next one. The iteration's cost is the ground truth's mixed cost (``mixed_cost``): the combined
-    tokens through the projections, every sequence's overhead, the chunks' attention and the batch's KV reads.
+    from the next one. The input + output reservation is a conservative stand-in: SGLang's own scheduler
+    reserves a decaying share of the outputs (``new_token_ratio``) and, when the pool fills, retracts running
+    requests to recompute them later; neither is modelled here. The iteration's cost is the ground truth's
+    mixed cost (``mixed_cost``): the combined tokens through the projections, every sequence's overhead, the
+    chunks' attention and the batch's KV reads.
     """
 
     __slots__ = ("capacity", "max_batch", "waiting", "prefilling", "reserved", "recent_ttft_s",

@@ -208,6 +208,8 @@ ROWS: dict[str, Row] = {
     "profile-repeats-0": Row("numbers", "profile", ["--repeats", "0"], "--repeats: 0 is below 1"),
     "tune-seed-neg": Row("numbers", "tune", ["--fit-only", "--seed", "-1"], "--seed: -1 must be a whole number >= 0"),
     "tune-holdout": Row("numbers", "tune", ["--fit-only", "--holdout", "0.99"], "--holdout: 0.99 leaves too little"),
+    "tune-random-not-random": Row("numbers", "tune", ["--random-input-len", "64", "--out", "t.yaml"],
+                                  "--random-input-len: 64 sets the random dataset's lengths"),
     # world
     "bench-tokens-1e30": Row("world", "bench", _p("big.csv", "--dataset", "csv", "--dataset-path"),
                              "expected a whole number from 1 to"),

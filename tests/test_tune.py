@@ -246,6 +246,20 @@ def test_a_tiny_tune_end_to_end_then_bench_loads_it(tmp_path):
     assert bench_doc["config"]["prefill_router"] == "round-robin"  # the tuned config's, none being given
 
 
+def test_the_tuned_files_provenance_records_the_random_datasets_lengths():
+    """A tune on drawn lengths says which: bench --tuned users can replay the same workload."""
+    from voltana_cli.commands.tune import _provenance
+    from voltana_cli.core.tune.run import TuneSpec
+
+    spec = TuneSpec([30.0, 40.0], 0.99, 6, 0, 1, 1, None, None, 1)
+    for dataset, extra in (("random", {"random_input_len": 512, "random_output_len": 2000, "random_range_ratio": 0.25}),
+                           ("sharegpt", {})):
+        cfg = BenchConfig(dataset=dataset, request_rates=[30.0], **extra).model_dump()
+        workload = _provenance(cfg, 1, spec, None, None, 1.0)["workload"]
+        assert workload["dataset"] == dataset
+        assert {k: workload[k] for k in extra} == extra and ("random_input_len" in workload) == bool(extra)
+
+
 def test_bench_runs_static_best_and_the_oracle_and_says_which_pair_it_found(tmp_path):
     js = tmp_path / "b.json"
     r = runner.invoke(app, ["bench", "--request-rate", "30", "--duration-s", "15", "--policy", "static-max",

@@ -57,6 +57,9 @@ def tune(
     dataset_path: Path | None = typer.Option(None, help="File for the dataset (as bench)."),
     arrival: str = typer.Option("auto", help=f"Arrival process: auto, {', '.join(ARRIVALS)} (as bench)."),
     burstiness: float = typer.Option(1.0, help="Gamma arrivals' shape (as bench)."),
+    random_input_len: int = typer.Option(1024, help="--dataset random: the longest prompt (as bench)."),
+    random_output_len: int = typer.Option(128, help="--dataset random: the longest output (as bench)."),
+    random_range_ratio: float = typer.Option(0.5, help="--dataset random: the shortest length over the longest (as bench)."),
     duration_s: float = typer.Option(60.0, help="Seconds of arrivals per simulated run."),
     num_prompts: int | None = typer.Option(None, help="Requests per run instead of a duration."),
     request_rate: str = typer.Option("50:100:10", help="The rates to serve: START:STOP:STEP or one rate."),
@@ -111,7 +114,9 @@ def tune(
         spec.check()
         cfg = make_config(dataset=dataset, dataset_path=dataset_path, request_rates=spec.rates,
                           duration_s=None if num_prompts is not None else duration_s, num_prompts=num_prompts,
-                          arrival=arrival, burstiness=burstiness, seed=seed, gpu=gpu, model=model, tp=tp,
+                          arrival=arrival, burstiness=burstiness, random_input_len=random_input_len,
+                          random_output_len=random_output_len, random_range_ratio=random_range_ratio,
+                          seed=seed, gpu=gpu, model=model, tp=tp,
                           n_prefill=prefill, n_decode=decode, policies=["static-max"], slo_ttft_ms=slo_ttft_ms,
                           slo_itl_ms=slo_itl_ms, prediction_error=prediction_error, noise=noise,
                           profile=profile_path, prefill_router=prefill_router)
@@ -196,7 +201,9 @@ def _provenance(cfg: dict[str, Any], tp: int, spec: TuneSpec, profile_path: str 
         "voltana_version": __version__, "gpu": cfg["gpu"], "model": cfg["model"], "tp": tp,
         "layout": f"{cfg['n_prefill']}P{cfg['n_decode']}D", "profile": profile_path, "profile_digest": digest,
         "workload": {k: (str(cfg[k]) if k == "dataset_path" and cfg[k] is not None else cfg[k])
-                     for k in ("dataset", "dataset_path", "arrival", "burstiness", "duration_s", "num_prompts")},
+                     for k in ("dataset", "dataset_path", "arrival", "burstiness", "duration_s", "num_prompts",
+                               *(("random_input_len", "random_output_len", "random_range_ratio")
+                                 if cfg["dataset"] == "random" else ()))},
         "slo_ttft_ms": cfg["slo_ttft_ms"], "slo_itl_ms": cfg["slo_itl_ms"], "target_attainment": spec.target,
         "request_rates": spec.rates, "seed": spec.seed, "trials": spec.trials, "jobs": spec.jobs,
         "train_seeds": spec.training, "heldout_seeds": spec.heldout, "heldout_rate": spec.heldout_rate(),

@@ -9,6 +9,11 @@ within 6 points, every readable attainment column within 10 points. Paper cells 
 another marker) are printed as ``ovl`` and not scored.
 
 Usage: python benchmarks/calibration.py [--seed 0] [--duration-s 120] [--engine sglang-voltanallm-testbed]
+                                       [--set KEY=VALUE ...]
+
+``--set`` changes one spec field for this run only, to see how far a constant moves the table (a sensitivity
+study, not a calibration): ``--set gpu.calibration.compute_efficiency=0.72`` or
+``--set engine.iteration_overhead_ms=2.0`` (any field of the A100 spec, Llama-3.1-8B's or the engine's).
 """
 
 from __future__ import annotations
@@ -16,7 +21,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+import yaml
+
 from voltana_cli.core.bench import BenchConfig, run_bench
+from voltana_cli.core.errors import UserError
+from voltana_cli.core.models.specs import spec_overrides
 
 # rate: (E1410, E1005, EV (1e5 J), saving %, TTFT % V/1410/1005, ITL % V/1410/1005); None = "ovl"
 PAPER: dict[int, tuple] = {
@@ -37,6 +46,7 @@ POLICIES = {"1410": "static:1410", "1005": "static:1005", "V": "voltana"}
 TARGETS = {"E1410": ("rel", 0.10, "%"), "E1005/E1410": ("abs", 0.04, ""), "saving": ("abs", 6.0, " pt"),
            "E_V": ("rel", None, "%"), "E1005": ("rel", None, "%")}
 ATT_TOL = 10.0
+GPU, MODEL = "a100-80g-sxm4", "llama-3.1-8b"
 
 
 def ours(by: dict, rate: int) -> dict[str, float]:
@@ -71,9 +81,38 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration-s", type=float, default=120.0)
     ap.add_argument("--engine", default="sglang-voltanallm-testbed",
                     help="engine spec to simulate (sglang: stock SGLang's defaults instead of the paper's flags)")
+    ap.add_argument("--set", dest="changes", action="append", default=[], metavar="KEY=VALUE",
+                    help="change one spec field for this run (gpu.…, model.… or engine.…); repeatable")
     args = ap.parse_args(argv)
+    try:
+        changes = parse_changes(args.changes)
+        with spec_overrides(changes, {"gpu": GPU, "model": MODEL, "engine": args.engine}):
+            return report(args, changes)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def parse_changes(items: list[str]) -> dict[str, object]:
+    """``KEY=VALUE`` strings as a dict; each value is read as YAML (``0.72`` a number, ``[1005, 1410]`` a list)."""
+    out: dict[str, object] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set {item!r}: write KEY=VALUE, e.g. gpu.calibration.compute_efficiency=0.72")
+        try:
+            out[key.strip()] = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise UserError(f"--set {item!r}: {text!r} is not a value (a number, true/false, a word or a list)") from None
+    return out
+
+
+def report(args: argparse.Namespace, changes: dict[str, object]) -> int:
+    """Run the panel and print the table, the worst deviations and the verdicts."""
+    if changes:
+        print("spec changes for this run: " + ", ".join(f"{k}={v}" for k, v in changes.items()))
     cfg = BenchConfig(dataset="sharegpt", request_rates=[float(r) for r in PAPER], duration_s=args.duration_s,
-                      seed=args.seed, gpu="a100-80g-sxm4", model="llama-3.1-8b", engine=args.engine,
+                      seed=args.seed, gpu=GPU, model=MODEL, engine=args.engine,
                       policies=list(POLICIES.values()), slo_ttft_ms=800, slo_itl_ms=50)
     by = {(r["request_rate"], r["policy"]): r for r in run_bench(cfg)["runs"]}
     cols = ["E1410", "E1005", "E_V", "E1005/E1410", "saving", "TTFT V", "TTFT 1410", "TTFT 1005",

@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pytest
 
@@ -110,3 +112,49 @@ def test_allreduce_latency_by_tp_degree_from_spec_data():
     assert e.allreduce_latency_s(8) == pytest.approx(30e-6)
     assert e.allreduce_latency_s(3) == e.allreduce_latency_s(4)  # an absent degree takes the next larger one's
     assert e.allreduce_latency_s(16) == e.allreduce_latency_s(8)  # beyond the table: the largest entry
+
+
+def test_spec_overrides_change_a_field_for_the_block_only():
+    from voltana_cli.core.models.specs import spec_overrides
+
+    names = {"gpu": "a100-80g-sxm4", "engine": "sglang"}
+    before = gpu_spec("a100-80g-sxm4")
+    t_shipped = PerfModel(before, model_spec("llama-3.1-8b"), engine_spec()).prefill_cost(8192, 1005)[0]
+    with spec_overrides({"gpu.calibration.compute_efficiency": 0.80, "engine.iteration_overhead_ms": 2.5}, names):
+        g = gpu_spec("A100-80G-SXM4")  # names are matched as the loaders match them
+        assert g.calibration.compute_efficiency == 0.80
+        assert g.calibration.bandwidth_efficiency == before.calibration.bandwidth_efficiency  # the rest as shipped
+        assert engine_spec().iteration_overhead_ms == 2.5
+        faster = PerfModel(g, model_spec("llama-3.1-8b"), engine_spec()).prefill_cost(8192, 1005)[0]
+        assert faster < 0.85 * t_shipped  # 0.64 -> 0.80 of peak: a compute-bound prefill runs ~20 % faster
+    assert gpu_spec("a100-80g-sxm4") is before and engine_spec().iteration_overhead_ms == 1.2  # shipped ones back
+    assert PerfModel(gpu_spec("a100-80g-sxm4"), model_spec("llama-3.1-8b"), engine_spec()).prefill_cost(8192, 1005)[0] \
+        == t_shipped
+
+
+def test_spec_overrides_are_undone_when_the_block_raises():
+    from voltana_cli.core.models.specs import spec_overrides
+
+    with pytest.raises(RuntimeError):
+        with spec_overrides({"engine.iteration_overhead_ms": 9.0}, {"engine": "sglang"}):
+            assert engine_spec().iteration_overhead_ms == 9.0
+            raise RuntimeError("interrupted")
+    assert engine_spec().iteration_overhead_ms == 1.2
+
+
+@pytest.mark.parametrize(("changes", "names", "says"), [
+    ({"gpu.calibration.nope": 1}, {"gpu": "a100-80g-sxm4"}, "has no field 'nope'"),
+    ({"gpu.nope.x": 1}, {"gpu": "a100-80g-sxm4"}, "'nope' is not a section"),
+    ({"gpu.calibration.compute_efficiency": 2}, {"gpu": "a100-80g-sxm4"}, "less than or equal to 1"),
+    ({"model.num_layers": 0}, {"model": "llama-3.1-8b"}, "greater than 0"),
+    ({"x.y": 1}, {"gpu": "a100-80g-sxm4"}, "starts with gpu., model. or engine."),
+    ({"engine.iteration_overhead_ms": 1}, {"gpu": "a100-80g-sxm4"}, "no engine is chosen"),
+])
+def test_spec_overrides_refuse_a_bad_change_with_one_line(changes, names, says):
+    from voltana_cli.core.models.specs import spec_overrides
+
+    with pytest.raises(UserError, match=re.escape(says)) as err:
+        with spec_overrides(changes, names):
+            pytest.fail("the block must not run")
+    assert "\n" not in str(err.value)
+    assert gpu_spec("a100-80g-sxm4").calibration.compute_efficiency == 0.64

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -229,22 +231,101 @@ def load_spec_file(path: Path, cls: type[_Strict]) -> _Strict:
         raise UserError(f"{path}: {loc or '(top level)'}: {msg}") from None
 
 
+#: Specs replaced for the duration of a ``spec_overrides`` block: (kind, name) -> spec.
+_OVERRIDES: dict[tuple[str, str], _Strict] = {}
+_KINDS: dict[str, tuple[str, type[_Strict]]] = {}  # filled below: key prefix -> (folder, class)
+
+
 @cache
+def _gpu_file(name: str) -> GpuSpec:
+    return _load("gpus", name, GpuSpec, "gpu")  # type: ignore[return-value]
+
+
+@cache
+def _model_file(name: str) -> ModelSpec:
+    return _load("models", name, ModelSpec, "model")  # type: ignore[return-value]
+
+
+@cache
+def _engine_file(name: str) -> EngineSpec:
+    return _load("engines", name, EngineSpec, "engine")  # type: ignore[return-value]
+
+
 def gpu_spec(name: str) -> GpuSpec:
     """The spec of GPU ``name`` (e.g. ``a100-80g-sxm4``); an unknown name is a ``UserError`` about ``gpu``."""
-    return _load("gpus", name.lower(), GpuSpec, "gpu")  # type: ignore[return-value]
+    key = name.lower()
+    return _OVERRIDES.get(("gpus", key)) or _gpu_file(key)  # type: ignore[return-value]
 
 
-@cache
 def model_spec(name: str) -> ModelSpec:
     """The spec of model ``name`` (e.g. ``llama-3.1-8b``); an unknown name is a ``UserError`` about ``model``."""
-    return _load("models", name.lower(), ModelSpec, "model")  # type: ignore[return-value]
+    key = name.lower()
+    return _OVERRIDES.get(("models", key)) or _model_file(key)  # type: ignore[return-value]
 
 
-@cache
 def engine_spec(name: str = "sglang") -> EngineSpec:
     """The spec of serving engine ``name``; an unknown name is a ``UserError`` about ``engine``."""
-    return _load("engines", name.lower(), EngineSpec, "engine")  # type: ignore[return-value]
+    key = name.lower()
+    return _OVERRIDES.get(("engines", key)) or _engine_file(key)  # type: ignore[return-value]
+
+
+_KINDS.update(gpu=("gpus", GpuSpec), model=("models", ModelSpec), engine=("engines", EngineSpec))
+_LOADERS = {"gpus": gpu_spec, "models": model_spec, "engines": engine_spec}
+
+
+@contextmanager
+def spec_overrides(changes: Mapping[str, Any], names: Mapping[str, str]) -> Iterator[None]:
+    """Run a block with some spec fields changed, for sensitivity studies (``benchmarks/calibration.py --set``).
+
+    ``changes`` maps a dotted key to a value: the first part is ``gpu``, ``model`` or ``engine``, the rest the
+    field's path inside that spec (``gpu.calibration.compute_efficiency``, ``engine.iteration_overhead_ms``).
+    ``names`` says which spec of each kind is meant (``{"gpu": "a100-80g-sxm4", ...}``). Each changed spec is
+    validated as its file would be; inside the block ``gpu_spec``/``model_spec``/``engine_spec`` return it, and
+    the shipped specs come back when the block ends, however it ends.
+
+    Raises:
+        UserError: a key names no spec kind or no field of its spec, a kind has no name in ``names``, or a
+            value fails the spec's validation; the message names the key.
+    """
+    grouped: dict[str, dict[str, Any]] = {}
+    for key, value in changes.items():
+        kind, _, path = key.partition(".")
+        if kind not in _KINDS or not path:
+            raise UserError(f"{key!r}: a spec key starts with gpu., model. or engine. and names a field "
+                            "(e.g. gpu.calibration.compute_efficiency)")
+        if kind not in names:
+            raise UserError(f"{key!r}: no {kind} is chosen to change")
+        grouped.setdefault(kind, {})[path] = value
+    replaced: dict[tuple[str, str], _Strict] = {}
+    for kind, fields in grouped.items():
+        folder, cls = _KINDS[kind]
+        name = names[kind].lower()
+        raw = _LOADERS[folder](name).model_dump()
+        for path, value in fields.items():
+            *parents, leaf = path.split(".")
+            node = raw
+            for part in parents:
+                if not isinstance(node.get(part), dict):
+                    raise UserError(f"{kind}.{path}: {part!r} is not a section of the {kind} spec {name}")
+                node = node[part]
+            if leaf not in node:
+                raise UserError(f"{kind}.{path}: the {kind} spec {name} has no field {leaf!r}")
+            node[leaf] = value
+        try:
+            replaced[(folder, name)] = cls.model_validate(raw)
+        except ValidationError as exc:
+            loc, msg = validation_problem(exc)
+            raise UserError(f"{kind}.{loc}: {msg}") from None
+    saved = {k: _OVERRIDES[k] for k in replaced if k in _OVERRIDES}
+    _OVERRIDES.update(replaced)
+    try:
+        yield
+    finally:
+        for k in replaced:
+            if k in saved:
+                _OVERRIDES[k] = saved[k]
+            else:
+                _OVERRIDES.pop(k, None)
 
 
 class Defaults(_Strict):

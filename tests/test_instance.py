@@ -122,6 +122,43 @@ def test_decode_retracts_the_newest_when_the_pool_fills_and_resumes_it_first(a10
     assert inst.kv_tokens == 0 and not inst.retracted
 
 
+def test_retraction_and_resumption_wait_for_the_kv_copies_to_host_and_back(a100_8b):
+    """SGLang's decode copies a retracted request's KV to host memory before the step and back when it resumes,
+    synchronously: those iterations last longer by the copied bytes over the host link, at idle power, and
+    no other iteration changes."""
+
+    @dataclass
+    class NoCopy(SmallKv):
+        def kv_host_copy_s(self, tokens: int) -> float:
+            return 0.0
+
+    runs = []
+    for model in (SmallKv(a100_8b, kv_capacity_tokens=1200, margin=8), NoCopy(a100_8b, kv_capacity_tokens=1200, margin=8)):
+        inst, _, outs = _decode(model, 3, 300, 500)
+        copied, now = [], 0.0
+        while inst.has_work():
+            dt = inst.start(now)
+            copied.append(inst.copied)
+            now += dt
+            inst.finish(now)
+        runs.append((inst, outs, copied))
+    (inst, outs, copied), (plain, plain_outs, _) = runs
+    per_token = a100_8b.kv_host_copy_s(1)
+    assert per_token == pytest.approx(a100_8b.kv_bytes_per_token_per_gpu / 25e9)  # the A100's PCIe Gen4, as achieved
+    # Request 2 leaves at iteration 100 with 101 tokens (its first came from its prefill) and the KV of its
+    # prompt and 100 of them (the last one's is not written yet).
+    assert copied[100] == 300 + 100
+    # Copies happen exactly in the iterations that retract (a pause's first gap) or resume (its last).
+    assert [i for i, c in enumerate(copied) if c] == sorted({it for p in outs.pauses for it in p[1:]})
+    assert len(inst.durations) == len(plain.durations)  # the same schedule: only the time moves
+    for i, (a, b) in enumerate(zip(inst.durations, plain.durations, strict=True)):
+        assert a - b == pytest.approx(copied[i] * per_token, rel=1e-9, abs=1e-12)
+    extra_s = sum(copied) * per_token
+    assert extra_s > 0.008  # each copy moves 400+ tokens x 128 KiB at 25 GB/s: ~2 ms
+    assert inst.record.busy_energy_j - plain.record.busy_energy_j == pytest.approx(extra_s * a100_8b.idle_power_w(1410))
+    assert outs.finish_s[2] > plain_outs.finish_s[2]
+
+
 def test_prefill_splits_a_long_prompt_over_the_chunk_budget(a100_8b):
     reqs = Requests([0.0, 0.0], [5000, 100], [10, 10])
     inst = PrefillInstance(0, StaticController(1410), CostCache(a100_8b, 4096), reqs, Outcomes.empty(2),

@@ -340,6 +340,15 @@ class PerfModel(CostTables):
         e = self.engine
         return e.kv_transfer_latency_ms * 1e-3 + tokens * self.model.kv_bytes_per_token / (e.kv_transfer_gbps * 1e9)
 
+    def kv_host_copy_s(self, tokens: int) -> float:
+        """Time to copy ``tokens`` tokens of KV cache between the instance's GPUs and host memory, one way.
+
+        SGLang's decode does this synchronously when it retracts a request (``Req.offload_kv_cache``) and
+        when it resumes it (``load_kv_cache``): every GPU of the TP group copies its share over its own
+        PCIe link at once. Only the bytes are charged; the per-layer copy launches (two per layer) are not.
+        """
+        return tokens * self.kv_bytes_per_token_per_gpu / (self.gpu.host_copy_gbps * 1e9)
+
 
 def _capture_sizes(max_bs: int) -> list[int]:
     """SGLang's default CUDA-graph capture batch sizes up to ``max_bs``: 1, 2, 4, then every 8."""

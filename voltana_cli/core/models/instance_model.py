@@ -65,3 +65,7 @@ class InstanceModel(Protocol):
         """Time to move a request's KV cache from its prefill to its decode instance."""
         ...
 
+    def kv_host_copy_s(self, tokens: int) -> float:
+        """Time to copy ``tokens`` tokens of KV cache between the GPUs and host memory, one way (retraction)."""
+        ...
+

@@ -56,6 +56,9 @@ class ProfileModel(CostTables):
     def kv_transfer_s(self, tokens: int) -> float:
         return self.base.kv_transfer_s(tokens)
 
+    def kv_host_copy_s(self, tokens: int) -> float:
+        return self.base.kv_host_copy_s(tokens)
+
     def idle_power_w(self, clock_mhz: float) -> float:
         return self.base.idle_power_w(clock_mhz)
 

@@ -62,6 +62,8 @@ class GpuSpec(_Strict):
     hbm_bandwidth_gbps: float = Field(gt=0)
     bf16_dense_tflops: float = Field(gt=0)
     nvlink_bandwidth_gbps: float = Field(gt=0)
+    host_copy_gbps: float = Field(gt=0, description="GPU <-> pinned host memory, one direction, as achieved over "
+                                  "the PCIe link (where a decode's retracted KV goes)")
     clock_switch_ms: float = Field(ge=0)
     ecofreq_levels_mhz: tuple[int, ...] = Field(min_length=1, description="the paper's EcoFreq clock levels on this GPU")
     profile_clock_step_mhz: int = Field(gt=0, description="spacing of the clocks a default profile visits")

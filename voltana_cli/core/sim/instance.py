@@ -74,6 +74,7 @@ class CostCache:
         self.decode_tables: dict[int, tuple[list[float], list[float], float, float]] = {}
         self.prefill_tables: dict[int, tuple[list[float], list[float], float, float, float, float]] = {}
         self._idle: dict[int, float] = {}
+        self.host_copy_s_per_token = model.kv_host_copy_s(1)  # a retracted request's KV to host memory and back
 
     def decode(self, clock: int) -> tuple[list[float], list[float], float, float]:
         t = self.decode_tables.get(clock)
@@ -422,17 +423,19 @@ class DecodeInstance(Instance):
     Nothing reserves room for outputs: when the free KV no longer holds one more token per running request,
     the instance retracts running requests (``ScheduleBatch.retract_decode``: fewest generated tokens first,
     then the longest prompt) until it holds ``retract_decode_steps`` more per request. A retracted request's
-    KV leaves the GPU (SGLang copies it to host memory; the copy's time is not modelled) and its stream
-    stalls; while any is retracted nothing new is pre-allocated. At each iteration boundary the oldest
-    retracted request resumes when its KV fits beside the margin of the active ones, and gets its next token
-    from that iteration (``resume_retracted_reqs``). So an overloaded decode trades inter-token latency for
+    KV leaves the GPU and its stream stalls. SGLang copies that KV to host memory before the step, and back
+    when the request resumes, synchronously: both copies lengthen the iteration they happen in
+    (``kv_host_copy_s``: the bytes over the GPU's host link, the GPU idle meanwhile). While any request is
+    retracted nothing new is pre-allocated. At each iteration boundary the oldest retracted request resumes
+    when its KV fits beside the margin of the active ones, and gets its next token from that iteration
+    (``resume_retracted_reqs``). So an overloaded decode trades inter-token latency for
     admission, as SGLang's does, instead of holding new requests back. ``docs/notes/sglang-pd-scheduler.md``
     §1-2 has the source.
     """
 
     __slots__ = ("capacity", "max_batch", "margin", "on_first_tokens", "on_preallocated", "prealloc", "allocated",
                  "allocated_tokens", "waiting", "inflight", "_ends", "batch", "kv_tokens", "iteration", "_dropped",
-                 "retract_steps", "retracted")
+                 "retract_steps", "retracted", "copied")
 
     def __init__(self, index: int, controller: FrequencyController, costs: CostCache, requests: Requests,
                  outcomes: Outcomes, noise: Callable[[], float], switch_s: float, start_s: float,
@@ -460,6 +463,7 @@ class DecodeInstance(Instance):
         self._dropped: set[int] = set()  # aborted while their KV was in flight (``abort``)
         # Retracted running requests, oldest first: (request id, tokens it had got, the iteration it left at).
         self.retracted: deque[tuple[int, int, int]] = deque()
+        self.copied = 0  # KV tokens the formed iteration copies to or from host memory first (retract, resume)
 
     def view(self) -> InstanceView:
         """What a router may know of this instance now: requests running, waiting and in flight to it, their
@@ -636,6 +640,7 @@ class DecodeInstance(Instance):
             self.batch -= 1
             self.kv_tokens -= held
             v.kv_tokens -= held
+            self.copied += held
             self.retracted.append((rid, got, it))
             if self.capacity - self.kv_tokens - self.allocated_tokens >= self.retract_steps * self.batch:
                 break
@@ -656,6 +661,7 @@ class DecodeInstance(Instance):
             self.batch += 1
             self.kv_tokens += held
             v.kv_tokens += held
+            self.copied += held
             last = it + out[rid] - got - 1  # this iteration gives it token got + 1
             if last in ends:
                 ends[last].append(rid)
@@ -664,6 +670,7 @@ class DecodeInstance(Instance):
             pauses.append((rid, left_at, it))
 
     def form(self, now: float) -> Observation | None:
+        self.copied = 0
         if self.retracted:
             self._resume()
         # Requests whose prefill waits for this instance's KV (decode-gated): their wait is TTFT that only a
@@ -694,8 +701,12 @@ class DecodeInstance(Instance):
                            len(gated), now - self.requests.arrival_s[gated[0]] if gated else 0.0)
 
     def cost(self, clock: int) -> tuple[float, float]:
-        t0, e0, tk, ek = self.costs.decode_tables.get(clock) or self.costs.decode(clock)
+        costs = self.costs
+        t0, e0, tk, ek = costs.decode_tables.get(clock) or costs.decode(clock)
         b, k = self.batch, self.kv_tokens
+        if self.copied:  # the step waits for the KV copies of this pass's retractions and resumptions
+            dt = self.copied * costs.host_copy_s_per_token
+            return t0[b] + k * tk + dt, e0[b] + k * ek + dt * costs.idle_w(clock)
         return t0[b] + k * tk, e0[b] + k * ek
 
     def finish(self, now: float) -> None:

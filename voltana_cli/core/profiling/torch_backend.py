@@ -10,6 +10,7 @@ only here, only when this backend runs.
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import platform
@@ -99,11 +100,15 @@ class DecodeStep:
         self.ids = ids
         self.pos = pos
         self.cache = cache
+        # transformers 5.x names the KV cache argument ``cache`` and deprecates ``past_key_values``, which the
+        # 4.x releases this backend supports (>= 4.56) still need.
+        params = inspect.signature(model.forward).parameters
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"
 
     def __call__(self) -> Any:
         with self._torch.inference_mode():
-            out = self.model(input_ids=self.ids, past_key_values=self.cache, position_ids=self.pos, use_cache=True,
-                             logits_to_keep=1)
+            out = self.model(input_ids=self.ids, position_ids=self.pos, use_cache=True, logits_to_keep=1,
+                             **{self._cache_arg: self.cache})
             self.cache.crop(-1)  # drop the token this step appended: every call sees the same context
         return out.logits
 

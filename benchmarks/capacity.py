@@ -8,7 +8,8 @@ each capacity twice: at one TTFT SLO for every model (800 ms, the paper's Llama-
 the models' speed alone, comparable with public throughput ratios) and at each model's own default SLO
 (spec data, with its source). Beside the ratios to Llama-3.1-8B it prints the public figures that bracket
 them (``docs/notes/model-size-sources.md``); none of those is a TTFT-bound capacity, so they are a range
-to land in, not a target.
+to land in, not a target. The best public pairs were measured on an H200: ``--gpu h200-141g-sxm`` compares
+like with like.
 """
 
 from __future__ import annotations

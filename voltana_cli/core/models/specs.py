@@ -235,7 +235,6 @@ def load_spec_file(path: Path, cls: type[_Strict]) -> _Strict:
 
 #: Specs replaced for the duration of a ``spec_overrides`` block: (kind, name) -> spec.
 _OVERRIDES: dict[tuple[str, str], _Strict] = {}
-_KINDS: dict[str, tuple[str, type[_Strict]]] = {}  # filled below: key prefix -> (folder, class)
 
 
 @cache
@@ -271,7 +270,9 @@ def engine_spec(name: str = "sglang") -> EngineSpec:
     return _OVERRIDES.get(("engines", key)) or _engine_file(key)  # type: ignore[return-value]
 
 
-_KINDS.update(gpu=("gpus", GpuSpec), model=("models", ModelSpec), engine=("engines", EngineSpec))
+#: A ``spec_overrides`` key's first part -> the spec folder and class; each folder's loader.
+_KINDS: dict[str, tuple[str, type[_Strict]]] = {"gpu": ("gpus", GpuSpec), "model": ("models", ModelSpec),
+                                                "engine": ("engines", EngineSpec)}
 _LOADERS = {"gpus": gpu_spec, "models": model_spec, "engines": engine_spec}
 
 

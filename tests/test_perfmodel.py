@@ -5,7 +5,14 @@ import pytest
 
 from voltana_cli.core.errors import UserError
 from voltana_cli.core.models.analytical import PerfModel
-from voltana_cli.core.models.specs import available_gpus, available_models, engine_spec, gpu_spec, model_spec
+from voltana_cli.core.models.specs import (
+    available_gpus,
+    available_models,
+    engine_spec,
+    gpu_spec,
+    model_spec,
+    spec_overrides,
+)
 
 
 def test_specs_load_and_have_required_entries():
@@ -149,8 +156,6 @@ def test_allreduce_latency_by_tp_degree_from_spec_data():
 
 
 def test_spec_overrides_change_a_field_for_the_block_only():
-    from voltana_cli.core.models.specs import spec_overrides
-
     names = {"gpu": "a100-80g-sxm4", "engine": "sglang"}
     before = gpu_spec("a100-80g-sxm4")
     t_shipped = PerfModel(before, model_spec("llama-3.1-8b"), engine_spec()).prefill_cost(8192, 1005)[0]
@@ -167,8 +172,6 @@ def test_spec_overrides_change_a_field_for_the_block_only():
 
 
 def test_spec_overrides_are_undone_when_the_block_raises():
-    from voltana_cli.core.models.specs import spec_overrides
-
     with pytest.raises(RuntimeError):
         with spec_overrides({"engine.iteration_overhead_ms": 9.0}, {"engine": "sglang"}):
             assert engine_spec().iteration_overhead_ms == 9.0
@@ -185,8 +188,6 @@ def test_spec_overrides_are_undone_when_the_block_raises():
     ({"engine.iteration_overhead_ms": 1}, {"gpu": "a100-80g-sxm4"}, "no engine is chosen"),
 ])
 def test_spec_overrides_refuse_a_bad_change_with_one_line(changes, names, says):
-    from voltana_cli.core.models.specs import spec_overrides
-
     with pytest.raises(UserError, match=re.escape(says)) as err:
         with spec_overrides(changes, names):
             pytest.fail("the block must not run")

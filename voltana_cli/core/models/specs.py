@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
@@ -270,10 +270,10 @@ def engine_spec(name: str = "sglang") -> EngineSpec:
     return _OVERRIDES.get(("engines", key)) or _engine_file(key)  # type: ignore[return-value]
 
 
-#: A ``spec_overrides`` key's first part -> the spec folder and class; each folder's loader.
-_KINDS: dict[str, tuple[str, type[_Strict]]] = {"gpu": ("gpus", GpuSpec), "model": ("models", ModelSpec),
-                                                "engine": ("engines", EngineSpec)}
-_LOADERS = {"gpus": gpu_spec, "models": model_spec, "engines": engine_spec}
+#: A ``spec_overrides`` key's first part -> the spec folder, class and loader.
+_KINDS: dict[str, tuple[str, type[_Strict], Callable[[str], _Strict]]] = {
+    "gpu": ("gpus", GpuSpec, gpu_spec), "model": ("models", ModelSpec, model_spec),
+    "engine": ("engines", EngineSpec, engine_spec)}
 
 
 @contextmanager
@@ -301,9 +301,9 @@ def spec_overrides(changes: Mapping[str, Any], names: Mapping[str, str]) -> Iter
         grouped.setdefault(kind, {})[path] = value
     replaced: dict[tuple[str, str], _Strict] = {}
     for kind, fields in grouped.items():
-        folder, cls = _KINDS[kind]
+        folder, cls, load = _KINDS[kind]
         name = names[kind].lower()
-        raw = _LOADERS[folder](name).model_dump()
+        raw = load(name).model_dump()
         for path, value in fields.items():
             *parents, leaf = path.split(".")
             node = raw

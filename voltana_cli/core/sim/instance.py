@@ -743,11 +743,14 @@ class ColocatedInstance(Instance):
     onto an idle instance); the admitted requests' prompts are then prefilled in chunks, head first, within
     the chunked-prefill budget less the running batch (the decode tokens ride in the same forward pass).
     A request whose last chunk ran gets its first token when that iteration ends and joins the decode batch
-    from the next one. The input + output reservation is a conservative stand-in: SGLang's own scheduler
-    reserves a decaying share of the outputs (``new_token_ratio``) and, when the pool fills, retracts running
-    requests to recompute them later; neither is modelled here. The iteration's cost is the ground truth's
-    mixed cost (``mixed_cost``): the combined tokens through the projections, every sequence's overhead, the
-    chunks' attention and the batch's KV reads.
+    from the next one. The input + output reservation is close to SGLang's own for the paper's workload:
+    with ``ignore_eos`` requests and the radix cache off, ``PrefillAdder.add_one_req_ignore_eos`` admits a
+    request only while every running one can still reach its last token, counting the KV that earlier
+    finishers free (the sum here counts none of it, a little more conservative). With the radix cache on
+    (stock), SGLang reserves a decaying share of the outputs instead (``new_token_ratio``) and, when the pool
+    fills, retracts running requests to recompute them later; that path is not modelled. The iteration's
+    cost is the ground truth's mixed cost (``mixed_cost``): the combined tokens through the projections,
+    every sequence's overhead, the chunks' attention and the batch's KV reads.
     """
 
     __slots__ = ("capacity", "max_batch", "waiting", "prefilling", "reserved", "recent_ttft_s",

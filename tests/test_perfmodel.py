@@ -88,6 +88,24 @@ def test_time_efficiencies_reproduce_vidurs_measured_layers(gpu):
     assert linears_ms(2048, cal.compute_efficiency) == pytest.approx(prefill, rel=0.20)
 
 
+#: Perseus' measured A100 SXM clock sweep (ml-energy/zeus @ 38cb3f9, sosp24_data/emulation/stage_profile/
+#: gpt3-175b+a100_sxm_bf16.csv, forward passes, median over stages): MHz -> (time / time at 1410, watts).
+PERSEUS_A100 = {1410: (1.000, 475), 1305: (1.036, 427), 1200: (1.118, 344), 1095: (1.220, 290),
+                1005: (1.325, 267), 900: (1.470, 245)}
+
+
+def test_a100_power_curve_against_perseus_measured_sweep(a100_8b):
+    """The shape follows Perseus' time ratios within 5 %; the level sits 10-20 % below its measured watts at
+    900-1305 MHz, as the spec's comment and the sensitivity note say (its cards ran above 400 W at 1410 MHz,
+    so the top clock's watts are not compared)."""
+    t1410 = a100_8b.prefill_cost(16384, 1410, num_seqs=16)[0]
+    for f, (ratio, watts) in PERSEUS_A100.items():
+        t, e = a100_8b.prefill_cost(16384, f, num_seqs=16)
+        assert t / t1410 == pytest.approx(ratio, rel=0.05), f
+        if f < 1410:
+            assert 0.80 <= (e / t) / watts <= 0.90, f
+
+
 def test_energy_is_u_shaped_for_prefill(a100_8b):
     e = {f: a100_8b.prefill_cost(8192, f, num_seqs=30)[1] for f in (210, 600, 1005, 1410)}
     assert e[1005] < e[1410]

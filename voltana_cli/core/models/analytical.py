@@ -11,8 +11,10 @@ of a partly filled tile: the 128 -> 129 step VoltanaLLM saw.
 Power (per GPU). ``P = P_static + c * f * V(f)**2 + k * f * V(f)**2 * activity + P_hbm * u_mem`` with
 ``V(f) = 1 + s * max(0, f - f_floor)`` (a voltage floor below ~1.1 GHz on A100), ``activity`` between the
 SM activity floor of memory-bound kernels and 1 for a saturated GEMM. When that power exceeds the power
-limit, the GPU throttles: the effective clock drops until it fits. This is why compute-bound work at
-1410 MHz on A100 runs only ~4 % faster than at 1305 MHz (Perseus).
+limit, the GPU throttles: the effective clock drops until it fits. The curve's shape follows Perseus'
+measured A100 SXM clock sweep (compute-bound work at 1410 MHz only ~4 % faster than at 1305 MHz); its
+level sits 10-20 % below Perseus' measured watts, whose cards ran above a 400 W limit
+(``benchmarks/power_vs_model.py``).
 
 Everything is pure and deterministic; per-clock tables make an iteration's cost two array lookups.
 """

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from voltana_cli.core.errors import UserError
 from voltana_cli.core.models import PerfModel, engine_spec, gpu_spec, model_spec
 from voltana_cli.core.models.specs import spec_overrides
 
@@ -45,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("path", type=Path, help="a Perseus stage profile (see this script's docstring)")
     ap.add_argument("--gpu", default="a100-80g-sxm4", help="the GPU spec to compare (default a100-80g-sxm4)")
-    ap.add_argument("--model", default="llama-3.1-8b", help="the model whose prefill the model times")
+    ap.add_argument("--model", default="llama-3.1-8b",
+                    help="the model spec whose 16k-token prefill stands for compute-bound work (default llama-3.1-8b)")
     args = ap.parse_args(argv)
     if not args.path.is_file():
         print(f"error: {args.path} does not exist: give the file named in this script's docstring", file=sys.stderr)
@@ -59,12 +61,21 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     fwd = d[d["instruction"] == "forward"].set_index(["stage", "frequency"])
+    missing = sorted(set(CLOCKS) - set(fwd.index.get_level_values("frequency")))
+    if missing:
+        print(f"error: {args.path} has no forward pass at {', '.join(map(str, missing))} MHz: give a Perseus stage "
+              "profile of an A100 sweep (855-1410 MHz)", file=sys.stderr)
+        return 2
     ratio = (fwd["time"] / fwd["time"].xs(1410, level="frequency").reindex(fwd.index, level="stage")).groupby(
         level="frequency").median()
     power = (fwd["energy"] / fwd["time"]).groupby(level="frequency").median()
-    capped = model_curve(args.gpu, args.model)
-    with spec_overrides({"gpu.power_limit_w": NO_LIMIT_W}, {"gpu": args.gpu}):
-        free = model_curve(args.gpu, args.model)
+    try:
+        capped = model_curve(args.gpu, args.model)
+        with spec_overrides({"gpu.power_limit_w": NO_LIMIT_W}, {"gpu": args.gpu}):
+            free = model_curve(args.gpu, args.model)
+    except UserError as exc:  # an unknown spec, or a GPU without these clocks
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     limit = gpu_spec(args.gpu).power_limit_w
     print(f"{args.path.name}: forward passes, median over stages; model: {args.gpu} ({limit:.0f} W limit), "
           f"{args.model} prefill of {TOKENS} tokens in {SEQS} sequences")

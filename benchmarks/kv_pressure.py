@@ -21,6 +21,7 @@ import numpy as np
 
 from voltana_cli.core.bench import BenchConfig, prepare_bench
 from voltana_cli.core.metrics import summarize
+from voltana_cli.core.models.specs import spec_overrides
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,10 +39,9 @@ def main(argv: list[str] | None = None) -> int:
             cfg = BenchConfig(dataset="random", random_input_len=512, random_output_len=2000, request_rates=[rate],
                               duration_s=120.0, seed=args.seed, gpu="a100-80g-sxm4", model="llama-3.1-8b",
                               engine=args.engine, policies=["static-max"], slo_ttft_ms=800, slo_itl_ms=50)
-            prep = prepare_bench(cfg)
-            truth = prep.scenario.truth
-            truth.engine = truth.engine.model_copy(update={"decode_reserved_tokens": margin})  # type: ignore[attr-defined]
-            res = prep.scenario.simulate("static-max", prep.scenario.workload(rate, args.seed), args.seed)
+            with spec_overrides({"engine.decode_reserved_tokens": margin}, {"engine": args.engine}):
+                prep = prepare_bench(cfg)
+                res = prep.scenario.simulate("static-max", prep.scenario.workload(rate, args.seed), args.seed)
             s = summarize(res, 0.8, 0.05)
             pauses = res.pauses
             longest = float(np.max(res.itl_max_s[pauses[:, 0]])) if len(pauses) else 0.0
